@@ -1,0 +1,1 @@
+"""The bitelab command-line client."""
