@@ -1,0 +1,52 @@
+"""Errors a client or an admin can meet, each with a one-line message.
+
+``BitelabError`` subclasses map onto the HTTP API's error shape
+``{"error": {"code": CODE, "message": TEXT}}`` and its status codes.
+"""
+
+
+class BitelabError(Exception):
+    """An error the API reports to the client; ``code`` and ``status`` fix the shape."""
+
+    code = "internal"
+    status = 500
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message
+
+    def to_json(self):
+        """The API's error body."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class Unauthorized(BitelabError):
+    code, status = "unauthorized", 401
+
+
+class Forbidden(BitelabError):
+    code, status = "forbidden", 403
+
+
+class NotFound(BitelabError):
+    code, status = "not_found", 404
+
+
+class Unavailable(BitelabError):
+    code, status = "unavailable", 409
+
+
+class Invalid(BitelabError):
+    code, status = "invalid", 400
+
+
+class SetupFailed(BitelabError):
+    code, status = "setup_failed", 502
+
+
+class PowerFailed(BitelabError):
+    code, status = "power_failed", 502
+
+
+class ConfigError(Exception):
+    """A configuration file is wrong; the message names file, key or place, and problem."""
