@@ -1,0 +1,295 @@
+"""The HTTP API (Klein), ``/api/v1``: every call but ``GET /info`` needs a token.
+
+Handlers check the request's shape, then call the board manager; domain
+errors (``bitelab.errors``) and routing errors become the JSON error shape.
+"""
+
+import json
+import re
+
+import attrs
+from klein import Klein
+from twisted.internet import defer
+from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
+
+import bitelab
+from bitelab.boards import iso
+from bitelab.config import NAME_RE
+from bitelab.errors import BitelabError, Forbidden, Invalid, NotFound, Unauthorized
+
+MAX_BODY = 64 * 1024
+BEARER_RE = re.compile(r"^Bearer\s+(\S+)$")
+
+
+def _json(request, value, code=200):
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(value).encode("utf-8") + b"\n"
+
+
+def _read_body(request, allowed):
+    """The request's JSON object, refusing anything but known fields."""
+    length = request.getHeader(b"Content-Length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+        raise Invalid(f"request body must be at most {MAX_BODY} bytes")
+    raw = request.content.read(MAX_BODY + 1) if request.content else b""
+    if len(raw) > MAX_BODY:
+        raise Invalid(f"request body must be at most {MAX_BODY} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise Invalid("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise Invalid("request body must be a JSON object")
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise Invalid(
+            f"unknown field {unknown[0]!r} (accepted: {', '.join(sorted(allowed)) or 'none'})"
+        )
+    return body
+
+
+def _board_name(name):
+    if not NAME_RE.match(name) or len(name) > 128:
+        raise NotFound(f"no board named {name!r}")
+    return name
+
+
+class _HTTPViewer:
+    """A console viewer writing to a streaming HTTP response."""
+
+    def __init__(self, request, done):
+        self.request = request
+        self.done = done
+
+    def write(self, data):
+        if not self.done.called:
+            self.request.write(data)
+
+    def pending(self):
+        """Bytes written but not yet sent to the client."""
+        transport = self.request.channel.transport if self.request.channel else None
+        return len(getattr(transport, "dataBuffer", b"")) + sum(
+            len(chunk) for chunk in getattr(transport, "_tempDataBuffer", [])
+        )
+
+    def close(self, reason):
+        if not self.done.called:
+            self.request.write(f"\r\nbitelab: {reason}\r\n".encode("utf-8"))
+            self.done.callback(None)
+
+
+@attrs.define
+class API:
+    """The Klein application; ``manager`` and ``tokens`` do the work."""
+
+    manager: object
+    tokens: object
+    clock: object
+    #: a callable giving the SSH service's port once it listens
+    ssh_port: object = lambda: None
+    app = Klein()
+    log = Logger()
+
+    def resource(self):
+        """The twisted.web resource serving the API."""
+        return self.app.resource()
+
+    @defer.inlineCallbacks
+    def _user(self, request):
+        header = request.getHeader(b"Authorization")
+        if header is None:
+            raise Unauthorized(
+                "missing Authorization header; get a token with "
+                "ssh -o 'ProxyCommand bitelab contssh' -l lab bitelab"
+            )
+        match = BEARER_RE.match(header.decode("latin-1"))
+        if not match:
+            raise Unauthorized("Authorization header must be 'Bearer TOKEN'")
+        user = yield self.tokens.authenticate(match.group(1))
+        return user
+
+    # -- errors -----------------------------------------------------------
+
+    @app.handle_errors(BitelabError)
+    def _domain_error(self, request, failure):
+        error = failure.value
+        if error.status == 401:
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="bitelab"')
+        return _json(request, error.to_json(), error.status)
+
+    @app.handle_errors(RouteNotFound)
+    def _not_found(self, request, failure):
+        return _json(
+            request,
+            NotFound(f"no such API path: {request.path.decode('latin-1')}").to_json(),
+            404,
+        )
+
+    @app.handle_errors(MethodNotAllowed)
+    def _bad_method(self, request, failure):
+        error = Invalid(f"method {request.method.decode()} not allowed here")
+        request.setResponseCode(405)
+        return _json(request, error.to_json(), 405)
+
+    @app.handle_errors(HTTPException)
+    def _http_error(self, request, failure):
+        return _json(request, Invalid(failure.value.description).to_json(), 400)
+
+    @app.handle_errors(Exception)
+    def _internal(self, request, failure):
+        self.log.failure("internal error handling {path}", failure, path=request.path)
+        return _json(
+            request, {"error": {"code": "internal", "message": "internal error"}}, 500
+        )
+
+    # -- routes -----------------------------------------------------------
+
+    @app.route("/api/v1/info", methods=["GET"])
+    def info(self, request):
+        return _json(
+            request,
+            {
+                "name": self.manager.config.lab_name,
+                "version": bitelab.__version__,
+                "ssh_port": self.ssh_port(),
+                "time": iso(self.clock.seconds()),
+            },
+        )
+
+    @app.route("/api/v1/whoami", methods=["GET"])
+    @defer.inlineCallbacks
+    def whoami(self, request):
+        user = yield self._user(request)
+        return _json(request, {"user": user, "admin": self.manager.is_admin(user)})
+
+    @app.route("/api/v1/classes", methods=["GET"])
+    @defer.inlineCallbacks
+    def classes(self, request):
+        yield self._user(request)
+        result = yield self.manager.list_classes()
+        return _json(request, {"classes": result})
+
+    @app.route("/api/v1/boards", methods=["GET"])
+    @defer.inlineCallbacks
+    def boards(self, request):
+        user = yield self._user(request)
+        result = yield self.manager.list_boards(user)
+        return _json(request, {"boards": result})
+
+    @app.route("/api/v1/boards/<name>", methods=["GET"])
+    @defer.inlineCallbacks
+    def board(self, request, name):
+        user = yield self._user(request)
+        result = yield self.manager.get_board(user, _board_name(name))
+        return _json(request, result)
+
+    @app.route("/api/v1/boards/<name>/reserve", methods=["POST"])
+    @defer.inlineCallbacks
+    def reserve(self, request, name):
+        user = yield self._user(request)
+        body = _read_body(request, ("sshpubkey", "timeout"))
+        if body.get("sshpubkey") is not None and not isinstance(body["sshpubkey"], str):
+            raise Invalid("sshpubkey must be a string")
+        result = yield self.manager.reserve(
+            user, _board_name(name), body.get("sshpubkey"), body.get("timeout")
+        )
+        return _json(request, result)
+
+    @app.route("/api/v1/boards/<name>/release", methods=["POST"])
+    @defer.inlineCallbacks
+    def release(self, request, name):
+        user = yield self._user(request)
+        body = _read_body(request, ("force",))
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise Invalid("force must be true or false")
+        result = yield self.manager.release(user, _board_name(name), force)
+        return _json(request, result)
+
+    @app.route("/api/v1/boards/<name>/attrs", methods=["POST"])
+    @defer.inlineCallbacks
+    def set_attrs(self, request, name):
+        user = yield self._user(request)
+        name = _board_name(name)
+        body = _read_body(request, self.manager._accepted(name) | {"power", "timeout"})
+        result = yield self.manager.set_attrs(user, name, body)
+        return _json(request, result)
+
+    @app.route("/api/v1/boards/<name>/maintenance", methods=["POST"])
+    @defer.inlineCallbacks
+    def maintenance_on(self, request, name):
+        user = yield self._user(request)
+        body = _read_body(request, ("reason",))
+        result = yield self.manager.set_maintenance(
+            user, _board_name(name), body.get("reason")
+        )
+        return _json(request, result)
+
+    @app.route("/api/v1/boards/<name>/maintenance", methods=["DELETE"])
+    @defer.inlineCallbacks
+    def maintenance_off(self, request, name):
+        user = yield self._user(request)
+        result = yield self.manager.clear_maintenance(user, _board_name(name))
+        return _json(request, result)
+
+    @app.route("/api/v1/boards/<name>/console", methods=["GET"])
+    @defer.inlineCallbacks
+    def console(self, request, name):
+        user = yield self._user(request)
+        hub = yield self.manager.open_console(user, _board_name(name))
+        follow = request.args.get(b"follow", [b"0"])[0] in (b"1", b"true", b"yes")
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        if not follow:
+            return hub.reservation_log()
+        request.write(hub.reservation_log())
+        done = defer.Deferred()
+        viewer = _HTTPViewer(request, done)
+        hub.attach(viewer)
+
+        def gone(_):
+            hub.detach(viewer)
+            if not done.called:
+                done.callback(None)
+
+        request.notifyFinish().addBoth(gone)
+        yield done
+        hub.detach(viewer)
+        return b""
+
+    @app.route("/api/v1/events", methods=["GET"])
+    @defer.inlineCallbacks
+    def events(self, request):
+        user = yield self._user(request)
+        if not self.manager.is_admin(user):
+            raise Forbidden("only admins may read the audit log")
+        args = {}
+        for key in ("board", "user"):
+            if key.encode() in request.args:
+                args[key] = request.args[key.encode()][0].decode("utf-8", "replace")
+        for key, default in (("limit", 100), ("before", None)):
+            raw = request.args.get(key.encode(), [None])[0]
+            if raw is None:
+                args[key] = default
+                continue
+            if not raw.isdigit() or not 0 < int(raw) <= 10**12:
+                raise Invalid(f"{key} must be a positive whole number")
+            args[key] = int(raw)
+        args["limit"] = min(args["limit"], 1000)
+        result = yield self.manager.events(**args)
+        return _json(request, {"events": result})
+
+    @app.route("/api/v1/tokens/current", methods=["DELETE"])
+    @defer.inlineCallbacks
+    def revoke(self, request):
+        user = yield self._user(request)
+        token = BEARER_RE.match(request.getHeader(b"Authorization").decode()).group(1)
+        yield self.tokens.revoke(token)
+        return _json(request, {"revoked": True, "user": user})
+

@@ -1,0 +1,698 @@
+"""The board manager: where reservations, releases, expiry and power are decided.
+
+Board state lives in SQLite; every state change is one transaction that
+also appends to the audit log.  Slow work (setup script, power switching,
+closing consoles) happens outside transactions while the board is marked
+busy in memory, so no other operation on that board can interleave.
+"""
+
+import json
+from datetime import datetime, timezone
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from bitelab.errors import (
+    BitelabError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    PowerFailed,
+    SetupFailed,
+    Unavailable,
+)
+from bitelab.options import (
+    EtherIface,
+    PowerOption,
+    SerialConsole,
+    Timeout,
+)
+from bitelab.power import POWER_OPTIONS
+
+BOARD_COLUMNS = (
+    "name, class, arch, configured, state, holder, reserved_at, expires_at, "
+    "sshpubkey, reason, script_attrs, power, power_at"
+)
+MAX_PUBKEY = 16 * 1024
+
+
+def iso(seconds):
+    """An ISO 8601 UTC string for a POSIX time, or None."""
+    if seconds is None:
+        return None
+    stamp = datetime.fromtimestamp(seconds, timezone.utc)
+    return stamp.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _row_dict(row):
+    keys = [k.strip() for k in BOARD_COLUMNS.split(",")]
+    return dict(zip(keys, row))
+
+
+def _event(txn, now, user, board, action, detail=""):
+    txn.execute(
+        "INSERT INTO events (at, user, board, action, detail) VALUES (?, ?, ?, ?, ?)",
+        (now, user, board, action, detail),
+    )
+
+
+class BoardManager(service.Service):
+    """Reservations and board operations; the API and SSH layers call it."""
+
+    log = Logger()
+
+    #: ``cls`` in the board file -> option class
+    _option_map = {
+        **{c.cls_name: c for c in (EtherIface, SerialConsole, Timeout)},
+        **POWER_OPTIONS,
+    }
+
+    def __init__(self, reactor, config, lab, pool, runtime, scripts, consoles=None):
+        self.reactor = reactor
+        self.config = config
+        self.lab = lab
+        self.pool = pool
+        self.runtime = runtime
+        self.scripts = scripts
+        self.consoles = consoles if consoles is not None else {}
+        self.busy = set()
+        self._expiry = None
+
+    # -- service --------------------------------------------------------
+
+    def startService(self):
+        """Check for expired reservations now and then periodically."""
+        super().startService()
+        self._expiry = task.LoopingCall(self.expire_due)
+        self._expiry.clock = self.reactor
+        self._expiry.start(self.config.expiry_interval, now=True)
+        self.refresh_power()
+
+    def stopService(self):
+        if self._expiry is not None and self._expiry.running:
+            self._expiry.stop()
+        return super().stopService()
+
+    # -- helpers --------------------------------------------------------
+
+    def is_admin(self, user):
+        """Whether ``user`` is listed in ``admins``."""
+        return user in self.config.admins
+
+    def is_board(self, name):
+        """Whether ``name`` is a board of the board file."""
+        return name in self.lab.boards
+
+    def now(self):
+        return self.reactor.seconds()
+
+    def _power_option(self, name):
+        board = self.lab.boards.get(name)
+        return board.option(PowerOption) if board else None
+
+    def _default_timeout(self, name):
+        board = self.lab.boards.get(name)
+        option = board.option(Timeout) if board else None
+        return option.val if option else self.config.default_timeout
+
+    def _check_timeout(self, value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid("timeout must be a whole number of seconds")
+        if not 0 < value <= self.config.max_timeout:
+            raise Invalid(
+                f"timeout must be between 1 and {self.config.max_timeout} seconds"
+            )
+        return value
+
+    def _get_row(self, name):
+        def txn(cursor):
+            cursor.execute(f"SELECT {BOARD_COLUMNS} FROM boards WHERE name = ?", (name,))
+            row = cursor.fetchone()
+            return _row_dict(row) if row else None
+
+        return self.pool.runInteraction(txn)
+
+    @defer.inlineCallbacks
+    def _row_or_404(self, name):
+        row = yield self._get_row(name)
+        if row is None:
+            raise NotFound(f"no board named {name!r}")
+        return row
+
+    def view(self, row, user):
+        """The API's BOARD object for one database row, as ``user`` may see it."""
+        board = self.lab.boards.get(row["name"])
+        brdclass = self.lab.classes.get(row["class"])
+        attributes = {}
+        if brdclass is not None:
+            attributes.update(brdclass.attrs)
+        if board is not None:
+            for option in board.options:
+                attributes.update(option.static_attrs())
+            if board.option(PowerOption) is not None:
+                attributes["power"] = row["power"]
+                attributes["power_read_at"] = iso(row["power_at"])
+            attributes["timeout"] = self._default_timeout(row["name"])
+            if board.option(SerialConsole) is not None:
+                attributes["console"] = True
+        if row["state"] == "reserved" and (user == row["holder"] or self.is_admin(user)):
+            attributes.update(json.loads(row["script_attrs"] or "{}"))
+        result = {
+            "name": row["name"],
+            "class": row["class"],
+            "arch": row["arch"],
+            "state": row["state"],
+            "holder": row["holder"],
+            "reserved_at": iso(row["reserved_at"]),
+            "expires_at": iso(row["expires_at"]),
+            "attrs": attributes,
+        }
+        if row["state"] == "maintenance":
+            result["reason"] = row["reason"]
+        if not row["configured"]:
+            result["removed"] = True
+        return result
+
+    # -- start-up -------------------------------------------------------
+
+    def sync_txn(self, cursor, now):
+        """Bring the boards table in line with the board file (one transaction).
+
+        A board that left the file is deleted, unless it is reserved: then it
+        is kept, marked removed, until its holder releases it.
+        """
+        cursor.execute("BEGIN IMMEDIATE")
+        for board in self.lab.boards.values():
+            arch = self.lab.classes[board.brdclass].arch
+            cursor.execute(
+                "INSERT INTO boards (name, class, arch) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET class = excluded.class, "
+                "arch = excluded.arch, configured = 1",
+                (board.name, board.brdclass, arch),
+            )
+        cursor.execute("SELECT name, state FROM boards")
+        for name, state in cursor.fetchall():
+            if name in self.lab.boards:
+                continue
+            if state == "reserved":
+                cursor.execute(
+                    "UPDATE boards SET configured = 0 WHERE name = ?", (name,)
+                )
+                self.log.warn(
+                    "board {name} is no longer in the board file but is "
+                    "reserved; kept until released",
+                    name=name,
+                )
+            else:
+                cursor.execute("DELETE FROM boards WHERE name = ?", (name,))
+                _event(cursor, now, None, name, "removed", "left the board file")
+
+    def refresh_power(self):
+        """Read every board's power state from its device, in the background."""
+        for name, board in self.lab.boards.items():
+            option = board.option(PowerOption)
+            if option is not None and name not in self.busy:
+                d = self.read_power(name)
+                d.addErrback(
+                    lambda f, name=name: self.log.warn(
+                        "cannot read power of {name}: {err}",
+                        name=name,
+                        err=f.getErrorMessage(),
+                    )
+                )
+
+    # -- queries --------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def list_boards(self, user):
+        """Deferred[list]: every board as ``user`` may see it."""
+        rows = yield self.pool.runQuery(
+            f"SELECT {BOARD_COLUMNS} FROM boards ORDER BY name"
+        )
+        return [self.view(_row_dict(row), user) for row in rows]
+
+    @defer.inlineCallbacks
+    def get_board(self, user, name):
+        """Deferred[dict]: one board."""
+        row = yield self._row_or_404(name)
+        return self.view(row, user)
+
+    @defer.inlineCallbacks
+    def list_classes(self):
+        """Deferred[list]: classes with their board counts."""
+        rows = yield self.pool.runQuery(
+            "SELECT class, COUNT(*), SUM(state = 'free' AND configured = 1) "
+            "FROM boards GROUP BY class"
+        )
+        counts = {r[0]: (r[1], r[2] or 0) for r in rows}
+        result = []
+        for name, brdclass in sorted(self.lab.classes.items()):
+            total, free = counts.get(name, (0, 0))
+            entry = dict(brdclass.attrs)
+            entry.update(
+                {"name": name, "arch": brdclass.arch, "boards": total, "free": free}
+            )
+            result.append(entry)
+        return result
+
+    def events(self, limit=100, board=None, user=None, before=None):
+        """Deferred[list]: audit events, newest first."""
+        clauses, args = [], []
+        for column, value in (("board", board), ("user", user)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        if before is not None:
+            clauses.append("id < ?")
+            args.append(before)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        d = self.pool.runQuery(
+            f"SELECT id, at, user, board, action, detail FROM events {where} "
+            "ORDER BY id DESC LIMIT ?",
+            (*args, limit),
+        )
+        d.addCallback(
+            lambda rows: [
+                {
+                    "id": r[0],
+                    "time": iso(r[1]),
+                    "user": r[2],
+                    "board": r[3],
+                    "action": r[4],
+                    "detail": r[5],
+                }
+                for r in rows
+            ]
+        )
+        return d
+
+    # -- reserve --------------------------------------------------------
+
+    def _claim(self, cursor, target, is_class, user, now, timeout, sshpubkey):
+        cursor.execute("BEGIN IMMEDIATE")
+        if is_class:
+            cursor.execute(
+                "SELECT name FROM boards WHERE class = ? AND state = 'free' "
+                "AND configured = 1 ORDER BY released_at, name LIMIT 1",
+                (target,),
+            )
+            row = cursor.fetchone()
+            if row is None:
+                raise Unavailable(f"no free board of class {target!r}")
+            name = row[0]
+        else:
+            name = target
+            cursor.execute("SELECT state, holder FROM boards WHERE name = ?", (name,))
+            row = cursor.fetchone()
+            if row is None:
+                raise NotFound(f"no board named {name!r}")
+            if row[0] == "reserved":
+                raise Unavailable(f"board {name} is reserved by {row[1]}")
+            if row[0] == "maintenance":
+                raise Unavailable(f"board {name} is in maintenance")
+        if timeout is None:
+            timeout = self._default_timeout(name)
+        cursor.execute(
+            "UPDATE boards SET state = 'reserved', holder = ?, reserved_at = ?, "
+            "expires_at = ?, sshpubkey = ?, script_attrs = '{}', reason = NULL "
+            "WHERE name = ? AND state = 'free'",
+            (user, now, now + timeout, sshpubkey, name),
+        )
+        if cursor.rowcount != 1:
+            raise Unavailable(f"board {name} was taken")
+        _event(cursor, now, user, name, "reserve", f"timeout={timeout}")
+        return name
+
+    def script_env(self, name, user, sshpubkey):
+        """The setup script's environment for one board."""
+        board = self.lab.boards[name]
+        env = {
+            "BITELAB_BOARD": name,
+            "BITELAB_CLASS": board.brdclass,
+            "BITELAB_ARCH": self.lab.classes[board.brdclass].arch,
+            "BITELAB_USER": user,
+            "BITELAB_SSHPUBKEY": sshpubkey or "",
+        }
+        ether = board.option(EtherIface)
+        if ether is not None:
+            env["BITELAB_ETHERIFACE"] = ether.val
+        console = board.option(SerialConsole)
+        if console is not None:
+            env["BITELAB_SERIALCONSOLE"] = console.val
+        return env
+
+    @defer.inlineCallbacks
+    def reserve(self, user, target, sshpubkey=None, timeout=None):
+        """Deferred[dict]: reserve a board by name, or any free board of a class."""
+        if timeout is not None:
+            self._check_timeout(timeout)
+        if sshpubkey is not None:
+            if not isinstance(sshpubkey, str) or len(sshpubkey) > MAX_PUBKEY:
+                raise Invalid("sshpubkey must be an OpenSSH public key line")
+            if "\n" in sshpubkey.strip() or "\0" in sshpubkey:
+                raise Invalid("sshpubkey must be a single line")
+            sshpubkey = sshpubkey.strip()
+        if target in self.lab.classes:
+            is_class = True
+        elif target in self.lab.boards:
+            is_class = False
+        else:
+            raise NotFound(f"no board or class named {target!r}")
+        now = self.now()
+        name = yield self.pool.runInteraction(
+            self._claim, target, is_class, user, now, timeout, sshpubkey
+        )
+        self.busy.add(name)
+        try:
+            console = self.consoles.get(name)
+            if console is not None:
+                console.mark_reserved(user, iso(now))
+            try:
+                result = yield self.scripts.run(
+                    "reserve", name, self.script_env(name, user, sshpubkey)
+                )
+            except SetupFailed as e:
+                yield self._undo_reserve(name, user, e.message)
+                raise
+            yield self.pool.runOperation(
+                "UPDATE boards SET script_attrs = ? WHERE name = ? AND holder = ?",
+                (json.dumps(result.attrs), name, user),
+            )
+        finally:
+            self.busy.discard(name)
+        board = yield self.get_board(user, name)
+        return board
+
+    @defer.inlineCallbacks
+    def _undo_reserve(self, name, user, message):
+        problems = []
+        power_problem = yield self._power_off_quietly(name)
+        if power_problem:
+            problems.append(power_problem)
+        console = self.consoles.get(name)
+        if console is not None:
+            console.close_viewers(f"reservation of {name} failed: {message}")
+            console.mark_released(user, iso(self.now()), "setup failed")
+        yield self._finish(name, user, "setup_failed", message, problems)
+
+    # -- release and expiry ---------------------------------------------
+
+    @defer.inlineCallbacks
+    def _power_off_quietly(self, name):
+        """Power the board off; a one-line problem text, or None when done."""
+        if self._power_option(name) is None:
+            return None
+        try:
+            yield self._set_power(name, False)
+        except PowerFailed as e:
+            return f"power off failed: {e.message}"
+        return None
+
+    def _finish(self, name, user, action, detail, problems):
+        """Free the board, or put it in maintenance if anything failed."""
+        now = self.now()
+
+        def txn(cursor):
+            cursor.execute("BEGIN IMMEDIATE")
+            if problems:
+                reason = "; ".join(problems)
+                cursor.execute(
+                    "UPDATE boards SET state = 'maintenance', reason = ?, "
+                    "holder = NULL, reserved_at = NULL, expires_at = NULL, "
+                    "sshpubkey = NULL, script_attrs = '{}', released_at = ? "
+                    "WHERE name = ?",
+                    (reason, now, name),
+                )
+                _event(cursor, now, user, name, action, detail)
+                _event(cursor, now, None, name, "maintenance", reason)
+                return
+            cursor.execute(
+                "UPDATE boards SET state = 'free', holder = NULL, "
+                "reserved_at = NULL, expires_at = NULL, sshpubkey = NULL, "
+                "script_attrs = '{}', reason = NULL, released_at = ? WHERE name = ?",
+                (now, name),
+            )
+            _event(cursor, now, user, name, action, detail)
+            cursor.execute(
+                "DELETE FROM boards WHERE name = ? AND configured = 0", (name,)
+            )
+
+        return self.pool.runInteraction(txn)
+
+    @defer.inlineCallbacks
+    def _end_reservation(self, row, actor, action, why):
+        """Power off, close consoles, run the release script, then free the board."""
+        name = row["name"]
+        self.busy.add(name)
+        try:
+            problems = []
+            power_problem = yield self._power_off_quietly(name)
+            if power_problem:
+                problems.append(power_problem)
+            console = self.consoles.get(name)
+            if console is not None:
+                console.close_viewers(f"reservation of {name} ended: {why}")
+                console.mark_released(row["holder"], iso(self.now()), why)
+            if name in self.lab.boards:
+                try:
+                    yield self.scripts.run(
+                        "release",
+                        name,
+                        self.script_env(name, row["holder"], row["sshpubkey"]),
+                    )
+                except SetupFailed as e:
+                    problems.append(e.message)
+            yield self._finish(name, actor, action, why, problems)
+        finally:
+            self.busy.discard(name)
+
+    @defer.inlineCallbacks
+    def release(self, user, name, force=False):
+        """Deferred[dict]: release a board held by ``user`` (or any, by an admin with force)."""
+        row = yield self._row_or_404(name)
+        if row["state"] != "reserved":
+            raise Unavailable(f"board {name} is not reserved")
+        if row["holder"] != user:
+            if not self.is_admin(user):
+                raise Forbidden(f"board {name} is not held by you")
+            if not force:
+                raise Forbidden(
+                    f"board {name} is held by {row['holder']}; use force to release it"
+                )
+        if name in self.busy:
+            raise Unavailable(f"board {name} is busy; try again")
+        if row["holder"] == user:
+            action, why = "release", f"released by {user}"
+        else:
+            action, why = "force_release", f"released by admin {user}"
+        yield self._end_reservation(row, user, action, why)
+        row = yield self._get_row(name)
+        if row is None:
+            return {"name": name, "state": "removed"}
+        return self.view(row, user)
+
+    @defer.inlineCallbacks
+    def expire_due(self):
+        """Release every reservation whose time is up; errors are logged, not raised."""
+        try:
+            rows = yield self.pool.runQuery(
+                f"SELECT {BOARD_COLUMNS} FROM boards "
+                "WHERE state = 'reserved' AND expires_at <= ?",
+                (self.now(),),
+            )
+            for row in map(_row_dict, rows):
+                if row["name"] in self.busy:
+                    continue
+                self.log.info(
+                    "reservation of {name} by {holder} expired",
+                    name=row["name"],
+                    holder=row["holder"],
+                )
+                yield self._end_reservation(row, None, "expire", "expired")
+        except Exception:
+            self.log.failure("expiry check failed")
+
+    # -- attributes -----------------------------------------------------
+
+    def _accepted(self, name):
+        board = self.lab.boards.get(name)
+        accepted = {"timeout"}
+        if board is not None:
+            for option in board.options:
+                accepted.update(option.accepts)
+        return accepted
+
+    @defer.inlineCallbacks
+    def set_attrs(self, user, name, values):
+        """Deferred[dict]: apply ``{"power": ..., "timeout": ...}`` for the holder or an admin."""
+        row = yield self._row_or_404(name)
+        admin = self.is_admin(user)
+        if not admin and not (row["state"] == "reserved" and row["holder"] == user):
+            raise Forbidden(f"board {name} is not held by you")
+        if not values:
+            raise Invalid("no attributes given")
+        accepted = self._accepted(name)
+        for key in values:
+            if key not in accepted:
+                raise Invalid(
+                    f"board {name} has no settable attribute {key!r} "
+                    f"(settable: {', '.join(sorted(accepted))})"
+                )
+        power = values.get("power")
+        if "power" in values and power not in ("on", "off", "cycle"):
+            raise Invalid("power must be 'on', 'off' or 'cycle'")
+        timeout = values.get("timeout")
+        if "timeout" in values:
+            self._check_timeout(timeout)
+            if row["state"] != "reserved":
+                raise Unavailable(f"board {name} is not reserved")
+        if name in self.busy:
+            raise Unavailable(f"board {name} is busy; try again")
+        self.busy.add(name)
+        try:
+            if timeout is not None:
+                yield self._extend(name, row["holder"], user, timeout)
+            if power is not None:
+                yield self._switch(name, user, power)
+        finally:
+            self.busy.discard(name)
+        board = yield self.get_board(user, name)
+        return board
+
+    def _extend(self, name, holder, user, timeout):
+        now = self.now()
+
+        def txn(cursor):
+            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute(
+                "UPDATE boards SET expires_at = ? WHERE name = ? AND "
+                "state = 'reserved' AND holder = ?",
+                (now + timeout, name, holder),
+            )
+            if cursor.rowcount != 1:
+                raise Unavailable(f"board {name} is no longer reserved")
+            _event(cursor, now, user, name, "extend", f"timeout={timeout}")
+
+        return self.pool.runInteraction(txn)
+
+    @defer.inlineCallbacks
+    def _switch(self, name, user, power):
+        try:
+            if power == "cycle":
+                yield self._set_power(name, False)
+                yield task.deferLater(self.reactor, self.config.power_cycle_pause)
+                yield self._set_power(name, True)
+            else:
+                yield self._set_power(name, power == "on")
+        except PowerFailed as e:
+            yield self.pool.runOperation(
+                "INSERT INTO events (at, user, board, action, detail) "
+                "VALUES (?, ?, ?, 'power_failed', ?)",
+                (self.now(), user, name, e.message),
+            )
+            raise
+        yield self.pool.runOperation(
+            "INSERT INTO events (at, user, board, action, detail) "
+            "VALUES (?, ?, ?, 'power', ?)",
+            (self.now(), user, name, power),
+        )
+
+    @defer.inlineCallbacks
+    def _set_power(self, name, on):
+        option = self._power_option(name)
+        if option is None:
+            raise Invalid(f"board {name} has no power control")
+        state = yield option.set_power(self.runtime, on)
+        yield self._store_power(name, state)
+        return state
+
+    @defer.inlineCallbacks
+    def read_power(self, name):
+        """Deferred[bool]: read the power state from the device and store it."""
+        option = self._power_option(name)
+        if option is None:
+            raise Invalid(f"board {name} has no power control")
+        state = yield option.get_power(self.runtime)
+        yield self._store_power(name, state)
+        return state
+
+    def _store_power(self, name, state):
+        return self.pool.runOperation(
+            "UPDATE boards SET power = ?, power_at = ? WHERE name = ?",
+            ("on" if state else "off", self.now(), name),
+        )
+
+    # -- maintenance ----------------------------------------------------
+
+    def _require_admin(self, user):
+        if not self.is_admin(user):
+            raise Forbidden("only admins may do this")
+
+    @defer.inlineCallbacks
+    def set_maintenance(self, user, name, reason):
+        """Deferred[dict]: take a free board out of service (admins)."""
+        self._require_admin(user)
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > 500:
+            raise Invalid("reason must be a non-empty string of at most 500 characters")
+        yield self._row_or_404(name)
+        now = self.now()
+
+        def txn(cursor):
+            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute("SELECT state, holder FROM boards WHERE name = ?", (name,))
+            state, holder = cursor.fetchone()
+            if state == "reserved":
+                raise Unavailable(
+                    f"board {name} is reserved by {holder}; force-release it first"
+                )
+            cursor.execute(
+                "UPDATE boards SET state = 'maintenance', reason = ? WHERE name = ?",
+                (reason.strip(), name),
+            )
+            _event(cursor, now, user, name, "maintenance", reason.strip())
+
+        yield self.pool.runInteraction(txn)
+        board = yield self.get_board(user, name)
+        return board
+
+    @defer.inlineCallbacks
+    def clear_maintenance(self, user, name):
+        """Deferred[dict]: put a board in maintenance back in service (admins)."""
+        self._require_admin(user)
+        yield self._row_or_404(name)
+        if name in self.busy:
+            raise Unavailable(f"board {name} is busy; try again")
+        now = self.now()
+
+        def txn(cursor):
+            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute(
+                "UPDATE boards SET state = 'free', reason = NULL, released_at = ? "
+                "WHERE name = ? AND state = 'maintenance'",
+                (now, name),
+            )
+            if cursor.rowcount != 1:
+                raise Unavailable(f"board {name} is not in maintenance")
+            _event(cursor, now, user, name, "maintenance_end", "")
+
+        yield self.pool.runInteraction(txn)
+        board = yield self.get_board(user, name)
+        return board
+
+    # -- consoles -------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def open_console(self, user, name):
+        """Deferred[hub]: the console of a board ``user`` holds (or any, for admins)."""
+        row = yield self._get_row(name)
+        if row is None or name not in self.consoles:
+            raise NotFound(f"board {name} has no serial console")
+        if not self.is_admin(user) and not (
+            row["state"] == "reserved" and row["holder"] == user
+        ):
+            raise Forbidden(f"you do not hold board {name}")
+        return self.consoles[name]
+
+
+__all__ = ["BoardManager", "BitelabError", "iso"]

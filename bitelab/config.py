@@ -1,0 +1,338 @@
+"""Loading the server's ``.env`` file and the UCL board file.
+
+Both loaders return frozen attrs objects and raise ``ConfigError`` with one
+line naming the file, the key (or board and option) and the problem.
+"""
+
+import os
+import re
+
+import attrs
+
+from bitelab import ucl
+from bitelab.errors import ConfigError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+USER_RE = NAME_RE
+
+
+@attrs.frozen
+class Config:
+    """The server configuration from ``.env``; paths are absolute."""
+
+    path: str
+    db_file: str
+    board_conf: str
+    http_endpoint: str = "tcp:8080"
+    ssh_endpoint: str = "tcp:2222"
+    ssh_host_key: str = ""
+    ssh_keys_dir: str = ""
+    admins: frozenset = frozenset()
+    console_log_dir: str = ""
+    console_log_max_bytes: int = 4 * 1024 * 1024
+    console_log_backups: int = 4
+    default_timeout: int = 3600
+    max_timeout: int = 7 * 24 * 3600
+    setup_script_timeout: int = 60
+    power_cycle_pause: float = 2.0
+    expiry_interval: float = 1.0
+    lab_name: str = "bitelab"
+
+
+def _path(value):
+    if not value:
+        raise ValueError("must be a path")
+    return value
+
+
+def _seconds(value):
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"must be a whole number of seconds, not {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"must be a positive number of seconds, not {value!r}")
+    return number
+
+
+def _bytes(value):
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"must be a whole number of bytes, not {value!r}") from None
+    if number < 4096:
+        raise ValueError("must be at least 4096 bytes")
+    return number
+
+
+def _count(value):
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"must be a whole number, not {value!r}") from None
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def _pause(value):
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, not {value!r}") from None
+    if not 0 <= number <= 600:
+        raise ValueError("must be between 0 and 600 seconds")
+    return number
+
+
+def _interval(value):
+    number = _pause(value)
+    if number <= 0:
+        raise ValueError("must be more than 0 seconds")
+    return number
+
+
+def _endpoint(value):
+    if not value:
+        raise ValueError("must be a Twisted endpoint description such as tcp:8080")
+    return value
+
+
+def _admins(value):
+    names = frozenset(n.strip() for n in value.split(",") if n.strip())
+    for name in names:
+        if not USER_RE.match(name):
+            raise ValueError(f"{name!r} is not a valid user name")
+    return names
+
+
+def _name(value):
+    if not value or not NAME_RE.match(value):
+        raise ValueError("must be letters, digits, '.', '_' or '-'")
+    return value
+
+
+# key -> (parser, is a path relative to the .env directory)
+_KEYS = {
+    "db_file": (_path, True),
+    "board_conf": (_path, True),
+    "http_endpoint": (_endpoint, False),
+    "ssh_endpoint": (_endpoint, False),
+    "ssh_host_key": (_path, True),
+    "ssh_keys_dir": (_path, True),
+    "admins": (_admins, False),
+    "console_log_dir": (_path, True),
+    "console_log_max_bytes": (_bytes, False),
+    "console_log_backups": (_count, False),
+    "default_timeout": (_seconds, False),
+    "max_timeout": (_seconds, False),
+    "setup_script_timeout": (_seconds, False),
+    "power_cycle_pause": (_pause, False),
+    "expiry_interval": (_interval, False),
+    "lab_name": (_name, False),
+}
+_REQUIRED = ("db_file", "board_conf")
+
+
+def load_config(path):
+    """Read a ``.env`` file into a ``Config``; ``ConfigError`` on any problem."""
+    path = os.path.abspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {getattr(e, 'strerror', e) or e}")
+    base = os.path.dirname(path)
+    values = {}
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{path}:{number}"
+        if "=" not in line:
+            raise ConfigError(f"{where}: expected key=value, got {line!r}")
+        key, value = (part.strip() for part in line.split("=", 1))
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        if key not in _KEYS:
+            known = ", ".join(sorted(_KEYS))
+            raise ConfigError(f"{where}: unknown key {key!r} (known keys: {known})")
+        if key in values:
+            raise ConfigError(f"{where}: key {key!r} is set twice")
+        parse, is_path = _KEYS[key]
+        try:
+            parsed = parse(value)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {key}: {e}") from None
+        if is_path:
+            parsed = os.path.normpath(os.path.join(base, parsed))
+        values[key] = parsed
+    for key in _REQUIRED:
+        if key not in values:
+            raise ConfigError(f"{path}: required key {key!r} is missing")
+    values.setdefault("ssh_host_key", os.path.join(base, "ssh_host_ed25519_key"))
+    values.setdefault("ssh_keys_dir", os.path.join(base, "keys"))
+    values.setdefault("console_log_dir", os.path.join(base, "console"))
+    config = Config(path=path, **values)
+    if config.max_timeout < config.default_timeout:
+        raise ConfigError(
+            f"{path}: max_timeout ({config.max_timeout}) is less than "
+            f"default_timeout ({config.default_timeout})"
+        )
+    return config
+
+
+@attrs.frozen
+class BoardClass:
+    """A class of interchangeable boards."""
+
+    name: str
+    arch: str
+    attrs: dict = attrs.field(factory=dict, eq=False)
+
+
+@attrs.frozen
+class BoardConfig:
+    """One board from the board file, its options already constructed."""
+
+    name: str
+    brdclass: str
+    options: tuple = ()
+
+    def option(self, kind):
+        """The first option that is an instance of ``kind``, or None."""
+        for option in self.options:
+            if isinstance(option, kind):
+                return option
+        return None
+
+
+@attrs.frozen
+class LabConfig:
+    """The whole board file."""
+
+    path: str
+    setup_script: str | None
+    classes: dict = attrs.field(eq=False)
+    boards: dict = attrs.field(eq=False)
+
+
+def _option_error(where, cls_name, option_cls, e):
+    accepted = ", ".join(
+        f.name for f in attrs.fields(option_cls) if not f.name.startswith("_")
+    )
+    text = str(e)
+    match = re.search(r"unexpected keyword argument '([^']+)'", text)
+    if match:
+        text = f"unknown keyword {match.group(1)!r}"
+    match = re.search(r"missing \d+ required keyword-only argument[s]?: (.*)", text)
+    if match:
+        text = f"missing {match.group(1)}"
+    return ConfigError(f"{where}: option {cls_name}: {text} (accepted: {accepted})")
+
+
+def load_boards(path, option_map):
+    """Read and validate the UCL board file; ``option_map`` maps ``cls`` to classes."""
+    path = os.path.abspath(path)
+    try:
+        data = ucl.load(path)
+    except ucl.UCLError as e:
+        raise ConfigError(str(e)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {getattr(e, 'strerror', e) or e}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be an object")
+    known_top = {"setup_script", "classes", "boards"}
+    for key in data:
+        if key not in known_top:
+            raise ConfigError(
+                f"{path}: unknown key {key!r} (known: {', '.join(sorted(known_top))})"
+            )
+    script = data.get("setup_script")
+    if script is not None:
+        if not isinstance(script, str) or not script:
+            raise ConfigError(f"{path}: setup_script must be a path")
+        script = os.path.normpath(os.path.join(os.path.dirname(path), script))
+
+    raw_classes = data.get("classes", {})
+    if not isinstance(raw_classes, dict):
+        raise ConfigError(f"{path}: classes must be an object of class objects")
+    classes = {}
+    for name, body in raw_classes.items():
+        where = f"{path}: class {name!r}"
+        if not NAME_RE.match(name):
+            raise ConfigError(f"{where}: names are letters, digits, '.', '_' or '-'")
+        if isinstance(body, list):
+            raise ConfigError(f"{where}: defined more than once")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: must be an object such as {{ arch = ...; }}")
+        arch = body.get("arch")
+        if not isinstance(arch, str) or not arch:
+            raise ConfigError(f"{where}: arch is missing or not a string")
+        extra = {k: v for k, v in body.items() if k != "arch"}
+        classes[name] = BoardClass(name=name, arch=arch, attrs=extra)
+
+    raw_boards = data.get("boards", [])
+    if isinstance(raw_boards, dict):
+        raw_boards = [raw_boards]
+    if not isinstance(raw_boards, list):
+        raise ConfigError(f"{path}: boards must be a list of board objects")
+    boards = {}
+    for index, body in enumerate(raw_boards, 1):
+        where = f"{path}: board #{index}"
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: must be an object")
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}: name is missing or not a string")
+        where = f"{path}: board {name!r}"
+        if not NAME_RE.match(name):
+            raise ConfigError(f"{where}: names are letters, digits, '.', '_' or '-'")
+        if name in boards:
+            raise ConfigError(f"{where}: defined more than once")
+        if name in classes:
+            raise ConfigError(f"{where}: a class has the same name")
+        for key in body:
+            if key not in ("name", "brdclass", "options"):
+                raise ConfigError(
+                    f"{where}: unknown key {key!r} (known: brdclass, name, options)"
+                )
+        brdclass = body.get("brdclass")
+        if not isinstance(brdclass, str) or not brdclass:
+            raise ConfigError(f"{where}: brdclass is missing or not a string")
+        if brdclass not in classes:
+            known = ", ".join(sorted(classes)) or "none defined"
+            raise ConfigError(f"{where}: unknown brdclass {brdclass!r} (classes: {known})")
+        raw_options = body.get("options", [])
+        if isinstance(raw_options, dict):
+            raw_options = [raw_options]
+        if not isinstance(raw_options, list):
+            raise ConfigError(f"{where}: options must be a list of objects")
+        options = []
+        seen = set()
+        for number, spec in enumerate(raw_options, 1):
+            if not isinstance(spec, dict):
+                raise ConfigError(f"{where}: option #{number} must be an object")
+            spec = dict(spec)
+            cls_name = spec.pop("cls", None)
+            if cls_name not in option_map:
+                known = ", ".join(sorted(option_map))
+                raise ConfigError(
+                    f"{where}: option #{number}: unknown cls {cls_name!r} "
+                    f"(known: {known})"
+                )
+            option_cls = option_map[cls_name]
+            try:
+                option = option_cls(**spec)
+            except (TypeError, ValueError) as e:
+                raise _option_error(where, cls_name, option_cls, e) from None
+            for attr in option_cls.reads:
+                if attr in seen:
+                    raise ConfigError(
+                        f"{where}: option {cls_name}: another option already "
+                        f"provides {attr!r}"
+                    )
+                seen.add(attr)
+            options.append(option)
+        boards[name] = BoardConfig(name=name, brdclass=brdclass, options=tuple(options))
+    return LabConfig(path=path, setup_script=script, classes=classes, boards=boards)

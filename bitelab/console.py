@@ -1,0 +1,613 @@
+"""Serial consoles: one service per board owning the port, its log and viewers.
+
+A board's console is split in three parts so that most of it can be tested
+without a serial device:
+
+* ``ConsoleLog`` appends what the board prints to ``LOG_DIR/BOARD.log``,
+  rotates it by size and finds the output of the current reservation.
+* ``ConsoleHub`` fans the output out to any number of viewers (SSH sessions,
+  HTTP streams) and keeps a slow viewer from holding up the others.
+* ``ConsoleService`` opens the device with Twisted's ``SerialPort``, feeds
+  both, and reopens the device with a capped exponential back-off whenever
+  it is missing or goes away (a USB adapter unplugged).
+
+A *viewer* is any object with these methods:
+
+``write(data: bytes)``
+    Called with console output, from the moment the viewer is attached.
+``close(reason: str)``
+    Called once when the hub drops the viewer (reservation over, service
+    stopped, viewer too slow); ``reason`` is one line to show the user.
+
+and optionally one of two ways to report back-pressure:
+
+``registerProducer(producer, streaming)`` / ``unregisterProducer()``
+    An ``IConsumer`` (a TCP transport, a ``twisted.web`` request).  The hub
+    registers a streaming producer; while the viewer has it paused, output
+    is queued in the hub instead of being written.
+``pending() -> int``
+    Bytes the viewer has accepted but not yet sent (an SSH channel adapter
+    returns ``len(channel.buf)``).
+
+Whichever is used, a viewer whose backlog grows beyond the hub's bound is
+closed with ``TOO_SLOW``.  The serial port itself is never paused.
+"""
+
+import os
+from collections import deque
+
+from twisted.application.service import Service
+from twisted.internet import protocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+#: start of the line written when a reservation begins
+RESERVED_MARKER = b"=== bitelab: reserved by "
+#: start of the line written when a reservation ends
+RELEASED_MARKER = b"=== bitelab: released by "
+#: the reason given to a viewer that could not keep up
+TOO_SLOW = "console viewer too slow, disconnected"
+#: the reason given to a viewer whose own code raised an exception
+FAILED = "console viewer failed, disconnected"
+
+
+def _one_line(text):
+    """``text`` with control characters replaced, for use inside a marker."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))
+
+
+class ConsoleLog:
+    """Append-only, size-rotated, binary-safe log of one board's console.
+
+    ``path`` is the current file; backups are ``path.1`` (newest) to
+    ``path.BACKUPS``.  No file grows beyond ``max_bytes`` (unless
+    ``max_bytes`` is smaller than a single marker line).  Every ``write`` goes
+    straight to the file (no user-space buffering), so the log is always as
+    complete as what the board has printed.
+    """
+
+    log = Logger()
+
+    def __init__(self, path, max_bytes=4 * 1024 * 1024, backups=4):
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, not {max_bytes!r}")
+        if backups < 0:
+            raise ValueError(f"backups must not be negative, not {backups!r}")
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._file = None
+        self._size = 0
+        self._ends_with_newline = True
+        self._failing = False
+
+    def open(self):
+        """Open (or create) the current file for appending."""
+        if self._file is not None:
+            return
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        self._file = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._size = os.lseek(self._file, 0, os.SEEK_END)
+        self._ends_with_newline = self._size == 0 or self._last_byte() == b"\n"
+
+    def close(self):
+        """Close the current file; ``open`` may be called again later."""
+        if self._file is not None:
+            os.close(self._file)
+            self._file = None
+
+    def _last_byte(self):
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1)
+
+    def write(self, data):
+        """Append ``data`` (bytes), rotating whenever the file would overflow.
+
+        A disk error is logged once per run of failures and the data lost:
+        the console keeps running for its viewers.
+        """
+        if not data:
+            return
+        try:
+            self._append(data)
+        except OSError as e:
+            if not self._failing:
+                self.log.error(
+                    "cannot write console log {path}: {error}",
+                    path=self.path,
+                    error=e.strerror or e,
+                )
+            self._failing = True
+            return
+        if self._failing:
+            self.log.info("console log {path} writable again", path=self.path)
+            self._failing = False
+
+    def _append(self, data):
+        if self._file is None:
+            self.open()
+        view = memoryview(data)
+        while view:
+            room = self.max_bytes - self._size
+            if room <= 0:
+                self.rotate()
+                room = self.max_bytes
+            chunk = view[:room]
+            done = 0
+            while done < len(chunk):
+                done += os.write(self._file, chunk[done:])
+            self._size += done
+            view = view[done:]
+        self._ends_with_newline = data[-1:] == b"\n"
+
+    def mark(self, line):
+        """Write ``line`` (bytes, ending in a newline) on a line of its own.
+
+        The line is never split by a rotation, so it can always be found.
+        """
+        if not self._ends_with_newline:
+            line = b"\n" + line
+        if self._file is None:
+            self.open()
+        if self._size + len(line) > self.max_bytes and self._size:
+            self.rotate()
+        self.write(line)
+
+    def rotate(self):
+        """Shift ``path`` to ``path.1``, ``path.1`` to ``path.2`` and so on.
+
+        The oldest backup beyond ``backups`` is deleted.
+        """
+        self.close()
+        names = [self.path] + [f"{self.path}.{i}" for i in range(1, self.backups + 1)]
+        try:
+            os.unlink(names[-1])
+        except FileNotFoundError:
+            pass
+        for older, newer in zip(reversed(names[1:]), reversed(names[:-1])):
+            try:
+                os.replace(newer, older)
+            except FileNotFoundError:
+                pass
+        self.open()
+
+    def files(self):
+        """The existing log files, newest first."""
+        names = [self.path] + [f"{self.path}.{i}" for i in range(1, self.backups + 1)]
+        return [name for name in names if os.path.exists(name)]
+
+    def since_last(self, marker):
+        """The logged bytes from the last line starting with ``marker`` on.
+
+        Looks back through the backups if needed; if the marker is in none of
+        the kept files, everything kept is returned.
+        """
+        kept = b""
+        for name in self.files():
+            try:
+                with open(name, "rb") as f:
+                    kept = f.read() + kept
+            except FileNotFoundError:
+                continue
+            found = _find_line(kept, marker)
+            if found >= 0:
+                return kept[found:]
+        return kept
+
+
+def _find_line(data, marker):
+    """Offset of the last line of ``data`` starting with ``marker``, or -1."""
+    end = len(data)
+    while True:
+        found = data.rfind(marker, 0, end)
+        if found <= 0 or data[found - 1 : found] == b"\n":
+            return found
+        end = found + len(marker) - 1
+
+
+@implementer(IPushProducer)
+class _ViewerLink:
+    """The hub's side of one viewer: its queue and back-pressure state."""
+
+    def __init__(self, hub, viewer, allowance):
+        self.hub = hub
+        self.viewer = viewer
+        # Extra bytes tolerated until a replayed history has drained.
+        self.allowance = allowance
+        self.paused = False
+        self.queue = deque()
+        self.queued = 0
+        self.behind = False
+        self.lag = 0
+        self.pending = getattr(viewer, "pending", None)
+        self.consumer = callable(getattr(viewer, "registerProducer", None))
+
+    def start(self, history):
+        """Register as the viewer's producer if it takes one; send ``history``."""
+        if self.consumer:
+            self.viewer.registerProducer(self, True)
+        if history:
+            self.deliver(history)
+
+    def unregister(self):
+        """Undo ``start``'s producer registration, if any."""
+        if self.consumer:
+            self.consumer = False
+            self.viewer.unregisterProducer()
+
+    def backlog(self):
+        """Bytes this viewer is behind: queued here plus its own ``pending()``."""
+        extra = self.pending() if self.pending is not None else 0
+        return self.queued + extra
+
+    def deliver(self, data):
+        """Pass ``data`` on, or queue it while paused; update ``behind``."""
+        if self.paused or self.queue:
+            self.queue.append(data)
+            self.queued += len(data)
+        else:
+            self.viewer.write(data)
+        backlog = self.lag = self.backlog()
+        if backlog <= self.hub.max_backlog:
+            self.allowance = 0
+        self.behind = backlog > self.hub.max_backlog + self.allowance
+
+    def flush(self):
+        """Hand the queue to the viewer until it is empty or pauses us."""
+        while self.queue and not self.paused:
+            data = self.queue.popleft()
+            self.queued -= len(data)
+            self.viewer.write(data)
+
+    def pauseProducing(self):
+        """The viewer cannot take more for now: queue from here on."""
+        self.paused = True
+
+    def resumeProducing(self):
+        """The viewer can take more: hand it the queue until it pauses again."""
+        self.paused = False
+        if not self.hub._safely(self, "write to", self.flush):
+            self.hub._drop(self, FAILED)
+
+    def stopProducing(self):
+        """The viewer's connection is gone: forget it without closing it."""
+        self.consumer = False
+        self.hub._forget(self)
+
+
+class ConsoleHub:
+    """Fans console output out to viewers, each with a bounded backlog.
+
+    ``max_backlog`` is how many bytes a viewer may fall behind (queued in the
+    hub while it has us paused, plus what its ``pending()`` reports) before
+    it is closed with ``TOO_SLOW``.  A viewer raising an exception is closed
+    with ``FAILED``; either way the other viewers carry on.
+    """
+
+    log = Logger()
+
+    def __init__(self, max_backlog=1024 * 1024, name=""):
+        self.max_backlog = max_backlog
+        self.name = name
+        self._links = {}
+
+    def __len__(self):
+        return len(self._links)
+
+    @property
+    def viewers(self):
+        """The attached viewers, in the order they were attached."""
+        return list(self._links)
+
+    def attach(self, viewer, history=b""):
+        """Send ``viewer`` all output from now on, after ``history`` if any.
+
+        ``history`` (e.g. the reservation's log so far) does not count
+        against the backlog bound, so a long replay does not get a viewer
+        disconnected on the spot.
+        """
+        if viewer in self._links:
+            return
+        link = _ViewerLink(self, viewer, len(history))
+        self._links[viewer] = link
+        if not self._safely(link, "attach", link.start, history):
+            self._drop(link, FAILED)
+
+    def detach(self, viewer):
+        """Stop sending to ``viewer`` (not closed: the caller is done with it)."""
+        link = self._links.pop(viewer, None)
+        if link is not None:
+            self._safely(link, "unregister", link.unregister)
+
+    def deliver(self, data):
+        """Hand ``data`` to every viewer; drop the ones that fall too far behind."""
+        for link in list(self._links.values()):
+            if not self._safely(link, "write to", link.deliver, data):
+                self._drop(link, FAILED)
+            elif link.behind:
+                self.log.emit(
+                    LogLevel.warn,
+                    "{board}: console viewer {viewer!r} is {backlog} bytes"
+                    " behind; disconnecting it",
+                    board=self.name,
+                    viewer=link.viewer,
+                    backlog=link.lag,
+                )
+                self._drop(link, TOO_SLOW)
+
+    def close_viewers(self, reason):
+        """Close every viewer with the one-line ``reason``."""
+        for link in list(self._links.values()):
+            self._drop(link, reason)
+
+    def _drop(self, link, reason):
+        if self._links.get(link.viewer) is not link:
+            return
+        del self._links[link.viewer]
+        self._safely(link, "unregister", link.unregister)
+        self._safely(link, "close", link.viewer.close, reason)
+
+    def _forget(self, link):
+        if self._links.get(link.viewer) is link:
+            del self._links[link.viewer]
+
+    def _safely(self, link, what, function, *args):
+        """Call a viewer's code; True unless it raised (which is logged)."""
+        try:
+            function(*args)
+        except Exception:  # noqa: BLE001 -- a broken viewer must not stop the rest
+            self.log.failure(
+                "{board}: could not {what} console viewer {viewer!r}",
+                board=self.name,
+                what=what,
+                viewer=link.viewer,
+            )
+            return False
+        return True
+
+
+class _SerialProtocol(protocol.Protocol):
+    """Passes what the port reads to the service and reports its loss."""
+
+    def __init__(self, service):
+        self.service = service
+
+    def dataReceived(self, data):
+        self.service.received(data)
+
+    def connectionLost(self, reason):
+        self.service._port_lost(self, reason)
+
+
+def _serial_port(proto, device, reactor, baudrate):
+    # Imported here: it needs pyserial, which only a real device needs.
+    from twisted.internet.serialport import SerialPort
+
+    return SerialPort(proto, device, reactor, baudrate=baudrate)
+
+
+class ConsoleService(Service):
+    """The serial console of one board: port, log, viewers and reconnection.
+
+    ``device`` is opened at ``baud`` with Twisted's ``SerialPort``; all output
+    goes to ``log_dir/BOARD.log`` (see ``ConsoleLog`` for ``max_log_bytes``
+    and ``backups``) and to the attached viewers (see ``ConsoleHub`` for
+    ``max_backlog``).  While the device is missing it is retried after
+    ``retry_initial`` seconds, doubling up to ``retry_max``.
+    ``port_factory(protocol, device, reactor, baudrate)`` opens the device;
+    it is ``SerialPort`` unless a test says otherwise.
+    """
+
+    log = Logger()
+
+    #: a connection that lasted this long resets the back-off
+    STABLE_SECONDS = 10.0
+
+    def __init__(
+        self,
+        reactor,
+        board,
+        device,
+        baud,
+        log_dir,
+        max_log_bytes=4 * 1024 * 1024,
+        backups=4,
+        retry_max=30.0,
+        retry_initial=0.5,
+        max_backlog=1024 * 1024,
+        port_factory=_serial_port,
+    ):
+        self.reactor = reactor
+        self.board = board
+        self.name = f"console-{board}"
+        self.device = device
+        self.baud = baud
+        self.console_log = ConsoleLog(
+            os.path.join(log_dir, f"{board}.log"), max_log_bytes, backups
+        )
+        self.hub = ConsoleHub(max_backlog, name=board)
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self._port_factory = port_factory
+        self._delay = retry_initial
+        self._retry = None
+        self._port = None
+        self._proto = None
+        self._opened_at = None
+        self._missing = False
+        self._dropping_input = False
+
+    @property
+    def connected(self):
+        """Whether the device is open right now."""
+        return self._port is not None
+
+    def startService(self):
+        """Open the log and the device (or start retrying it)."""
+        super().startService()
+        self.console_log.open()
+        self._delay = self.retry_initial
+        self._open()
+
+    def stopService(self):
+        """Close the device, the viewers and the log; stop retrying."""
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        port, self._port, self._proto = self._port, None, None
+        if port is not None:
+            port.connectionLost(Failure(ConnectionDone("console service stopped")))
+        self.hub.close_viewers(f"console of {self.board} closed: server stopping")
+        self.console_log.close()
+
+    def _open(self):
+        self._retry = None
+        proto = _SerialProtocol(self)
+        self._proto = proto
+        try:
+            port = self._port_factory(proto, self.device, self.reactor, self.baud)
+        except OSError as e:  # pyserial's SerialException is one too
+            self._proto = None
+            self._open_failed(e)
+            return
+        self._port = port
+        self._opened_at = self.reactor.seconds()
+        self._dropping_input = False
+        if self._missing:
+            self.log.info(
+                "{board}: console device {device} is back",
+                board=self.board,
+                device=self.device,
+            )
+        else:
+            self.log.info(
+                "{board}: console device {device} open at {baud} baud",
+                board=self.board,
+                device=self.device,
+                baud=self.baud,
+            )
+        self._missing = False
+
+    def _open_failed(self, error):
+        reason = _describe(error)
+        if self._missing:
+            self.log.debug(
+                "{board}: console device {device} still unavailable: {reason}",
+                board=self.board,
+                device=self.device,
+                reason=reason,
+            )
+        else:
+            self.log.emit(
+                LogLevel.warn,
+                "{board}: cannot open console device {device}: {reason};"
+                " retrying every {delay}s up to {retry_max}s",
+                board=self.board,
+                device=self.device,
+                reason=reason,
+                delay=self._delay,
+                retry_max=self.retry_max,
+            )
+            self._missing = True
+        self._schedule_retry()
+
+    def _schedule_retry(self):
+        if not self.running:
+            return
+        self._retry = self.reactor.callLater(self._delay, self._open)
+        self._delay = min(self._delay * 2, self.retry_max)
+
+    def _port_lost(self, proto, reason):
+        if proto is not self._proto:
+            return
+        self._port = self._proto = None
+        if not self.running:
+            return
+        up_for = self.reactor.seconds() - (self._opened_at or 0)
+        if up_for >= self.STABLE_SECONDS:
+            self._delay = self.retry_initial
+        self.log.emit(
+            LogLevel.warn,
+            "{board}: console device {device} lost: {reason}; reconnecting",
+            board=self.board,
+            device=self.device,
+            reason=reason.getErrorMessage(),
+        )
+        self._missing = True
+        self._schedule_retry()
+
+    def received(self, data):
+        """Record ``data`` printed by the board: log first, then viewers."""
+        self.console_log.write(data)
+        self.hub.deliver(data)
+
+    def send(self, data):
+        """Write ``data`` from a viewer to the board; dropped if the port is down."""
+        if self._port is not None:
+            self._port.write(data)
+            return
+        if not self._dropping_input:
+            self.log.info(
+                "{board}: console device is not connected; dropping input",
+                board=self.board,
+            )
+            self._dropping_input = True
+
+    def attach(self, viewer, replay=False):
+        """Send ``viewer`` the output from now on (see ``ConsoleHub.attach``).
+
+        With ``replay``, the current reservation's log comes first, with
+        nothing lost or repeated between the two.
+        """
+        history = self.reservation_log() if replay else b""
+        self.hub.attach(viewer, history)
+
+    def detach(self, viewer):
+        """Stop sending output to ``viewer``."""
+        self.hub.detach(viewer)
+
+    def close_viewers(self, reason):
+        """Close every viewer with the one-line ``reason``."""
+        self.hub.close_viewers(reason)
+
+    def mark_reserved(self, user, when_iso):
+        """Write the reservation-start marker for ``user`` at ``when_iso``."""
+        line = f"{_one_line(user)} at {_one_line(when_iso)} ===\n"
+        self.console_log.mark(RESERVED_MARKER + line.encode())
+
+    def mark_released(self, user, when_iso, reason):
+        """Write the reservation-end marker, with why it ended."""
+        line = f"{_one_line(user)} at {_one_line(when_iso)} ({_one_line(reason)}) ===\n"
+        self.console_log.mark(RELEASED_MARKER + line.encode())
+
+    def reservation_log(self):
+        """The log since the last reservation-start marker (bytes)."""
+        return self.console_log.since_last(RESERVED_MARKER)
+
+
+def _describe(error):
+    if isinstance(error, OSError) and error.errno is not None:
+        return os.strerror(error.errno)
+    cause = error.__cause__ or error.__context__
+    if isinstance(cause, OSError) and cause.errno is not None:
+        return os.strerror(cause.errno)
+    text = str(error)
+    if text.startswith("[Errno"):
+        return text.split("] ", 1)[-1]
+    return text or type(error).__name__
+
+
+__all__ = [
+    "FAILED",
+    "RELEASED_MARKER",
+    "RESERVED_MARKER",
+    "TOO_SLOW",
+    "ConsoleHub",
+    "ConsoleLog",
+    "ConsoleService",
+]

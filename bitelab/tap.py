@@ -1,0 +1,182 @@
+"""``twistd bitelab``: options and the service tree.
+
+``Options.postOptions`` loads ``.env`` and the board file into frozen attrs
+objects; a problem is one line on standard error and exit status 1 (twistd
+would otherwise print its whole usage text before the message).
+"""
+
+import signal
+import sys
+
+from twisted.application import service, strports
+from twisted.python import usage
+from twisted.web.server import Site
+
+from bitelab.errors import ConfigError
+
+
+class Options(usage.Options):
+    """Command line of ``twistd bitelab``."""
+
+    optParameters = [
+        ["config", "c", ".env", "path of the .env configuration file"],
+    ]
+
+    def postOptions(self):
+        from bitelab.boards import BoardManager
+        from bitelab.config import load_boards, load_config
+
+        try:
+            self["settings"] = load_config(self["config"])
+            self["lab"] = load_boards(
+                self["settings"].board_conf, BoardManager._option_map
+            )
+        except ConfigError as e:
+            sys.stderr.write(f"bitelab: {e}\n")
+            raise SystemExit(1) from None
+
+
+class PoolService(service.Service):
+    """Closes the database pool when the server stops."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def stopService(self):
+        super().stopService()
+        self.pool.close()
+
+
+class SNMPService(service.Service):
+    """Owns the shared SNMP client's UDP port."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def startService(self):
+        super().startService()
+        self.client.start()
+
+    def stopService(self):
+        super().stopService()
+        return self.client.stop()
+
+
+def sync_database(settings, lab, manager):
+    """Create or upgrade the schema and sync the boards, before serving."""
+    from bitelab import db
+
+    conn = db.connect(settings.db_file)
+    try:
+        cursor = conn.cursor()
+        try:
+            manager.sync_txn(cursor, manager.now())
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+    finally:
+        conn.close()
+
+
+def make_lab_service(settings, lab, reactor):
+    """The whole server as a ``MultiService``; ``.manager`` etc. for tests."""
+    import gpiod
+
+    from bitelab import db
+    from bitelab.api import API
+    from bitelab.boards import BoardManager
+    from bitelab.console import ConsoleService
+    from bitelab.options import Runtime, SerialConsole
+    from bitelab.script import ScriptRunner
+    from bitelab.snmp import SNMPClient
+    from bitelab.ssh import SSHService
+    from bitelab.tokens import TokenStore
+
+    top = service.MultiService()
+    pool = db.make_pool(settings.db_file)
+    PoolService(pool).setServiceParent(top)
+
+    snmp = SNMPClient(reactor)
+    SNMPService(snmp).setServiceParent(top)
+    runtime = Runtime(reactor=reactor, snmp=snmp, gpio=gpiod)
+
+    consoles = {}
+    for name, board in lab.boards.items():
+        option = board.option(SerialConsole)
+        if option is not None:
+            console = ConsoleService(
+                reactor,
+                name,
+                option.val,
+                option.baud,
+                settings.console_log_dir,
+                max_log_bytes=settings.console_log_max_bytes,
+                backups=settings.console_log_backups,
+            )
+            console.setServiceParent(top)
+            consoles[name] = console
+
+    scripts = ScriptRunner(reactor, lab.setup_script, settings.setup_script_timeout)
+    manager = BoardManager(reactor, settings, lab, pool, runtime, scripts, consoles)
+    sync_database(settings, lab, manager)
+    manager.setServiceParent(top)
+    tokens = TokenStore(pool, reactor)
+
+    ssh = SSHService(
+        reactor,
+        settings.ssh_endpoint,
+        settings.ssh_host_key,
+        settings.ssh_keys_dir,
+        SSHLab(manager, tokens),
+    )
+    ssh.setServiceParent(top)
+
+    api = API(manager, tokens, reactor, ssh_port=lambda: _port_number(ssh.port))
+    strports.service(settings.http_endpoint, Site(api.resource())).setServiceParent(
+        top
+    )
+    reactor.addSystemEventTrigger(
+        "after", "startup", _install_sighup, reactor, ssh.reload
+    )
+    top.manager, top.tokens, top.ssh, top.api = manager, tokens, ssh, api
+    return top
+
+
+def _port_number(port):
+    return port.getHost().port if port is not None else None
+
+
+def _install_sighup(reactor, reload):
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
+
+
+class SSHLab:
+    """What the SSH service needs from the lab."""
+
+    def __init__(self, manager, tokens):
+        self.manager = manager
+        self.tokens = tokens
+
+    def issue_token(self, user):
+        """Deferred[str]: a new API token for ``user``."""
+        return self.tokens.issue(user)
+
+    def open_console(self, user, board):
+        """Deferred[hub]: ``board``'s console if ``user`` may use it."""
+        return self.manager.open_console(user, board)
+
+    def is_board(self, name):
+        """Whether ``name`` is a board."""
+        return self.manager.is_board(name)
+
+
+def makeService(options):
+    """Build the service tree for twistd."""
+    from twisted.internet import reactor
+
+    try:
+        return make_lab_service(options["settings"], options["lab"], reactor)
+    except ConfigError as e:
+        sys.stderr.write(f"bitelab: {e}\n")
+        raise SystemExit(1) from None

@@ -1,0 +1,101 @@
+"""API tokens: random, stored only as a hash, compared in constant time."""
+
+import hashlib
+import hmac
+import secrets
+
+import attrs
+from twisted.internet import defer
+
+from bitelab.errors import Unauthorized
+
+TOKEN_PREFIX = "bl_"
+TOKEN_BYTES = 32
+
+
+def hash_token(token):
+    """The stored form of a token (SHA-256; tokens carry 256 random bits)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token():
+    """A fresh token: 256 bits from the OS's random source."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def insert_token(txn, user, now):
+    """Store a new token's hash and audit it; returns the token (inside a transaction)."""
+    token = new_token()
+    txn.execute(
+        "INSERT INTO tokens (hash, user, created_at) VALUES (?, ?, ?)",
+        (hash_token(token), user, now),
+    )
+    txn.execute(
+        "INSERT INTO events (at, user, board, action, detail) VALUES (?, ?, NULL, ?, ?)",
+        (now, user, "token_issue", ""),
+    )
+    return token
+
+
+@attrs.define
+class TokenStore:
+    """Issues, checks and revokes tokens; remembers valid ones in memory."""
+
+    pool: object
+    clock: object
+    _cache: dict = attrs.field(factory=dict)
+
+    def issue(self, user):
+        """Deferred[str]: a new token for ``user``."""
+
+        def txn(cursor):
+            cursor.execute("BEGIN IMMEDIATE")
+            return insert_token(cursor, user, self.clock.seconds())
+
+        return self.pool.runInteraction(txn)
+
+    @defer.inlineCallbacks
+    def authenticate(self, token):
+        """Deferred[str]: the user a token belongs to; ``Unauthorized`` otherwise."""
+        if not token or len(token) > 200:
+            raise Unauthorized("missing or malformed token")
+        digest = hash_token(token)
+        cached = self._cache.get(digest)
+        if cached is not None and hmac.compare_digest(cached[0], digest):
+            return cached[1]
+        rows = yield self.pool.runQuery(
+            "SELECT hash, user FROM tokens WHERE hash = ? AND revoked_at IS NULL",
+            (digest,),
+        )
+        if not rows or not hmac.compare_digest(rows[0][0], digest):
+            raise Unauthorized("invalid or revoked token; get one with "
+                               "ssh -o 'ProxyCommand bitelab contssh' -l lab bitelab")
+        user = rows[0][1]
+        self._cache[digest] = (digest, user)
+        return user
+
+    def revoke(self, token):
+        """Deferred: the token no longer authenticates anyone."""
+        digest = hash_token(token)
+        self._cache.pop(digest, None)
+        now = self.clock.seconds()
+
+        def txn(cursor):
+            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute(
+                "SELECT user FROM tokens WHERE hash = ? AND revoked_at IS NULL",
+                (digest,),
+            )
+            row = cursor.fetchone()
+            if row is None:
+                raise Unauthorized("invalid or revoked token")
+            cursor.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE hash = ?", (now, digest)
+            )
+            cursor.execute(
+                "INSERT INTO events (at, user, board, action, detail) "
+                "VALUES (?, ?, NULL, 'token_revoke', '')",
+                (now, row[0]),
+            )
+
+        return self.pool.runInteraction(txn)

@@ -1,0 +1,14 @@
+#!/bin/sh
+# Power "switch" for the example lab: keeps each board's state in a file.
+# Usage: statepower.sh on|off|status BOARD
+set -eu
+dir=${BITELAB_STATEPOWER_DIR:-${TMPDIR:-/tmp}/bitelab-statepower}
+mkdir -p "$dir"
+case "$1" in
+on | off) echo "$1" >"$dir/$2" ;;
+status) cat "$dir/$2" 2>/dev/null || echo off ;;
+*)
+    echo "usage: $0 on|off|status BOARD" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,1 @@
+"""Test support: fixtures and helpers that start real parts."""

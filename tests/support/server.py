@@ -1,0 +1,224 @@
+"""A real ``twistd -n bitelab`` process on a temporary lab, for end-to-end tests.
+
+``LabServer`` writes a ``.env``, a board file and users' SSH keys into a
+directory, starts the server on free loopback ports, waits until its HTTP
+API answers, and mints tokens with ``bitelab-admin``.  ``stop``, ``kill``
+(SIGKILL) and ``start`` again allow restart tests on the same state.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+DEFAULT_BOARDS = """
+classes {
+    zynq = { arch = arm-armv7; }
+    pine = { arch = arm64-aarch64; }
+}
+boards [
+    { name = zynq-1; brdclass = zynq; options = [] },
+    { name = zynq-2; brdclass = zynq; options = [] },
+    { name = zynq-3; brdclass = zynq; options = [] },
+    { name = pine-1; brdclass = pine; options = [ { cls = timeout, val = 600 } ] },
+]
+"""
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    """A port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout=20.0, interval=0.05, what="condition"):
+    """Poll ``predicate`` until it returns a true value; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+class LabServer:
+    """A bitelab server in a subprocess; see the module docstring."""
+
+    def __init__(
+        self, directory, boards=DEFAULT_BOARDS, settings=None, users=(), admins=("root",)
+    ):
+        self.dir = str(directory)
+        os.makedirs(self.dir, exist_ok=True)
+        self.http_port = free_port()
+        self.ssh_port = free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.env_path = os.path.join(self.dir, ".env")
+        self.keys_dir = os.path.join(self.dir, "keys")
+        os.makedirs(self.keys_dir, exist_ok=True)
+        self.log_path = os.path.join(self.dir, "twistd.log")
+        self.process = None
+        self.write_boards(boards)
+        values = {
+            "db_file": "bitelab.sqlite",
+            "board_conf": "boards.ucl",
+            "http_endpoint": f"tcp:{self.http_port}:interface=127.0.0.1",
+            "ssh_endpoint": f"tcp:{self.ssh_port}:interface=127.0.0.1",
+            "ssh_host_key": "ssh_host_ed25519_key",
+            "ssh_keys_dir": "keys",
+            "console_log_dir": "console",
+            "admins": ",".join(admins),
+            "expiry_interval": "0.2",
+            "power_cycle_pause": "0.1",
+        }
+        values.update(settings or {})
+        with open(self.env_path, "w") as f:
+            for key, value in values.items():
+                f.write(f"{key}={value}\n")
+        for user in users:
+            self.add_user(user)
+
+    def write_boards(self, text):
+        """Replace the board file (takes effect at the next start)."""
+        with open(os.path.join(self.dir, "boards.ucl"), "w") as f:
+            f.write(text)
+
+    def add_user(self, user):
+        """Make an ed25519 key pair for ``user`` and install its public key."""
+        key = os.path.join(self.dir, f"id_{user}")
+        if not os.path.exists(key):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", user, "-f", key],
+                check=True,
+            )
+        with open(key + ".pub") as src, open(
+            os.path.join(self.keys_dir, f"{user}.pub"), "w"
+        ) as dst:
+            dst.write(src.read())
+        return key
+
+    def key(self, user):
+        """Path of ``user``'s private key."""
+        return os.path.join(self.dir, f"id_{user}")
+
+    def start(self, timeout=30.0):
+        """Start twistd and wait until ``/api/v1/info`` answers."""
+        assert self.process is None or self.process.poll() is not None
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "twisted",
+                "--nodaemon",
+                "--pidfile=",
+                f"--logfile={self.log_path}",
+                "bitelab",
+                "--config",
+                self.env_path,
+            ],
+            cwd=self.dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+        def ready():
+            if self.process.poll() is not None:
+                out = self.process.stdout.read().decode(errors="replace")
+                raise AssertionError(f"server exited: {out}\n{self.log()}")
+            try:
+                self.get("/api/v1/info", token=None)
+                return True
+            except OSError:
+                return False
+
+        wait_for(ready, timeout, what="bitelab server to answer")
+        return self
+
+    def log(self):
+        """The server's log so far."""
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def stop(self):
+        """SIGTERM and wait; returns the exit status."""
+        return self._end(signal.SIGTERM)
+
+    def kill(self):
+        """SIGKILL, as a crash would; returns the exit status."""
+        return self._end(signal.SIGKILL)
+
+    def _end(self, sig):
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(sig)
+        try:
+            status = self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            status = self.process.wait(10)
+        self.process.stdout.close()
+        return status
+
+    def admin(self, *args):
+        """Run ``bitelab-admin --config .env ARGS``; CompletedProcess."""
+        return subprocess.run(
+            [sys.executable, "-m", "bitelab.admin", "--config", self.env_path, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    def token(self, user):
+        """A fresh API token for ``user``."""
+        result = self.admin("token", user)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    def request(self, method, path, body=None, token=None, raw=None, headers=None):
+        """(status, parsed JSON or text) of one HTTP request."""
+        data = raw if raw is not None else (
+            None if body is None else json.dumps(body).encode()
+        )
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        for key, value in (headers or {}).items():
+            req.add_header(key, value)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as response:
+                status, payload, kind = (
+                    response.status,
+                    response.read(),
+                    response.headers.get("Content-Type", ""),
+                )
+        except urllib.error.HTTPError as e:
+            status, payload, kind = e.code, e.read(), e.headers.get("Content-Type", "")
+        if kind.startswith("application/json"):
+            return status, json.loads(payload)
+        return status, payload
+
+    def get(self, path, token=None):
+        """GET that must succeed; the parsed JSON."""
+        status, payload = self.request("GET", path, token=token)
+        if status != 200:
+            raise AssertionError(f"GET {path}: {status} {payload}")
+        return payload
+
+    def client_env(self, token):
+        """Environment for running the ``bitelab`` CLI against this server."""
+        env = dict(os.environ)
+        env.update({"BITELAB_URL": self.url, "BITELAB_AUTH": token or ""})
+        return env

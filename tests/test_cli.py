@@ -1,0 +1,706 @@
+"""Tests of the ``bitelab`` command-line client.
+
+The first part runs the client's dispatch in-process against a small Klein app
+that follows the API contract, through ``treq.testing.StubTreq`` and a
+``task.Clock``. The second part runs the installed ``bitelab`` console script
+as a subprocess: against a real server, against sockets that misbehave in the
+ways networks do, and (for ``contssh``) against a local TCP server.
+"""
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import attrs
+import pytest
+from klein import Klein
+from treq.testing import StubTreq
+from twisted.internet import defer, error, task
+
+from bitelab.client import cli
+from bitelab.client.http import LabAPI
+
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+LATER = "2027-01-15T08:12:00+00:00"
+PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBitelabTestKeyOnlyForTestsXXXXXXXXXXXXXXXX t@h"
+
+
+# --- a contract-following fake of the HTTP API --------------------------------
+
+
+@attrs.define
+class FakeLab:
+    """A Klein app that answers like the bitelab API and records each request."""
+
+    tokens: dict = attrs.Factory(lambda: {"tok-alice": "alice", "tok-root": "root"})
+    boards: dict = attrs.Factory(dict)
+    events: list = attrs.Factory(list)
+    app = Klein()
+
+    def __attrs_post_init__(self):
+        for name, cls in [("cora-1", "cora-z7s"), ("cora-2", "cora-z7s")]:
+            self.boards[name] = {
+                "name": name,
+                "class": cls,
+                "arch": "arm-armv7",
+                "state": "free",
+                "holder": None,
+                "reserved_at": None,
+                "expires_at": None,
+                "attrs": {"power": "off"},
+            }
+
+    def _error(self, request, status, code, message):
+        request.setResponseCode(status)
+        request.setHeader("Content-Type", "application/json")
+        return json.dumps({"error": {"code": code, "message": message}})
+
+    def _json(self, request, document):
+        request.setHeader("Content-Type", "application/json")
+        return json.dumps(document)
+
+    def _user(self, request):
+        header = request.getHeader("Authorization") or ""
+        return self.tokens.get(header.removeprefix("Bearer "))
+
+    def _body(self, request):
+        raw = request.content.read()
+        return json.loads(raw) if raw else {}
+
+    @app.route("/api/v1/info", methods=["GET"])
+    def info(self, request):
+        """Server facts, without a token."""
+        return self._json(request, {"name": "fake", "version": "0", "ssh_port": 1})
+
+    @app.route("/api/v1/<path:rest>", branch=False)
+    def api(self, request, rest):
+        """Every call that needs a token."""
+        user = self._user(request)
+        method = request.method.decode()
+        body = self._body(request) if method == "POST" else None
+        self.events.append((method, rest, user, body))
+        if user is None:
+            return self._error(request, 401, "unauthorized", "bad or revoked token")
+        parts = rest.split("/")
+        if rest == "whoami":
+            return self._json(request, {"user": user, "admin": user == "root"})
+        if rest == "classes":
+            free = sum(b["state"] == "free" for b in self.boards.values())
+            classes = [{"name": "cora-z7s", "arch": "arm-armv7", "boards": 2}]
+            classes[0]["free"] = free
+            return self._json(request, {"classes": classes})
+        if rest == "boards":
+            return self._json(request, {"boards": list(self.boards.values())})
+        if parts[0] != "boards" or len(parts) not in (2, 3):
+            return self._error(request, 404, "not_found", f"no such call: {rest}")
+        name = parts[1]
+        if name == "cora-z7s" and parts[2:] == ["reserve"]:
+            free = [n for n, b in self.boards.items() if b["state"] == "free"]
+            if not free:
+                return self._error(request, 409, "unavailable", "no cora-z7s is free")
+            name = free[0]
+        board = self.boards.get(name)
+        if board is None:
+            return self._error(request, 404, "not_found", f"no board named {name}")
+        if len(parts) == 2:
+            return self._json(request, board)
+        action = parts[2]
+        if action == "reserve":
+            if board["state"] != "free":
+                text = f"{name} is reserved by {board['holder']}"
+                return self._error(request, 409, "unavailable", text)
+            board.update(state="reserved", holder=user, expires_at=LATER)
+            board["attrs"] = {"power": "on", "ip": "10.0.0.5", "ssh_port": "22"}
+            return self._json(request, board)
+        if action == "release":
+            if board["holder"] != user and not body.get("force"):
+                return self._error(request, 403, "forbidden", f"you do not hold {name}")
+            board.update(state="free", holder=None, expires_at=None)
+            board["attrs"] = {"power": "off"}
+            return self._json(request, board)
+        if action == "attrs":
+            if "power" in body:
+                board["attrs"]["power"] = body["power"]
+            return self._json(request, board)
+        return self._error(request, 404, "not_found", f"no such call: {rest}")
+
+
+@attrs.define
+class Run:
+    """The outcome of one in-process command."""
+
+    status: int
+    out: str
+    err: str
+
+
+def run_inprocess(lab, argv, token="tok-alice", environ=None, client=None):
+    """Parse ``argv`` like ``bitelab`` does and dispatch it to ``lab``."""
+    args = cli.build_parser().parse_args(argv)
+    settings = cli.Settings(url="http://lab.test", token=token)
+    clock = task.Clock()
+    clock.advance(NOW)
+    stub = StubTreq(lab.app.resource()) if client is None else None
+    out, err = io.StringIO(), io.StringIO()
+    environ = {"HOME": "/nonexistent"} if environ is None else environ
+    d = defer.Deferred.fromCoroutine(
+        cli.dispatch(clock, args, settings, client or stub, out, err, environ)
+    )
+    if stub is not None:
+        stub.flush()
+    else:
+        clock.advance(args.timeout + 1)
+    assert d.called, "the command did not finish"
+    return Run(d.result, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def lab():
+    """A fresh fake API with two free boards of class cora-z7s."""
+    return FakeLab()
+
+
+# --- in-process: parsing, rendering and error mapping --------------------------
+
+
+def test_list_table(lab):
+    """``list`` prints one aligned row per board with state, holder and power."""
+    lab.boards["cora-2"].update(state="reserved", holder="bob", expires_at=LATER)
+    result = run_inprocess(lab, ["list"])
+    assert result.status == 0
+    lines = result.out.splitlines()
+    assert lines[0].split() == ["BOARD", "CLASS", "STATE", "HOLDER", "EXPIRES", "POWER"]
+    assert lines[1].split() == ["cora-1", "cora-z7s", "free", "-", "-", "off"]
+    assert lines[2].split() == ["cora-2", "cora-z7s", "reserved", "bob", "in", "12m", "off"]
+    assert "\x1b" not in result.out
+
+
+@pytest.mark.parametrize(
+    "argv", [["--json", "list"], ["list", "--json"]], ids=["before", "after"]
+)
+def test_json_before_or_after_command(lab, argv):
+    """``--json`` works on either side of the command and prints the API's JSON."""
+    result = run_inprocess(lab, argv)
+    assert result.status == 0
+    assert json.loads(result.out) == {"boards": list(lab.boards.values())}
+
+
+def test_timeout_option_before_command_survives():
+    """A ``--timeout`` before the command name is not reset by the sub-command."""
+    args = cli.build_parser().parse_args(["--timeout", "5", "--json", "list"])
+    assert (args.timeout, args.json) == (5.0, True)
+    args = cli.build_parser().parse_args(["list"])
+    assert (args.timeout, args.json) == (cli.DEFAULT_TIMEOUT, False)
+
+
+def test_classes_free_total(lab):
+    """``classes`` shows free/total per class from the API's counts."""
+    lab.boards["cora-1"]["state"] = "reserved"
+    result = run_inprocess(lab, ["classes"])
+    assert result.status == 0
+    assert result.out.splitlines()[1].split() == ["cora-z7s", "arm-armv7", "1/2"]
+
+
+def test_reserve_sends_default_key_and_timeout(lab, tmp_path):
+    """``reserve`` sends ~/.ssh/id_ed25519.pub and -t, and prints the attributes."""
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "id_ed25519.pub").write_text(PUBKEY + "\n")
+    result = run_inprocess(
+        lab, ["reserve", "-t", "600", "cora-z7s"], environ={"HOME": str(tmp_path)}
+    )
+    assert result.status == 0, result.err
+    assert lab.events[-1] == (
+        "POST",
+        "boards/cora-z7s/reserve",
+        "alice",
+        {"sshpubkey": PUBKEY, "timeout": 600},
+    )
+    assert result.out.startswith("reserved cora-1 (class cora-z7s) until 2027-01-15")
+    assert "  ip=10.0.0.5\n" in result.out
+    assert "(in 12m)" in result.out
+
+
+def test_reserve_refuses_private_key(lab, tmp_path):
+    """``reserve -i`` of a private key stops locally (exit 2) and sends nothing."""
+    key = tmp_path / "id_ed25519"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n")
+    result = run_inprocess(lab, ["reserve", "-i", str(key), "cora-1"])
+    assert result.status == 2
+    assert "private key" in result.err
+    assert lab.events == []
+
+
+def test_reserve_without_any_key_sends_none(lab):
+    """With no key file at all, ``reserve`` sends no ``sshpubkey``."""
+    result = run_inprocess(lab, ["reserve", "cora-2"])
+    assert result.status == 0
+    assert lab.events[-1][3] == {}
+
+
+def test_set_power_and_timeout(lab):
+    """``set`` sends power as a word and timeout as an int in one request."""
+    result = run_inprocess(lab, ["set", "power=cycle", "timeout=900", "cora-1"])
+    assert result.status == 0
+    assert lab.events[-1] == (
+        "POST",
+        "boards/cora-1/attrs",
+        "alice",
+        {"power": "cycle", "timeout": 900},
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["set", "power=maybe", "cora-1"],
+        ["set", "timeout=soon", "cora-1"],
+        ["set", "colour=red", "cora-1"],
+        ["set", "cora-1"],
+        ["reserve", "-t", "0", "cora-1"],
+        ["--timeout", "-1", "list"],
+    ],
+)
+def test_bad_usage_exits_2(argv, capsys):
+    """Malformed arguments are a usage error: exit 2 with a one-line reason."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("bitelab")
+
+
+def test_refused_maps_to_1_with_api_message(lab):
+    """A 409 becomes exit 1 and the API's message, and its JSON with --json."""
+    lab.boards["cora-1"].update(state="reserved", holder="bob")
+    result = run_inprocess(lab, ["reserve", "cora-1"])
+    assert result.status == 1
+    assert result.err == "bitelab: cora-1 is reserved by bob (unavailable)\n"
+    result = run_inprocess(lab, ["--json", "reserve", "cora-1"])
+    assert json.loads(result.out)["error"]["code"] == "unavailable"
+
+
+def test_bad_token_hints_how_to_get_one(lab):
+    """A 401 is exit 1 and tells how to get a new token."""
+    result = run_inprocess(lab, ["whoami"], token="stale")
+    assert result.status == 1
+    assert cli.TOKEN_COMMAND in result.err
+    assert len(result.err.splitlines()) == 1
+
+
+@attrs.define
+class ScriptedClient:
+    """An ``HTTPClient`` stand-in whose requests end as ``outcome`` says."""
+
+    outcome: object
+
+    def request(self, method, url, **kwargs):
+        """Fail with the scripted exception, or never answer if it is ``None``."""
+        if self.outcome is None:
+            return defer.Deferred()
+        return defer.fail(self.outcome)
+
+
+@pytest.mark.parametrize(
+    "outcome, text",
+    [
+        (error.DNSLookupError("lab.test"), "cannot resolve"),
+        (error.ConnectionRefusedError(), "connection refused"),
+        (None, "timed out"),
+    ],
+    ids=["dns", "refused", "timeout"],
+)
+def test_network_failures_map_to_3(lab, outcome, text):
+    """DNS failure, refusal and a silent server each give exit 3 and one line."""
+    result = run_inprocess(lab, ["list"], client=ScriptedClient(outcome))
+    assert result.status == 3
+    assert text in result.err
+    assert len(result.err.splitlines()) == 1
+
+
+def test_settings_from_environment():
+    """Missing or malformed BITELAB_URL/BITELAB_AUTH say how to fix them."""
+    with pytest.raises(cli.ConfigProblem, match="export BITELAB_URL="):
+        cli.load_settings({})
+    with pytest.raises(cli.ConfigProblem, match="http:// or https://"):
+        cli.load_settings({"BITELAB_URL": "lab.example.org:8080"})
+    with pytest.raises(cli.ConfigProblem, match="-l lab bitelab"):
+        cli.load_settings({"BITELAB_URL": "http://lab"})
+    settings = cli.load_settings({"BITELAB_URL": "http://lab", "BITELAB_AUTH": " t\n"})
+    assert settings == cli.Settings(url="http://lab", token="t")
+
+
+def test_api_urls_quote_names():
+    """Board names are quoted into one path segment under /api/v1."""
+    api = LabAPI(client=None, base_url="http://lab:8080/", token="t", clock=None)
+    assert api.url("/boards/a%2Fb") == "http://lab:8080/api/v1/boards/a%2Fb"
+
+
+def test_relative_times():
+    """Expiry is shown relative to now, and past times as expired."""
+    assert cli.relative("2027-01-15T09:05:00Z", NOW) == "in 1h05m"
+    assert cli.relative("2027-01-15T08:00:30Z", NOW) == "in 30s"
+    assert cli.relative("2027-01-15T07:00:00Z", NOW) == "expired"
+    assert cli.absolute(LATER, NOW) == "2027-01-15 08:12:00Z (in 12m)"
+
+
+# --- subprocess: the installed console script --------------------------------
+
+BITELAB = shutil.which("bitelab") or str(Path(sys.executable).parent / "bitelab")
+
+
+def bitelab(*argv, url=None, token=None, home=None, path=None, timeout=60):
+    """Run the ``bitelab`` console script; the ``CompletedProcess``."""
+    env = {"PATH": path or os.environ["PATH"], "HOME": str(home or "/nonexistent")}
+    env["LANG"] = "C.UTF-8"
+    if url is not None:
+        env["BITELAB_URL"] = url
+    if token is not None:
+        env["BITELAB_AUTH"] = token
+    return subprocess.run(
+        [BITELAB, *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def one_line(result):
+    """The single stderr line of a failed command (fails if there are more)."""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@attrs.define
+class ThreadServer:
+    """A listening loopback socket whose connections ``handle`` in threads."""
+
+    handle: object
+    sock: socket.socket = attrs.field(init=False)
+    stopping: threading.Event = attrs.Factory(threading.Event)
+    threads: list = attrs.Factory(list)
+    conns: list = attrs.Factory(list)
+
+    def __attrs_post_init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self._start(self._accept)
+
+    @property
+    def port(self):
+        """The port it listens on."""
+        return self.sock.getsockname()[1]
+
+    def _start(self, target, *args):
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def _accept(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(10)
+            self.conns.append(conn)
+            self._start(self._serve, conn)
+
+    def _serve(self, conn):
+        try:
+            self.handle(conn, self.stopping)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def stop(self):
+        """Close the listener and every connection and join the threads."""
+        self.stopping.set()
+        for conn in self.conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.sock.close()
+        for thread in self.threads:
+            thread.join(5)
+
+
+@pytest.fixture
+def serve():
+    """Start ``ThreadServer``s for a test and stop them all afterwards."""
+    servers = []
+
+    def start(handle):
+        server = ThreadServer(handle)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def read_request(conn):
+    """Read one HTTP request head (and body, if any) from ``conn``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+    return data
+
+
+def http_answer(status, body, content_type="application/json"):
+    """A handler that answers every request with ``status`` and ``body``."""
+
+    def handle(conn, stopping):
+        read_request(conn)
+        head = (
+            f"HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        conn.sendall(head.encode() + body)
+
+    return handle
+
+
+def test_closed_port_exits_3(tmp_path):
+    """A server that is down (a closed port) is exit 3 with one line."""
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    result = bitelab("list", url=f"http://127.0.0.1:{port}", token="t")
+    assert result.returncode == 3
+    assert "connection refused" in one_line(result)
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://127.0.0.1/", "127.0.0.1:8080", "http://"], ids=str
+)
+def test_bad_url_exits_2(url):
+    """A BITELAB_URL that is not http(s) is a local configuration error (exit 2)."""
+    result = bitelab("list", url=url, token="t")
+    assert result.returncode == 2
+    assert "BITELAB_URL" in one_line(result)
+
+
+def test_missing_environment_exits_2():
+    """Without BITELAB_URL or BITELAB_AUTH the message says how to set them."""
+    result = bitelab("whoami")
+    assert result.returncode == 2
+    assert "export BITELAB_URL=" in one_line(result)
+    result = bitelab("whoami", url="http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert cli.TOKEN_COMMAND in one_line(result)
+
+
+def test_silent_server_times_out_with_3(serve):
+    """A server that accepts but never answers ends in exit 3 after --timeout."""
+
+    def hold(conn, stopping):
+        read_request(conn)
+        stopping.wait(30)
+
+    server = serve(hold)
+    started = time.monotonic()
+    result = bitelab(
+        "--timeout", "1", "list", url=f"http://127.0.0.1:{server.port}", token="t"
+    )
+    assert result.returncode == 3
+    assert "timed out" in one_line(result)
+    assert time.monotonic() - started < 15
+
+
+def test_connection_cut_mid_answer_exits_3(serve):
+    """A connection cut in the middle of the answer's body is exit 3."""
+
+    def cut(conn, stopping):
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"boards\": [")
+
+    server = serve(cut)
+    result = bitelab("list", url=f"http://127.0.0.1:{server.port}", token="t")
+    assert result.returncode == 3
+    assert "broke" in one_line(result)
+
+
+def test_connection_closed_before_answer_exits_3(serve):
+    """A server that closes the connection without answering is exit 3."""
+    server = serve(lambda conn, stopping: read_request(conn))
+    result = bitelab("whoami", url=f"http://127.0.0.1:{server.port}", token="t")
+    assert result.returncode == 3
+    assert "closed before an answer" in one_line(result)
+
+
+@pytest.mark.parametrize(
+    "status, body, code, text",
+    [
+        (200, b"<html>hello</html>", 3, "not JSON"),
+        (502, b"<html>bad gateway</html>", 3, "HTTP 502"),
+        (500, b'{"error": {"code": "internal", "message": "db gone"}}', 3, "db gone"),
+        (404, b"<html>not here</html>", 1, "HTTP 404"),
+    ],
+    ids=["html-200", "html-502", "json-500", "html-404"],
+)
+def test_answers_that_are_not_the_api(serve, status, body, code, text):
+    """Non-JSON and 5xx answers are exit 3, other servers' 4xx exit 1: one line."""
+    server = serve(http_answer(status, body, "text/html"))
+    result = bitelab("list", url=f"http://127.0.0.1:{server.port}", token="t")
+    assert result.returncode == code
+    assert text in one_line(result)
+
+
+# --- contssh ---------------------------------------------------------------
+
+
+def info_server(serve, ssh_port):
+    """An HTTP server whose /api/v1/info names ``ssh_port``."""
+    body = json.dumps({"name": "t", "version": "0", "ssh_port": ssh_port}).encode()
+    return serve(http_answer(200, body))
+
+
+def reply_after_eof(conn, stopping):
+    """Read to EOF, then send back the byte count and the data reversed."""
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    conn.sendall(b"%d:" % len(data) + data[::-1])
+
+
+def test_contssh_pipes_both_ways_with_half_close(serve):
+    """contssh sends stdin, half-closes at EOF and still delivers the reply."""
+    ssh = serve(reply_after_eof)
+    info = info_server(serve, ssh.port)
+    payload = bytes(range(256)) * 4096
+    result = subprocess.run(
+        [BITELAB, "contssh"],
+        input=payload,
+        capture_output=True,
+        env={"PATH": os.environ["PATH"], "BITELAB_URL": f"http://127.0.0.1:{info.port}"},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"%d:" % len(payload) + payload[::-1]
+
+
+def test_contssh_exits_when_server_closes(serve):
+    """contssh ends when the server closes, even with stdin still open."""
+
+    def greet_and_close(conn, stopping):
+        conn.sendall(b"SSH-2.0-test\r\n")
+
+    ssh = serve(greet_and_close)
+    info = info_server(serve, ssh.port)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bitelab.client.contssh"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={"PATH": os.environ["PATH"], "BITELAB_URL": f"http://127.0.0.1:{info.port}"},
+    )
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert out == b"SSH-2.0-test\r\n"
+
+
+def test_contssh_server_down_exits_3():
+    """contssh with nothing at BITELAB_URL prints one line and exits 3."""
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    result = bitelab("contssh", url=f"http://127.0.0.1:{port}")
+    assert result.returncode == 3
+    assert one_line(result).startswith("bitelab contssh: ")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import bitelab.client.contssh",
+        "import sys; sys.argv = ['bitelab', 'contssh', '--help']\n"
+        "from bitelab.client.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass",
+    ],
+    ids=["module", "cli"],
+)
+def test_contssh_path_does_not_import_twisted(code):
+    """``bitelab contssh`` loads neither twisted nor treq, so it starts fast."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+    assert "bitelab.client.contssh" in imported
+    assert not {name for name in imported if name.split(".")[0] in ("twisted", "treq")}
+
+
+FAKE_SSH = """#!{python}
+import json, subprocess, sys
+args = sys.argv[1:]
+proxy = args[args.index("-o") + 1].removeprefix("ProxyCommand=")
+reply = subprocess.run(["/bin/sh", "-c", proxy.replace("%%", "%")],
+                       input=b"hello console", capture_output=True)
+print(json.dumps({{"argv": args, "reply": reply.stdout.decode()}}))
+"""
+
+
+def test_console_execs_ssh_through_contssh(serve, tmp_path):
+    """``console`` execs ssh with -l BOARD and a ProxyCommand that reaches the lab."""
+    ssh = serve(reply_after_eof)
+    info = info_server(serve, ssh.port)
+    fake = tmp_path / "bin" / "ssh"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_SSH.format(python=sys.executable))
+    fake.chmod(0o755)
+    result = bitelab(
+        "console",
+        "cora-1",
+        url=f"http://127.0.0.1:{info.port}",
+        path=f"{fake.parent}:{os.environ['PATH']}",
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["argv"][0] == "-o"
+    assert seen["argv"][2:] == ["-l", "cora-1", "bitelab"]
+    assert seen["reply"] == "13:" + "hello console"[::-1]
+
+
+def test_console_without_ssh_exits_2(tmp_path):
+    """``console`` without an ssh program says so in one line (exit 2)."""
+    result = bitelab("console", "cora-1", url="http://127.0.0.1:9", path=str(tmp_path))
+    assert result.returncode == 2
+    assert "ssh not found" in one_line(result)
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["list", "classes", "info", "reserve", "release", "set", "console", "contssh"]
+    + ["whoami"],
+)
+def test_every_command_has_help(command):
+    """``bitelab COMMAND --help`` prints usage and exits 0."""
+    result = bitelab(command, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"usage: bitelab {command}")
