@@ -30,11 +30,14 @@ def _non_empty_str(inst, attribute, value):
 
 def _int_in(low, high):
     def check(inst, attribute, value):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{attribute.name} must be an integer, not {value!r}")
-        if not low <= value <= high:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not low <= value <= high
+        ):
             raise ValueError(
-                f"{attribute.name} must be between {low} and {high}, not {value}"
+                f"{attribute.name} must be an integer from {low} to {high}, "
+                f"not {value!r}"
             )
 
     return check
@@ -46,7 +49,7 @@ def _positive_number(inst, attribute, value):
 
 
 def _is_bool(inst, attribute, value):
-    if not isinstance(value, bool):
+    if value is not True and value is not False:
         raise ValueError(f"{attribute.name} must be true or false, not {value!r}")
 
 

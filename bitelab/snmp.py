@@ -215,7 +215,9 @@ class SNMPClient(DatagramProtocol):
             self.transport.write(pending.datagram, pending.addr)
         except OSError as e:
             self._finish(
-                request_id, pending, SNMPError(f"{pending.describe()}: cannot send: {e}")
+                request_id,
+                pending,
+                SNMPError(f"{pending.describe()}: cannot send: {e}"),
             )
 
     def _timed_out(self, request_id):
@@ -257,7 +259,9 @@ class SNMPClient(DatagramProtocol):
             pdu = _V2C.apiMessage.get_pdu(message)
             request_id = int(_V2C.apiPDU.get_request_id(pdu))
         except (PyAsn1Error, ValueError, TypeError) as e:
-            self.log.debug("dropping undecodable datagram from {addr}: {e}", addr=addr, e=e)
+            self.log.debug(
+                "dropping undecodable datagram from {addr}: {e}", addr=addr, e=e
+            )
             return
         pending = self._pending.get(request_id)
         if pending is None:

@@ -9,16 +9,18 @@ service:
 - ``BOARD``: the session attaches to the board's serial console for as long
   as the user holds the board. Bytes pass through unchanged both ways, with
   or without a pty. Several viewers may watch the same board. When the
-  reservation ends the hub closes the viewer; the session then prints the
-  reason on a line of its own and exits with status 0, since that is a
-  normal end of a console session. A user who does not hold the board gets
+  reservation ends (or the client falls too far behind, or the server
+  stops) the hub closes the viewer; the session then prints the reason on a
+  line of its own and exits with status 0, since the session did what it
+  was asked until the console went away. A user who does not hold the board gets
   one line on stderr and exit status 1.
 
 Any other login name, and any key not found in the keys directory, gets the
 usual "Permission denied" with no further detail.
 
 The keys directory holds one ``USER.pub`` file per user in authorized_keys
-format. Conch looks keys up synchronously, so ``KeysDirectory`` keeps an
+format; a line with an options prefix (``from=...``) is logged and skipped
+rather than half honoured. Conch looks keys up synchronously, so ``KeysDirectory`` keeps an
 in-memory snapshot of it, polled for changes every few seconds and reloaded
 on demand (the server hooks SIGHUP to ``SSHService.reload``). Sessions that
 are already open are never affected by a reload.
@@ -55,8 +57,8 @@ LAB_LOGIN = "lab"
 #: Seconds between two looks at the keys directory.
 KEYS_POLL_INTERVAL = 3.0
 
-#: Console output a viewer may leave unsent before it is dropped.
-MAX_PENDING_OUTPUT = 1024 * 1024
+#: Seconds open connections get to close when the service stops.
+STOP_GRACE = 5.0
 
 _USER_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _KEY_SUFFIX = ".pub"
@@ -461,6 +463,8 @@ class _Session:
 
     def pending_output(self):
         """Bytes written to the channel but not yet sent to the client."""
+        if self._ended:
+            return 0
         return len(self._proto.session.buf or b"")
 
 
@@ -487,9 +491,9 @@ class ConsoleViewer:
     """Bridges one console hub to one SSH session.
 
     The hub calls L{write} with console output and L{close} when the viewer
-    must go (the reservation ended, or the viewer is too slow). After
-    L{close} the viewer does not call ``hub.detach``: the hub has already let
-    go of it.
+    must go (the reservation ended, the viewer is too slow, the server
+    stops); L{pending} tells it how far the client is behind. After L{close}
+    the viewer does not call ``hub.detach``: the hub has let go of it.
     """
 
     def __init__(self, console_session):
@@ -498,15 +502,12 @@ class ConsoleViewer:
 
     def write(self, data):
         """Send console output to the client."""
-        if self.closed:
-            return
-        if self._session.pending_output() > MAX_PENDING_OUTPUT:
-            # The client does not read; dropping it keeps memory bounded.
-            self._session.end_viewing(
-                "console dropped: your connection does not keep up with it"
-            )
-            return
-        self._session.send_out(data)
+        if not self.closed:
+            self._session.send_out(data)
+
+    def pending(self):
+        """Bytes of console output the client has not taken yet."""
+        return self._session.pending_output()
 
     def close(self, reason):
         """End the session with the one-line ``reason``."""
@@ -581,12 +582,6 @@ class ConsoleSession(_Session):
         self.send_out(f"\r\n{_one_line(reason)}\r\n".encode())
         self.exit(0)
 
-    def end_viewing(self, reason):
-        """Leave the hub on our own initiative: print ``reason``, exit 1."""
-        self._viewer.closed = True
-        self.send_out(f"\r\n{_one_line(reason)}\r\n".encode())
-        self.exit(1)
-
     def closed(self):
         """The channel is closed: leave the hub."""
         super().closed()
@@ -653,6 +648,11 @@ class BitelabSSHFactory(factory.SSHFactory):
             )
         return d
 
+    def abort_all(self):
+        """Drop every connection at once, without flushing what is unsent."""
+        for conn in list(self.connections):
+            conn.transport.abortConnection()
+
 
 class SSHService(service.MultiService):
     """The SSH server: listener, host key and keys directory.
@@ -662,13 +662,21 @@ class SSHService(service.MultiService):
     @ivar factory: the L{BitelabSSHFactory}, once listening.
     """
 
-    def __init__(self, reactor, endpoint_description, host_key_path, keys_dir, lab):
+    def __init__(
+        self,
+        reactor,
+        endpoint_description,
+        host_key_path,
+        keys_dir,
+        lab,
+        keys_poll_interval=KEYS_POLL_INTERVAL,
+    ):
         super().__init__()
         self._reactor = reactor
         self._endpoint_description = endpoint_description
         self._host_key_path = host_key_path
         self.lab = lab
-        self.keys = KeysDirectory(keys_dir, reactor)
+        self.keys = KeysDirectory(keys_dir, reactor, keys_poll_interval)
         self.keys.setServiceParent(self)
         self.port = None
         self.factory = None
@@ -730,7 +738,14 @@ class SSHService(service.MultiService):
         self.port = None
         if port is not None:
             yield port.stopListening()
-        yield self.factory.disconnect_all()
+        gone = self.factory.disconnect_all()
+        # A client that reads nothing would keep its connection open forever.
+        abort = self._reactor.callLater(STOP_GRACE, self.factory.abort_all)
+        try:
+            yield gone
+        finally:
+            if abort.active():
+                abort.cancel()
 
 
 __all__ = [

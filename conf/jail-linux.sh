@@ -31,7 +31,14 @@
 
 set -eu
 
-# --- Site configuration (each can be overridden from the environment) ------
+# The server passes its own PATH, which may lack the admin tools.
+PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+export PATH
+
+# --- Site configuration ----------------------------------------------------
+# Edit the defaults here, or point setup_script at a wrapper that exports
+# BITELAB_JAIL_* and execs this script: the server passes only PATH and the
+# BITELAB_* variables of the protocol.
 
 # Root-only state: the shared host key, per-jail sshd files, address slots.
 STATE_DIR=${BITELAB_JAIL_STATE_DIR:-/var/lib/bitelab/jails}
@@ -60,6 +67,7 @@ HIDE_PIDS=${BITELAB_JAIL_HIDE_PIDS:-yes}
 PROG=bitelab-jail
 ERRFILE=
 FAIL_MSG=
+RUN_PID=
 CLEAN_ON_FAILURE=no
 
 # fail MESSAGE: stop; the exit trap cleans up and prints MESSAGE last, as the
@@ -74,8 +82,16 @@ fail() {
 run() {
     _what=$1
     shift
-    if ! "$@" >"$ERRFILE" 2>&1; then
-        fail "cannot $_what: $(tail -n 1 "$ERRFILE")"
+    _rc=0
+    # In the background, because the shell acts on a signal (the server's
+    # time-out) during "wait" but not while a foreground command runs.
+    "$@" >"$ERRFILE" 2>&1 </dev/null &
+    RUN_PID=$!
+    wait "$RUN_PID" || _rc=$?
+    RUN_PID=
+    if [ "$_rc" -ne 0 ]; then
+        _said=$(tail -n 1 "$ERRFILE")
+        fail "cannot $_what: ${_said:-$1 exited with status $_rc}"
     fi
 }
 
@@ -94,6 +110,9 @@ on_exit() {
 }
 
 on_signal() {
+    if [ -n "$RUN_PID" ]; then
+        kill "$RUN_PID" 2>/dev/null || true
+    fi
     FAIL_MSG="$ACTION of $BOARD interrupted (timed out?)"
     exit 1
 }
@@ -214,9 +233,6 @@ reserve() {
         case $STATE_DIR/ in "$_dir"/*) fail "BITELAB_JAIL_STATE_DIR $STATE_DIR lies below private dir $_dir; move it" ;; esac
         case $HOME_BASE/ in "$_dir"/*) fail "BITELAB_JAIL_HOME_DIR $HOME_BASE lies below private dir $_dir; move it" ;; esac
     done
-    if [ -n "$IFACE" ] && ! ip link show dev "$IFACE" >/dev/null 2>&1; then
-        fail "interface $IFACE of $BOARD not found on the host; check the board's etheriface"
-    fi
     if getent passwd "$ACCOUNT" >/dev/null && ! our_account; then
         fail "account $ACCOUNT exists and is not a bitelab jail; rename it or set BITELAB_JAIL_PREFIX"
     fi
@@ -229,6 +245,10 @@ reserve() {
     # only reserves a board nobody holds, so anything left of BOARD is stale.
     teardown >/dev/null 2>&1 ||
         fail "leftovers of an earlier jail for $BOARD: $TEARDOWN_PROBLEM"
+    # Checked only now, as a stale jail may have held the interface.
+    if [ -n "$IFACE" ] && ! ip link show dev "$IFACE" >/dev/null 2>&1; then
+        fail "interface $IFACE of $BOARD not found on the host; check the board's etheriface"
+    fi
 
     # From here on, any failure takes down what was built.
     CLEAN_ON_FAILURE=yes
@@ -297,10 +317,10 @@ reserve() {
     # addresses are reused.  ln makes creating it race-free.
     _hostkey=$STATE_DIR/ssh_host_ed25519_key
     if [ ! -e "$_hostkey" ]; then
-        rm -f "$_hostkey.new" "$_hostkey.new.pub"
-        run "generate the jail host key" ssh-keygen -q -t ed25519 -N '' -C bitelab-jail -f "$_hostkey.new"
-        ln "$_hostkey.new" "$_hostkey" 2>/dev/null || true
-        rm -f "$_hostkey.new" "$_hostkey.new.pub"
+        rm -f "$_hostkey.$$" "$_hostkey.$$.pub"
+        run "generate the jail host key" ssh-keygen -q -t ed25519 -N '' -C bitelab-jail -f "$_hostkey.$$"
+        ln "$_hostkey.$$" "$_hostkey" 2>/dev/null || true
+        rm -f "$_hostkey.$$" "$_hostkey.$$.pub"
     fi
     _fingerprint=$(ssh-keygen -l -f "$_hostkey" | awk '{ print $2 }')
 
@@ -328,7 +348,7 @@ Subsystem sftp internal-sftp
 EOF
     # Debian's sshd insists on its privilege separation directory, which only
     # exists while the host's own sshd service runs.
-    mkdir -p -m 0755 /run/sshd
+    [ -d /run/sshd ] || mkdir -m 0755 /run/sshd
     run "check the jail's sshd configuration" "$SSHD" -t -f "$JAIL_DIR/sshd_config"
 
     # sshd starts in the private mount namespace "ip netns exec" makes;

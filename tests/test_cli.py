@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import attrs
@@ -27,6 +26,7 @@ from twisted.internet import defer, error, task
 
 from bitelab.client import cli
 from bitelab.client.http import LabAPI
+from tests.support.server import LabServer
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 LATER = "2027-01-15T08:12:00+00:00"
@@ -162,8 +162,8 @@ def run_inprocess(lab, argv, token="tok-alice", environ=None, client=None):
     return Run(d.result, out.getvalue(), err.getvalue())
 
 
-@pytest.fixture
-def lab():
+@pytest.fixture(name="lab")
+def fake_lab():
     """A fresh fake API with two free boards of class cora-z7s."""
     return FakeLab()
 
@@ -179,7 +179,15 @@ def test_list_table(lab):
     lines = result.out.splitlines()
     assert lines[0].split() == ["BOARD", "CLASS", "STATE", "HOLDER", "EXPIRES", "POWER"]
     assert lines[1].split() == ["cora-1", "cora-z7s", "free", "-", "-", "off"]
-    assert lines[2].split() == ["cora-2", "cora-z7s", "reserved", "bob", "in", "12m", "off"]
+    assert lines[2].split() == [
+        "cora-2",
+        "cora-z7s",
+        "reserved",
+        "bob",
+        "in",
+        "12m",
+        "off",
+    ]
     assert "\x1b" not in result.out
 
 
@@ -352,7 +360,7 @@ def test_relative_times():
 
 # --- subprocess: the installed console script --------------------------------
 
-BITELAB = shutil.which("bitelab") or str(Path(sys.executable).parent / "bitelab")
+BITELAB = shutil.which("bitelab", path=str(Path(sys.executable).parent)) or "bitelab"
 
 
 def bitelab(*argv, url=None, token=None, home=None, path=None, timeout=60):
@@ -365,6 +373,7 @@ def bitelab(*argv, url=None, token=None, home=None, path=None, timeout=60):
         env["BITELAB_AUTH"] = token
     return subprocess.run(
         [BITELAB, *argv],
+        check=False,
         env=env,
         capture_output=True,
         text=True,
@@ -531,7 +540,7 @@ def test_connection_cut_mid_answer_exits_3(serve):
 
     def cut(conn, stopping):
         read_request(conn)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"boards\": [")
+        conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{"boards": [')
 
     server = serve(cut)
     result = bitelab("list", url=f"http://127.0.0.1:{server.port}", token="t")
@@ -589,9 +598,13 @@ def test_contssh_pipes_both_ways_with_half_close(serve):
     payload = bytes(range(256)) * 4096
     result = subprocess.run(
         [BITELAB, "contssh"],
+        check=False,
         input=payload,
         capture_output=True,
-        env={"PATH": os.environ["PATH"], "BITELAB_URL": f"http://127.0.0.1:{info.port}"},
+        env={
+            "PATH": os.environ["PATH"],
+            "BITELAB_URL": f"http://127.0.0.1:{info.port}",
+        },
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
@@ -611,7 +624,10 @@ def test_contssh_exits_when_server_closes(serve):
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={"PATH": os.environ["PATH"], "BITELAB_URL": f"http://127.0.0.1:{info.port}"},
+        env={
+            "PATH": os.environ["PATH"],
+            "BITELAB_URL": f"http://127.0.0.1:{info.port}",
+        },
     )
     try:
         out, err = proc.communicate(timeout=30)
@@ -636,9 +652,11 @@ def test_contssh_server_down_exits_3():
     "code",
     [
         "import bitelab.client.contssh",
-        "import sys; sys.argv = ['bitelab', 'contssh', '--help']\n"
-        "from bitelab.client.cli import main\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass",
+        (
+            "import sys; sys.argv = ['bitelab', 'contssh', '--help']\n"
+            "from bitelab.client.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass"
+        ),
     ],
     ids=["module", "cli"],
 )
@@ -646,6 +664,7 @@ def test_contssh_path_does_not_import_twisted(code):
     """``bitelab contssh`` loads neither twisted nor treq, so it starts fast."""
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", code],
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,
@@ -704,3 +723,262 @@ def test_every_command_has_help(command):
     result = bitelab(command, "--help")
     assert result.returncode == 0
     assert result.stdout.startswith(f"usage: bitelab {command}")
+
+
+# --- subprocess against a real server ----------------------------------------
+
+POWER_SCRIPT = """#!/bin/sh
+# on|off|status BOARD, with the state in a file beside this script.
+set -eu
+state="$(dirname "$0")/power-$2"
+case "$1" in
+on | off) echo "$1" >"$state" ;;
+status) cat "$state" 2>/dev/null || echo off ;;
+esac
+"""
+
+SETUP_SCRIPT = """#!/bin/sh
+# reserve|release BOARD: announce where the (pretend) jail is.
+if [ "$1" = reserve ]; then
+    echo "ip=127.0.0.1"
+    echo "ssh_user=jail-$BITELAB_USER"
+fi
+"""
+
+
+def real_boards(directory):
+    """A board file: two zynq boards with script-switched power, one pine."""
+    script = f'"{directory}/power.sh"'
+
+    def power(name):
+        return (
+            f"{{ cls = cmdpower, on = [{script}, on, {name}], "
+            f"off = [{script}, off, {name}], status = [{script}, status, {name}] }}"
+        )
+
+    return f"""
+setup_script = "{directory}/setup.sh";
+classes {{
+    zynq = {{ arch = arm-armv7; }}
+    pine = {{ arch = arm64-aarch64; }}
+}}
+boards [
+    {{ name = zynq-1; brdclass = zynq; options = [ {power("zynq-1")} ] }},
+    {{ name = zynq-2; brdclass = zynq; options = [ {power("zynq-2")} ] }},
+    {{ name = pine-1; brdclass = pine; options = [ {{ cls = timeout, val = 600 }} ] }},
+]
+"""
+
+
+@attrs.define
+class RealLab:
+    """A running server, a token per user, and a HOME with alice's key."""
+
+    server: LabServer
+    tokens: dict
+    home: Path
+
+    def run(self, user, *argv, **kwargs):
+        """Run ``bitelab ARGV`` as ``user`` against the server."""
+        kwargs.setdefault("home", self.home)
+        return bitelab(*argv, url=self.server.url, token=self.tokens[user], **kwargs)
+
+    def release_all(self):
+        """Force-release every reserved board, as the admin."""
+        boards = self.server.get("/api/v1/boards", token=self.tokens["root"])["boards"]
+        for board in boards:
+            if board["state"] == "reserved":
+                path = f"/api/v1/boards/{board['name']}/release"
+                self.server.request("POST", path, {"force": True}, self.tokens["root"])
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory):
+    """A real ``twistd -n bitelab`` with three boards, stopped after the module."""
+    directory = tmp_path_factory.mktemp("lab")
+    for name, text in [("power.sh", POWER_SCRIPT), ("setup.sh", SETUP_SCRIPT)]:
+        (directory / name).write_text(text)
+        (directory / name).chmod(0o755)
+    server = LabServer(directory, boards=real_boards(directory), users=("alice", "bob"))
+    server.start()
+    try:
+        home = directory / "home"
+        (home / ".ssh").mkdir(parents=True)
+        shutil.copy(server.key("alice") + ".pub", home / ".ssh" / "id_ed25519.pub")
+        tokens = {user: server.token(user) for user in ("alice", "bob", "root")}
+        yield RealLab(server, tokens, home)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def real(real_server):
+    """The real lab, with every board free again after the test."""
+    yield real_server
+    real_server.release_all()
+
+
+def test_real_list_and_classes(real):
+    """``list`` and ``classes`` show the server's boards and free/total counts."""
+    result = real.run("alice", "list")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    assert set(rows) == {"zynq-1", "zynq-2", "pine-1"}
+    assert rows["zynq-1"][1:3] == ["zynq", "free"]
+    result = real.run("alice", "classes")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    assert rows["zynq"] == ["zynq", "arm-armv7", "2/2"]
+    assert rows["pine"] == ["pine", "arm64-aarch64", "1/1"]
+
+
+def test_real_whoami(real):
+    """``whoami`` names the token's user and marks admins."""
+    assert real.run("alice", "whoami").stdout == "alice\n"
+    assert real.run("root", "whoami").stdout == "root (admin)\n"
+    assert json.loads(real.run("bob", "whoami", "--json").stdout) == {
+        "user": "bob",
+        "admin": False,
+    }
+
+
+def test_real_reserve_info_set_release(real):
+    """A reservation's life: reserve a class, see it, power it, extend, release."""
+    result = real.run("alice", "reserve", "-t", "300", "zynq")
+    assert result.returncode == 0, result.stderr
+    board = result.stdout.split()[1]
+    assert board in ("zynq-1", "zynq-2")
+    assert "  ip=127.0.0.1\n" in result.stdout
+    assert "  ssh_user=jail-alice\n" in result.stdout
+    state = real.server.get(f"/api/v1/boards/{board}", token=real.tokens["root"])
+    assert (state["state"], state["holder"]) == ("reserved", "alice")
+
+    result = real.run("alice", "info", board)
+    assert result.returncode == 0, result.stderr
+    assert "holder:" in result.stdout and "alice" in result.stdout
+    assert "(in 4m" in result.stdout or "(in 5m" in result.stdout
+
+    result = real.run("alice", "set", "power=on", board)
+    assert result.returncode == 0, result.stderr
+    assert "power=on" in result.stdout
+    result = real.run("alice", "--json", "set", "timeout=1200", board)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["expires_at"] > state["expires_at"]
+
+    result = real.run("alice", "release", board)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"released {board}: now free\n"
+
+
+def test_real_reserve_sends_public_key(real, tmp_path):
+    """``reserve -i`` hands the key file's text to the server (and so the script)."""
+    key = Path(real.server.key("bob") + ".pub")
+    result = real.run("bob", "--json", "reserve", "-i", str(key), "pine-1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["holder"] == "bob"
+
+
+def test_real_taken_board_is_refused(real):
+    """A board or class someone else holds is exit 1 with the server's reason."""
+    assert real.run("alice", "reserve", "pine-1").returncode == 0
+    result = real.run("bob", "reserve", "pine-1")
+    assert result.returncode == 1
+    assert "(unavailable)" in one_line(result)
+    result = real.run("bob", "reserve", "pine")
+    assert result.returncode == 1
+    assert "(unavailable)" in one_line(result)
+    result = real.run("bob", "release", "pine-1")
+    assert result.returncode == 1
+    assert one_line(result).endswith("(forbidden)")
+    result = real.run("root", "release", "-f", "pine-1")
+    assert result.returncode == 0, result.stderr
+
+
+def test_real_unknown_board(real):
+    """An unknown board is exit 1 with the API's not_found message."""
+    for argv in (["info", "nosuch-1"], ["reserve", "nosuch-1"], ["release", "nosuch"]):
+        result = real.run("alice", *argv)
+        assert result.returncode == 1, argv
+        assert one_line(result).endswith("(not_found)")
+
+
+def test_real_bad_token(real):
+    """A token the server does not know is exit 1 and says how to get one."""
+    result = bitelab("list", url=real.server.url, token="bl_not_a_real_token")
+    assert result.returncode == 1
+    line = one_line(result)
+    assert "(unauthorized)" in line and cli.TOKEN_COMMAND in line
+
+
+def test_real_bad_usage_reaches_no_server(real):
+    """Bad ``set`` values are refused locally with exit 2."""
+    result = real.run("alice", "set", "power=sideways", "zynq-1")
+    assert result.returncode == 2
+    assert "power must be one of" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["list"],
+        ["classes"],
+        ["whoami"],
+        ["info", "zynq-1"],
+        ["reserve", "zynq-2"],
+        ["set", "power=off", "zynq-2"],
+        ["release", "zynq-2"],
+        ["info", "nosuch"],
+    ],
+    ids=lambda argv: "-".join(argv),
+)
+def test_real_json_is_one_document(real, argv):
+    """With --json every command prints one document ``json.tool`` accepts."""
+    if argv[0] in ("set", "release"):
+        assert real.run("alice", "reserve", "zynq-2").returncode == 0
+    result = real.run("alice", *argv, "--json")
+    assert result.returncode in (0, 1), result.stderr
+    check = subprocess.run(
+        [sys.executable, "-m", "json.tool"],
+        input=result.stdout,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, result.stdout
+    assert isinstance(json.loads(result.stdout), dict)
+
+
+def test_real_contssh_reaches_ssh_server(real):
+    """contssh learns ssh_port from the real server and relays its SSH banner."""
+    proc = subprocess.Popen(
+        [BITELAB, "contssh"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={"PATH": os.environ["PATH"], "BITELAB_URL": real.server.url},
+    )
+    try:
+        banner = proc.stdout.readline()
+        proc.stdin.close()
+        proc.wait(30)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert banner.startswith(b"SSH-2.0-")
+    assert proc.returncode == 0
+
+
+def test_real_server_stopped_is_exit_3(tmp_path):
+    """After the server stops, the client says it is unreachable (exit 3)."""
+    server = LabServer(tmp_path / "lab", users=("alice",))
+    server.start()
+    try:
+        token = server.token("alice")
+        assert bitelab("whoami", url=server.url, token=token).returncode == 0
+    finally:
+        server.stop()
+    result = bitelab("whoami", url=server.url, token=token)
+    assert result.returncode == 3
+    assert "connection refused" in one_line(result)

@@ -11,7 +11,10 @@ from pysnmp.proto import api
 from twisted.internet import defer, error, task
 
 from bitelab.snmp import SNMPClient, SNMPError, SNMPTimeout
-from tests.support.snmpagent import SYS_DESCR, snmp_agent  # noqa: F401
+from tests.support import snmpagent
+from tests.support.snmpagent import SYS_DESCR
+
+snmp_agent = snmpagent.snmp_agent
 
 V2C = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C]
 OID = "1.3.6.1.2.1.105.1.1.1.3.1.2"
@@ -142,7 +145,9 @@ def test_unknown_request_id_ignored(client, fake_reactor):
     """A response with another request id does not complete the request."""
     d = client.get(*SWITCH, "private", OID)
     (_, pdu), addr = fake_reactor.port.sent[0]
-    client.datagramReceived(response(pdu, V2C.Integer(1), rid=request_id(pdu) + 1), addr)
+    client.datagramReceived(
+        response(pdu, V2C.Integer(1), rid=request_id(pdu) + 1), addr
+    )
     assert not fired(d)
     answer(client, fake_reactor, 0, V2C.Integer(2))
     assert result_of(d) == 2
@@ -211,7 +216,8 @@ def test_zero_retries_sends_once(client, fake_reactor, clock):
 
 
 @pytest.mark.parametrize(
-    "status, name", [(7, "wrongType"), (6, "noAccess"), (17, "notWritable"), (5, "genErr")]
+    "status, name",
+    [(7, "wrongType"), (6, "noAccess"), (17, "notWritable"), (5, "genErr")],
 )
 def test_error_status_mapped(client, fake_reactor, status, name):
     """A non-zero error-status fails with SNMPError naming it, the host and the OID."""
@@ -353,7 +359,7 @@ def real_client():
 
 
 @pytest_twisted.ensureDeferred
-async def test_real_agent_get(real_client, snmp_agent):  # noqa: F811
+async def test_real_agent_get(real_client, snmp_agent):
     """Against snmpsim, a GET of sysDescr returns the string in its data file."""
     value = await real_client.get(
         snmp_agent.host, snmp_agent.port, snmp_agent.community, SYS_DESCR
@@ -362,9 +368,14 @@ async def test_real_agent_get(real_client, snmp_agent):  # noqa: F811
 
 
 @pytest_twisted.ensureDeferred
-async def test_real_agent_wrong_community_times_out(real_client, snmp_agent):  # noqa: F811
+async def test_real_agent_wrong_community_times_out(real_client, snmp_agent):
     """snmpsim ignores an unknown community, so the request times out."""
     with pytest.raises(SNMPTimeout):
         await real_client.get(
-            snmp_agent.host, snmp_agent.port, "public", SYS_DESCR, timeout=0.2, retries=1
+            snmp_agent.host,
+            snmp_agent.port,
+            "public",
+            SYS_DESCR,
+            timeout=0.2,
+            retries=1,
         )

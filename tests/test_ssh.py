@@ -2,24 +2,35 @@
 
 The service runs in the test process on a loopback port; ``ssh`` runs as a
 child process so the reactor keeps turning. The lab is a fake that records
-its calls (``FakeLab``) and hands out small in-process hubs (``FakeHub``);
-both follow the interfaces ``bitelab.ssh`` codes against, so a test can swap
-in the real ones by overriding the ``lab`` fixture.
+its calls (``FakeLab``) and hands out the real ``ConsoleHub`` with the
+serial side replaced by a recorder (``FakeHub``); both follow the interfaces
+``bitelab.ssh`` codes against, so a test can swap in the real lab by
+overriding the ``lab`` fixture.
 """
 
+import gc
 import os
 import shutil
 import stat
 import subprocess
+import types
 
 import pytest
 import pytest_twisted
+from twisted.conch.interfaces import ISession
 from twisted.conch.ssh import keys
 from twisted.internet import defer, protocol, task
 from twisted.logger import globalLogPublisher
 
+from bitelab.console import TOO_SLOW, ConsoleHub
 from bitelab.errors import Forbidden, NotFound
-from bitelab.ssh import KeysDirectory, SSHService, load_or_create_host_key
+from bitelab.ssh import (
+    BitelabAvatar,
+    Identity,
+    KeysDirectory,
+    SSHService,
+    load_or_create_host_key,
+)
 
 TOKEN = "bl_test_token_0123456789"
 SSH = shutil.which("ssh")
@@ -50,8 +61,6 @@ def no_logged_failures():
 
     globalLogPublisher.addObserver(observe)
     yield failures
-    import gc
-
     gc.collect()
     globalLogPublisher.removeObserver(observe)
     assert [
@@ -59,39 +68,29 @@ def no_logged_failures():
     ] == []
 
 
-class FakeHub:
-    """A console hub: fans output out to viewers, records input."""
+class FakeHub(ConsoleHub):
+    """The real console hub, plus the serial side a console service adds:
+    ``send`` records input, ``events`` records attach and detach.
+    """
 
     def __init__(self, name):
-        self.name = name
-        self.viewers = []
+        super().__init__(name=name)
         self.sent = b""
         self.events = []
 
-    def attach(self, viewer):
+    def attach(self, viewer, history=b""):
         """Add a viewer."""
-        self.viewers.append(viewer)
         self.events.append("attach")
+        super().attach(viewer, history)
 
     def detach(self, viewer):
         """Remove a viewer."""
-        self.viewers.remove(viewer)
         self.events.append("detach")
+        super().detach(viewer)
 
     def send(self, data):
         """Record input meant for the serial port."""
         self.sent += data
-
-    def output(self, data):
-        """Console output: every viewer gets it."""
-        for viewer in list(self.viewers):
-            viewer.write(data)
-
-    def close_viewers(self, reason):
-        """End every viewer's session with ``reason``."""
-        viewers, self.viewers = self.viewers, []
-        for viewer in viewers:
-            viewer.close(reason)
 
 
 class FakeLab:
@@ -156,8 +155,9 @@ def lab():
 class Server:
     """Starts and stops an SSHService on a loopback port."""
 
-    def __init__(self, reactor, tmp_path, keys_dir, lab):
+    def __init__(self, reactor, tmp_path, keys_dir, lab, **options):
         self.reactor = reactor
+        self.options = options
         self.host_key = tmp_path / "state" / "ssh_host_key"
         self.keys_dir = keys_dir
         self.lab = lab
@@ -171,6 +171,7 @@ class Server:
             str(self.host_key),
             str(self.keys_dir),
             self.lab,
+            **self.options,
         )
         self.service.startService()
         return self.service
@@ -190,8 +191,12 @@ class Server:
 
 @pytest.fixture
 def server(reactor, tmp_path, keys_dir, lab):
-    """A running SSH service, stopped after the test."""
-    s = Server(reactor, tmp_path, keys_dir, lab)
+    """A running SSH service, stopped after the test.
+
+    It looks at the keys directory only on ``reload()``, so that a test sees
+    what ``reload()`` does and not a timely poll.
+    """
+    s = Server(reactor, tmp_path, keys_dir, lab, keys_poll_interval=3600)
     s.start()
     yield s
     pytest_twisted.blockon(s.stop())
@@ -259,6 +264,8 @@ def ssh(reactor, tmp_path, server):
             "IdentitiesOnly=yes",
             "-o",
             "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
             "-l",
             login,
             *args,
@@ -375,9 +382,11 @@ async def test_unknown_login_name_is_refused(ssh, lab):
     status, out, err = await run_ssh(ssh, "alice", "alice")
     assert status == 255
     assert b"Permission denied" in err
+    assert out == b""
     status, out, err = await run_ssh(ssh, "alice", "no-such-board")
     assert status == 255
     assert b"Permission denied" in err
+    assert out == b""
     assert lab.calls == []
 
 
@@ -419,7 +428,7 @@ async def test_console_both_ways_until_reservation_ends(ssh, lab, args):
     await until(lambda: len(hub.viewers) == 1, "the viewer to attach")
     assert lab.calls == [("open_console", "alice", "cora-1")]
 
-    hub.output(CONSOLE_OUTPUT)
+    hub.deliver(CONSOLE_OUTPUT)
     await until(lambda: CONSOLE_OUTPUT in client.out, "console output")
 
     client.type(b"printenv\r\x03\x1b[A")
@@ -427,7 +436,9 @@ async def test_console_both_ways_until_reservation_ends(ssh, lab, args):
 
     hub.close_viewers("bitelab: reservation of cora-1 ended")
     assert await finished(client) == 0
-    assert client.out == CONSOLE_OUTPUT + b"\r\nbitelab: reservation of cora-1 ended\r\n"
+    assert (
+        client.out == CONSOLE_OUTPUT + b"\r\nbitelab: reservation of cora-1 ended\r\n"
+    )
     assert hub.viewers == []
 
 
@@ -439,7 +450,7 @@ async def test_two_viewers(ssh, lab):
     second = ssh("alice", "cora-1")
     await until(lambda: len(hub.viewers) == 2, "two viewers")
 
-    hub.output(b"login: ")
+    hub.deliver(b"login: ")
     await until(lambda: b"login: " in first.out, "output at the first viewer")
     await until(lambda: b"login: " in second.out, "output at the second viewer")
 
@@ -484,13 +495,15 @@ async def test_reload_picks_up_new_key_and_keeps_sessions(
     status, out, err = await run_ssh(ssh, "carol", "lab")
     assert status == 255 and b"Permission denied" in err
 
-    (keys_dir / "carol.pub").write_bytes((tmp_path / "client" / "carol.pub").read_bytes())
+    (keys_dir / "carol.pub").write_bytes(
+        (tmp_path / "client" / "carol.pub").read_bytes()
+    )
     server.service.reload()
     status, out, err = await run_ssh(ssh, "carol", "lab")
     assert (status, out) == (0, TOKEN.encode() + b"\n"), err
     assert lab.calls[-1] == ("issue_token", "carol")
 
-    hub.output(b"still here\r\n")
+    hub.deliver(b"still here\r\n")
     await until(lambda: b"still here\r\n" in viewer.out, "output after reload")
     assert viewer.running
     hub.close_viewers("bitelab: reservation of cora-1 ended")
@@ -514,8 +527,7 @@ def test_keys_directory_snapshot(tmp_path):
     d = tmp_path / "keys"
     d.mkdir()
     (d / "alice.pub").write_text(
-        f"# two keys\n\n{a1}\nnot a key at all\n"
-        f'from="10.0.0.1" {b1}\n   {a2}'
+        f"# two keys\n\n{a1}\nnot a key at all\n" f'from="10.0.0.1" {b1}\n   {a2}'
     )
     (d / "bad name.pub").write_text(b1)
     (d / "notes.txt").write_text(b1)
@@ -606,3 +618,109 @@ def test_host_key_created_then_reused(tmp_path):
     assert path.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
     assert load_or_create_host_key(path) == key
     assert load_or_create_host_key(str(path)).fingerprint() == key.fingerprint()
+
+
+# Sessions, without a network
+
+
+class FakeSessionProtocol:
+    """Stands in for Conch's session process protocol; records what it gets."""
+
+    def __init__(self):
+        self.transport = None
+        self.out = b""
+        self.err = b""
+        self.exit_code = None
+        self.session = types.SimpleNamespace(buf=b"")
+
+    def makeConnection(self, transport):
+        """Remember the session's input side."""
+        self.transport = transport
+
+    def outReceived(self, data):
+        """Collect stdout."""
+        self.out += data
+
+    def errReceived(self, data):
+        """Collect stderr."""
+        self.err += data
+
+    def processEnded(self, reason):
+        """Record the exit status."""
+        self.exit_code = reason.value.exitCode
+
+
+def open_session(lab, user, service, pty=False):
+    """Open a shell session for ``user`` on ``service``; return its parts."""
+    session = ISession(BitelabAvatar(Identity(user, service), lab))
+    if pty:
+        session.getPty(b"xterm", (24, 80, 0, 0), [])
+    proto = FakeSessionProtocol()
+    session.openShell(proto)
+    return session, proto
+
+
+def test_input_before_console_opens_is_kept(lab):
+    """Input typed while the console is being opened reaches the hub first."""
+    hub = lab.hubs["cora-1"]
+    pending = defer.Deferred()
+    lab.open_console = lambda user, board: pending
+    _session, proto = open_session(lab, "alice", "cora-1")
+    proto.transport.write(b"ab")
+    proto.transport.write(b"c")
+    assert hub.sent == b""
+    pending.callback(hub)
+    assert hub.sent == b"abc"
+    proto.transport.write(b"d")
+    assert hub.sent == b"abcd"
+    assert proto.exit_code is None
+
+
+def test_session_closed_before_console_opens(lab):
+    """A client gone before the console opened never attaches a viewer."""
+    hub = lab.hubs["cora-1"]
+    pending = defer.Deferred()
+    lab.open_console = lambda user, board: pending
+    session, _proto = open_session(lab, "alice", "cora-1")
+    session.closed()
+    pending.callback(hub)
+    assert hub.events == [] and hub.viewers == []
+
+
+def test_viewer_that_does_not_keep_up_is_dropped(lab):
+    """The viewer reports the channel's unsent output to the hub, so a client
+    that stops reading is dropped: the hub's reason, then exit 0.
+    """
+    hub = lab.hubs["cora-1"]
+    _session, proto = open_session(lab, "alice", "cora-1")
+    hub.deliver(b"fine")
+    assert proto.out == b"fine"
+    proto.session.buf = b"x" * (hub.max_backlog + 1)
+    hub.deliver(b"too much")
+    assert hub.viewers == []
+    assert proto.out == f"finetoo much\r\nbitelab: {TOO_SLOW}\r\n".encode()
+    assert proto.exit_code == 0
+
+
+def test_refusal_line_ends_for_a_terminal_with_pty(lab):
+    """Without a pty the refusal ends in LF, with one in CR LF."""
+    _session, proto = open_session(lab, "alice", "no-such", pty=True)
+    assert proto.err == b"bitelab: no board named no-such\r\n"
+    assert proto.exit_code == 1
+    _session, proto = open_session(lab, "alice", "no-such")
+    assert proto.err == b"bitelab: no board named no-such\n"
+
+
+def test_token_failure_is_one_line_and_exit_1(lab, no_logged_failures):
+    """If the lab cannot issue a token the client gets one line and exit 1;
+    the cause is logged for the admin.
+    """
+    lab.issue_token = lambda user: defer.fail(RuntimeError("database is locked"))
+    _session, proto = open_session(lab, "alice", "lab")
+    assert proto.out == b""
+    assert proto.err == (
+        b"bitelab: could not issue a token; try again or ask the lab admin\n"
+    )
+    assert proto.exit_code == 1
+    assert [e["log_failure"].type for e in no_logged_failures] == [RuntimeError]
+    no_logged_failures.clear()

@@ -17,8 +17,7 @@ import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-
-import attrs
+from typing import NamedTuple
 
 from bitelab.client import contssh
 
@@ -39,8 +38,7 @@ class ConfigProblem(Exception):
     """A usage or local configuration problem: exit status 2, one-line message."""
 
 
-@attrs.frozen
-class Settings:
+class Settings(NamedTuple):
     """Where the server is and the token to show it."""
 
     url: str

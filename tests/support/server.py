@@ -16,6 +16,9 @@ import time
 import urllib.error
 import urllib.request
 
+#: the source tree; subprocesses import bitelab (and the twistd plugin) from it
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 DEFAULT_BOARDS = """
 classes {
     zynq = { arch = arm-armv7; }
@@ -28,6 +31,14 @@ boards [
     { name = pine-1; brdclass = pine; options = [ { cls = timeout, val = 600 } ] },
 ]
 """
+
+
+def repo_env(extra=None):
+    """The environment for a subprocess running this tree's bitelab."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
 
 
 def free_port(kind=socket.SOCK_STREAM):
@@ -124,6 +135,7 @@ class LabServer:
                 self.env_path,
             ],
             cwd=self.dir,
+            env=repo_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -177,6 +189,7 @@ class LabServer:
             capture_output=True,
             text=True,
             timeout=30,
+            env=repo_env(),
         )
 
     def token(self, user):
@@ -219,6 +232,4 @@ class LabServer:
 
     def client_env(self, token):
         """Environment for running the ``bitelab`` CLI against this server."""
-        env = dict(os.environ)
-        env.update({"BITELAB_URL": self.url, "BITELAB_AUTH": token or ""})
-        return env
+        return repo_env({"BITELAB_URL": self.url, "BITELAB_AUTH": token or ""})

@@ -44,7 +44,9 @@ def snmprec(groups=(1,), ports=range(1, 9), initial=2):
         records.append((group, NOTWRITABLE_PORT, "value=2,status=notwritable,op=set"))
     # snmpsim needs its records in OID order.
     for group, port, settings in sorted(records):
-        lines.append(f"{PETH_PSE_PORT_ADMIN_ENABLE}.{group}.{port}|2:writecache|{settings}")
+        lines.append(
+            f"{PETH_PSE_PORT_ADMIN_ENABLE}.{group}.{port}|2:writecache|{settings}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -64,7 +66,6 @@ class SNMPAgent:
         with open(os.path.join(self._data_dir, f"{community}.snmprec"), "w") as f:
             f.write(snmprec(groups, ports))
         self._process = None
-        self._log = None
 
     def start(self, wait=15.0):
         """Start the agent and wait until it answers ``snmpget``."""
@@ -72,20 +73,21 @@ class SNMPAgent:
         if command is None or shutil.which("snmpget") is None:
             pytest.skip("needs snmpsim (pip) and snmpget (apt: snmp)")
         env = dict(os.environ, SNMPSIM_ALLOW_ROOT="true")
-        self._log = open(os.path.join(self._workdir, "agent.log"), "ab")
-        self._process = subprocess.Popen(
-            [
-                command,
-                f"--data-dir={self._data_dir}",
-                f"--cache-dir={self._cache_dir}",
-                f"--agent-udpv4-endpoint={self.host}:{self.port}",
-                "--log-level=error",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        log_path = os.path.join(self._workdir, "agent.log")
+        with open(log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                [
+                    command,
+                    f"--data-dir={self._data_dir}",
+                    f"--cache-dir={self._cache_dir}",
+                    f"--agent-udpv4-endpoint={self.host}:{self.port}",
+                    "--log-level=error",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -93,8 +95,10 @@ class SNMPAgent:
             if self._snmpget(SYS_DESCR, timeout=0.2).returncode == 0:
                 return self
         self.stop()
-        with open(os.path.join(self._workdir, "agent.log"), errors="replace") as f:
-            raise RuntimeError(f"snmpsim did not come up on port {self.port}: {f.read()}")
+        with open(log_path, errors="replace") as f:
+            raise RuntimeError(
+                f"snmpsim did not come up on port {self.port}: {f.read()}"
+            )
 
     def stop(self):
         """Stop the agent (its written values are lost)."""
@@ -106,9 +110,6 @@ class SNMPAgent:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
     def _snmpget(self, oid, timeout=1.0):
         return subprocess.run(
@@ -128,6 +129,24 @@ class SNMPAgent:
             ],
             capture_output=True,
             text=True,
+            check=False,
+        )
+
+    def set(self, group, port, value):
+        """Set ``pethPsePortAdminEnable.GROUP.PORT`` with net-snmp's ``snmpset``."""
+        subprocess.run(
+            [
+                "snmpset",
+                "-v2c",
+                "-c",
+                self.community,
+                f"{self.host}:{self.port}",
+                f"{PETH_PSE_PORT_ADMIN_ENABLE}.{group}.{port}",
+                "i",
+                str(value),
+            ],
+            check=True,
+            capture_output=True,
         )
 
     def get(self, group, port):

@@ -1,0 +1,42 @@
+"""Shared fixtures: real bitelab servers, and a check for unhandled Deferred errors."""
+
+import gc
+
+import pytest
+from twisted.logger import globalLogPublisher
+
+from support.server import LabServer
+
+
+@pytest.fixture
+def lab_server(tmp_path):
+    """A factory of started ``LabServer`` processes, all stopped after the test."""
+    servers = []
+
+    def make(**kwargs):
+        directory = tmp_path / f"lab{len(servers)}"
+        server = LabServer(directory, **kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_unhandled_deferred_errors():
+    """Fail the test if a Deferred was garbage-collected with an unhandled error."""
+    seen = []
+
+    def observer(event):
+        if event.get("log_format", "").startswith("Unhandled error in Deferred"):
+            seen.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield
+        gc.collect()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert not seen, f"unhandled error in Deferred: {seen[0]}"

@@ -1,0 +1,211 @@
+"""The ``.env`` and board-file loaders: values, defaults and one-line errors."""
+
+import os
+
+import pytest
+
+from bitelab.boards import BoardManager
+from bitelab.config import load_boards, load_config
+from bitelab.errors import ConfigError
+from bitelab.options import EtherIface, SerialConsole, Timeout
+from bitelab.power import CmdPower, SNMPPower
+
+OPTIONS = BoardManager._option_map
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def env_file(tmp_path, text):
+    return write(tmp_path / ".env", text)
+
+
+def test_env_defaults_and_relative_paths(tmp_path):
+    """Required keys are read, paths resolve against the file's directory, defaults fill the rest."""
+    cfg = load_config(env_file(tmp_path, "# lab\n\ndb_file=state/db.sqlite\nboard_conf = b.ucl\n"))
+    assert cfg.db_file == str(tmp_path / "state" / "db.sqlite")
+    assert cfg.board_conf == str(tmp_path / "b.ucl")
+    assert cfg.http_endpoint == "tcp:8080"
+    assert cfg.ssh_endpoint == "tcp:2222"
+    assert cfg.ssh_host_key == str(tmp_path / "ssh_host_ed25519_key")
+    assert cfg.ssh_keys_dir == str(tmp_path / "keys")
+    assert cfg.console_log_dir == str(tmp_path / "console")
+    assert cfg.admins == frozenset()
+    assert cfg.default_timeout == 3600
+
+
+def test_env_all_keys(tmp_path):
+    """Every documented key is accepted and parsed to its type."""
+    cfg = load_config(
+        env_file(
+            tmp_path,
+            "db_file=/var/db/bl.sqlite\nboard_conf=b.ucl\nhttp_endpoint=tcp:9000\n"
+            "ssh_endpoint=tcp:9022:interface=127.0.0.1\nssh_host_key=hk\n"
+            "ssh_keys_dir=/etc/keys\nadmins=alice, bob\nconsole_log_dir=logs\n"
+            "default_timeout=60\nmax_timeout=120\nsetup_script_timeout=5\n"
+            "power_cycle_pause=0.5\nexpiry_interval=0.25\nlab_name=lab-2\n"
+            "console_log_max_bytes=65536\nconsole_log_backups=2\n",
+        )
+    )
+    assert cfg.db_file == "/var/db/bl.sqlite"
+    assert cfg.admins == frozenset({"alice", "bob"})
+    assert (cfg.default_timeout, cfg.max_timeout, cfg.setup_script_timeout) == (60, 120, 5)
+    assert cfg.power_cycle_pause == 0.5
+    assert cfg.expiry_interval == 0.25
+    assert cfg.console_log_dir == str(tmp_path / "logs")
+    assert cfg.ssh_endpoint == "tcp:9022:interface=127.0.0.1"
+    assert cfg.lab_name == "lab-2"
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("board_conf=b.ucl\n", "required key 'db_file' is missing"),
+        ("db_file=x\n", "required key 'board_conf' is missing"),
+        ("db_file=x\nboard_conf=y\ndb_flie=z\n", ":3: unknown key 'db_flie'"),
+        ("db_file=x\nboard_conf=y\njunk\n", ":3: expected key=value"),
+        ("db_file=x\nboard_conf=y\ndefault_timeout=soon\n", "default_timeout: must be a whole"),
+        ("db_file=x\nboard_conf=y\ndefault_timeout=-5\n", "default_timeout: must be a positive"),
+        ("db_file=x\nboard_conf=y\nmax_timeout=10\n", "max_timeout (10) is less than"),
+        ("db_file=x\nboard_conf=y\nadmins=a b\n", "'a b' is not a valid user name"),
+        ("db_file=x\nboard_conf=y\ndb_file=z\n", "key 'db_file' is set twice"),
+        ("db_file=\nboard_conf=y\n", "db_file: must be a path"),
+    ],
+)
+def test_env_errors_are_one_line(tmp_path, text, needle):
+    """Each broken .env gives one line naming the file, key and problem."""
+    path = env_file(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert needle in message
+    assert path in message
+    assert "\n" not in message
+
+
+def test_env_missing_file(tmp_path):
+    """A missing .env is a one-line error naming it."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(str(tmp_path / "nope.env"))
+
+
+SEED = """
+setup_script = /ztank/prog/board_script;
+classes {
+cora-z7s = { arch = arm-armv7; }
+pine64-a64-lts = { arch = arm64-aarch64; }
+}
+boards [
+{
+name = cora-1;
+brdclass = cora-z7s;
+options = [
+{ cls = snmppower, host = poe, port = 2 },
+]
+},
+{
+name = a64lts-1;
+brdclass = pine64-a64-lts;
+options = [
+{ cls = etheriface, val = awg0.103 },
+{ cls = serialconsole, val = /dev/ttyU0 },
+{ cls = snmppower, host = poe, port = 3 },
+{ cls = timeout, val = 2h },
+]
+},
+]
+"""
+
+
+def test_seed_board_file(tmp_path):
+    """The seed's example loads into classes, boards and constructed options."""
+    lab = load_boards(write(tmp_path / "b.ucl", SEED), OPTIONS)
+    assert lab.setup_script == "/ztank/prog/board_script"
+    assert {n: c.arch for n, c in lab.classes.items()} == {
+        "cora-z7s": "arm-armv7",
+        "pine64-a64-lts": "arm64-aarch64",
+    }
+    assert list(lab.boards) == ["cora-1", "a64lts-1"]
+    cora = lab.boards["cora-1"]
+    assert cora.brdclass == "cora-z7s"
+    assert cora.options == (SNMPPower(host="poe", port=2),)
+    a64 = lab.boards["a64lts-1"]
+    assert a64.option(EtherIface).val == "awg0.103"
+    assert a64.option(SerialConsole) == SerialConsole(val="/dev/ttyU0", baud=115200)
+    assert a64.option(SNMPPower).port == 3
+    assert a64.option(Timeout).val == 7200
+
+
+def test_relative_setup_script_and_cmdpower(tmp_path):
+    """A relative setup_script is resolved against the board file's directory."""
+    text = (
+        "setup_script = jail.sh\nclasses { c { arch = x; } }\n"
+        "boards [ { name = b; brdclass = c; options = [ "
+        "{ cls = cmdpower, on = [/bin/true], off = [/bin/true], status = [/bin/echo, on] } ] } ]"
+    )
+    lab = load_boards(write(tmp_path / "b.ucl", text), OPTIONS)
+    assert lab.setup_script == str(tmp_path / "jail.sh")
+    assert isinstance(lab.boards["b"].options[0], CmdPower)
+
+
+BOARD_HEAD = "classes { c1 { arch = x; } c2 { arch = y; } }\n"
+
+
+@pytest.mark.parametrize(
+    "boards, needle",
+    [
+        ("boards [ { name = a; brdclass = c1; }, { name = a; brdclass = c1; } ]",
+         "board 'a': defined more than once"),
+        ("boards [ { name = a; brdclass = c3; } ]", "unknown brdclass 'c3' (classes: c1, c2)"),
+        ("boards [ { name = c1; brdclass = c1; } ]", "board 'c1': a class has the same name"),
+        ("boards [ { name = \"a b\"; brdclass = c1; } ]", "names are letters"),
+        ("boards [ { brdclass = c1; } ]", "board #1: name is missing"),
+        ("boards [ { name = a; } ]", "brdclass is missing"),
+        ("boards [ { name = a; brdclass = c1; colour = red } ]", "unknown key 'colour'"),
+        ("boards [ { name = a; brdclass = c1; options = [ { cls = laser } ] } ]",
+         "option #1: unknown cls 'laser' (known: cmdpower, etheriface, gpiopower"),
+        ("boards [ { name = a; brdclass = c1; options = [ { cls = snmppower, host = h, port = 1, colour = 2 } ] } ]",
+         "option snmppower: unknown keyword 'colour' (accepted: host, port, community"),
+        ("boards [ { name = a; brdclass = c1; options = [ { cls = etheriface } ] } ]",
+         "option etheriface: missing"),
+        ("boards [ { name = a; brdclass = c1; options = [ { cls = serialconsole, val = /dev/x, baud = fast } ] } ]",
+         "option serialconsole: baud must be a positive integer"),
+        ("boards [ { name = a; brdclass = c1; options = [ { cls = timeout, val = 5 }, { cls = timeout, val = 6 } ] } ]",
+         "another option already provides 'timeout'"),
+        ("boards [ { name = a; brdclass = c1; } ] extra = 1", "unknown key 'extra'"),
+    ],
+)
+def test_board_file_errors(tmp_path, boards, needle):
+    """Each broken board file gives one line naming the file, the board and the problem."""
+    path = write(tmp_path / "b.ucl", BOARD_HEAD + boards)
+    with pytest.raises(ConfigError) as info:
+        load_boards(path, OPTIONS)
+    message = str(info.value)
+    assert needle in message
+    assert path in message
+    assert "\n" not in message
+
+
+def test_board_file_syntax_error_has_position(tmp_path):
+    """A UCL syntax error names the file, line and column."""
+    path = write(tmp_path / "b.ucl", "classes {\n  c1 { arch = x; }\n\"unterminated\n")
+    with pytest.raises(ConfigError) as info:
+        load_boards(path, OPTIONS)
+    assert str(info.value).startswith(f"{path}:3:")
+
+
+def test_class_needs_arch(tmp_path):
+    """A class without arch is refused."""
+    path = write(tmp_path / "b.ucl", "classes { c1 { vendor = x; } }")
+    with pytest.raises(ConfigError, match="class 'c1': arch is missing"):
+        load_boards(path, OPTIONS)
+
+
+def test_example_lab_is_valid():
+    """The shipped conf/ example loads."""
+    conf = os.path.join(os.path.dirname(__file__), "..", "conf")
+    cfg = load_config(os.path.join(conf, ".env"))
+    lab = load_boards(cfg.board_conf, OPTIONS)
+    assert len(lab.classes) >= 2 and len(lab.boards) >= 4

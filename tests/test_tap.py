@@ -1,0 +1,90 @@
+"""``twistd bitelab`` start-up: broken configuration is one line and a non-zero exit."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from support.server import LabServer, repo_env
+
+
+def twistd(config, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "twisted", "--nodaemon", "--pidfile=", "bitelab", "--config", config],
+        cwd=cwd,
+        env=repo_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "env, boards, needle",
+    [
+        ("db_file=db\nboard_conf=b.ucl\nhttp_endpoint=tcp:0\nssh_endpoint=tcp:0\nbogus=1\n",
+         "classes { c { arch = x; } }", "unknown key 'bogus'"),
+        ("board_conf=b.ucl\n", "classes { c { arch = x; } }", "required key 'db_file' is missing"),
+        ("db_file=db\nboard_conf=b.ucl\n", "classes { c { arch = x; }", "b.ucl:1:"),
+        ("db_file=db\nboard_conf=b.ucl\n",
+         "classes { c { arch = x; } } boards [ {name = a; brdclass = c;}, {name = a; brdclass = c;} ]",
+         "board 'a': defined more than once"),
+        ("db_file=db\nboard_conf=b.ucl\n",
+         "classes { c { arch = x; } } boards [ {name = a; brdclass = d;} ]", "unknown brdclass 'd'"),
+        ("db_file=db\nboard_conf=b.ucl\n",
+         "classes { c { arch = x; } } boards [ {name = a; brdclass = c; options = [ {cls = snmpower} ]} ]",
+         "unknown cls 'snmpower'"),
+        ("db_file=db\nboard_conf=missing.ucl\n", "", "missing.ucl: cannot read"),
+        ("db_file=/proc/nope/db\nboard_conf=b.ucl\n", "classes { c { arch = x; } }", "cannot open database"),
+    ],
+)
+def test_broken_configuration_is_one_line(tmp_path, env, boards, needle):
+    """Each broken .env or board file stops twistd with one clear line and exit status 1."""
+    (tmp_path / ".env").write_text(env)
+    (tmp_path / "b.ucl").write_text(boards)
+    result = twistd(str(tmp_path / ".env"), tmp_path)
+    assert result.returncode != 0
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("bitelab: ") and needle in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "db").exists() or "db_file" in needle
+
+
+def test_default_config_is_dot_env_and_host_key_is_kept(tmp_path):
+    """Without --config the server reads ./.env; the SSH host key is made once and kept."""
+    server = LabServer(tmp_path)
+    key = os.path.join(server.dir, "ssh_host_ed25519_key")
+    server.start()
+    try:
+        first = open(key).read()
+        assert "OPENSSH PRIVATE KEY" in first
+        assert os.stat(key).st_mode & 0o777 == 0o600
+    finally:
+        server.stop()
+    server.start()
+    try:
+        assert open(key).read() == first
+    finally:
+        server.stop()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "twisted", "--nodaemon", "--pidfile=", "bitelab"],
+        cwd=server.dir,
+        env=repo_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    server.process = process
+    try:
+        from support.server import wait_for
+
+        def up():
+            try:
+                return server.get("/api/v1/info")["name"] == "bitelab"
+            except OSError:
+                return False
+
+        wait_for(up, what="server started with ./.env")
+    finally:
+        server.stop()
