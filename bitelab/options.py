@@ -33,6 +33,13 @@ def _positive_int(inst, attribute, value):
         raise ValueError(f"{attribute.name} must be a positive integer, not {value!r}")
 
 
+def _whole(value):
+    """UCL time suffixes give floats (``2h`` is 7200.0); keep whole ones as ints."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _non_empty_str(inst, attribute, value):
     if not isinstance(value, str) or not value:
         raise ValueError(f"{attribute.name} must be a non-empty string, not {value!r}")
@@ -108,4 +115,4 @@ class Timeout(Option):
     reads: ClassVar[tuple] = ("timeout",)
     accepts: ClassVar[tuple] = ("timeout",)
 
-    val: int = attrs.field(validator=_positive_int)
+    val: int = attrs.field(converter=_whole, validator=_positive_int)

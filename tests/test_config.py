@@ -143,7 +143,7 @@ def test_relative_setup_script_and_cmdpower(tmp_path):
     text = (
         "setup_script = jail.sh\nclasses { c { arch = x; } }\n"
         "boards [ { name = b; brdclass = c; options = [ "
-        "{ cls = cmdpower, on = [/bin/true], off = [/bin/true], status = [/bin/echo, on] } ] } ]"
+        "{ cls = cmdpower, on = [/bin/true], off = [/bin/true], status = [/bin/echo, \"on\"] } ] } ]"
     )
     lab = load_boards(write(tmp_path / "b.ucl", text), OPTIONS)
     assert lab.setup_script == str(tmp_path / "jail.sh")

@@ -2,16 +2,15 @@
 
 import os
 import subprocess
-import sys
 
 import pytest
 
-from support.server import LabServer, repo_env
+from support.server import LabServer, repo_env, twistd_command, wait_for
 
 
 def twistd(config, cwd):
     return subprocess.run(
-        [sys.executable, "-m", "twisted", "--nodaemon", "--pidfile=", "bitelab", "--config", config],
+        twistd_command("--nodaemon", "--pidfile=", "bitelab", "--config", config),
         cwd=cwd,
         env=repo_env(),
         capture_output=True,
@@ -69,7 +68,7 @@ def test_default_config_is_dot_env_and_host_key_is_kept(tmp_path):
     finally:
         server.stop()
     process = subprocess.Popen(
-        [sys.executable, "-m", "twisted", "--nodaemon", "--pidfile=", "bitelab"],
+        twistd_command("--nodaemon", "--pidfile=", "bitelab"),
         cwd=server.dir,
         env=repo_env(),
         stdout=subprocess.PIPE,
@@ -77,8 +76,6 @@ def test_default_config_is_dot_env_and_host_key_is_kept(tmp_path):
     )
     server.process = process
     try:
-        from support.server import wait_for
-
         def up():
             try:
                 return server.get("/api/v1/info")["name"] == "bitelab"

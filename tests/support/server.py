@@ -33,6 +33,12 @@ boards [
 """
 
 
+def twistd_command(*args):
+    """argv running this Python's ``twistd`` with ``args``."""
+    script = os.path.join(os.path.dirname(sys.executable), "twistd")
+    return [sys.executable, script, *args]
+
+
 def repo_env(extra=None):
     """The environment for a subprocess running this tree's bitelab."""
     env = dict(os.environ)
@@ -123,17 +129,14 @@ class LabServer:
         """Start twistd and wait until ``/api/v1/info`` answers."""
         assert self.process is None or self.process.poll() is not None
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "twisted",
+            twistd_command(
                 "--nodaemon",
                 "--pidfile=",
                 f"--logfile={self.log_path}",
                 "bitelab",
                 "--config",
                 self.env_path,
-            ],
+            ),
             cwd=self.dir,
             env=repo_env(),
             stdin=subprocess.DEVNULL,
