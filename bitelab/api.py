@@ -31,7 +31,7 @@ def _json(request, value, code=200):
 
 
 def _read_body(request, allowed):
-    """The request's JSON object, refusing anything but known fields."""
+    """The request's JSON object, refusing fields not in ``allowed`` (unless None)."""
     length = request.getHeader(b"Content-Length")
     if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
         raise Invalid(f"request body must be at most {MAX_BODY} bytes")
@@ -46,7 +46,7 @@ def _read_body(request, allowed):
         raise Invalid("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise Invalid("request body must be a JSON object")
-    unknown = sorted(set(body) - set(allowed))
+    unknown = sorted(set(body) - set(allowed)) if allowed is not None else []
     if unknown:
         raise Invalid(
             f"unknown field {unknown[0]!r} (accepted: {', '.join(sorted(allowed)) or 'none'})"
@@ -217,7 +217,8 @@ class API:
     def set_attrs(self, request, name):
         user = yield self._user(request)
         name = _board_name(name)
-        body = _read_body(request, self.manager._accepted(name) | {"power", "timeout"})
+        # which attributes a board accepts is the manager's to say
+        body = _read_body(request, None)
         result = yield self.manager.set_attrs(user, name, body)
         return _json(request, result)
 

@@ -9,6 +9,7 @@ lines of standard error are the message.
 import os
 import re
 import signal
+import sys
 
 import attrs
 from twisted.internet import defer, error, protocol
@@ -19,6 +20,11 @@ from bitelab.errors import SetupFailed
 KEY_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.-]{0,63})=(.*)$")
 MAX_OUTPUT = 64 * 1024
 KILL_GRACE = 5.0
+
+# The script runs in a session of its own, so that a time-out kills it and
+# everything it started (a grandchild holding its output open would keep it
+# "running" otherwise).  Twisted's spawnProcess cannot call setsid itself.
+_SETSID = "import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])"
 
 
 def parse_attrs(stdout):
@@ -91,8 +97,8 @@ class ScriptRunner:
         try:
             process = self.reactor.spawnProcess(
                 collector,
-                self.path,
-                [self.path, action, board],
+                sys.executable,
+                [sys.executable, "-c", _SETSID, self.path, action, board],
                 env=full_env,
                 path="/",
             )
@@ -104,8 +110,8 @@ class ScriptRunner:
         def kill(sig):
             killed.append(sig)
             try:
-                process.signalProcess(sig)
-            except error.ProcessExitedAlready:
+                os.killpg(process.pid, sig)
+            except (ProcessLookupError, TypeError):
                 return
             if sig == signal.SIGTERM:
                 calls.append(self.reactor.callLater(KILL_GRACE, kill, signal.SIGKILL))

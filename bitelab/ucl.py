@@ -803,6 +803,8 @@ class _Parser:
         c = text[self.pos]
         if c == '"':
             arg = self.lex_dquoted()
+        elif c == "'":
+            arg = self.lex_squoted()
         elif c == "{":
             end = text.find("}", self.pos)
             if end < 0:

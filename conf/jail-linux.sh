@@ -102,7 +102,9 @@ on_exit() {
         teardown >/dev/null 2>&1 ||
             FAIL_MSG="$FAIL_MSG; cleaning up failed too: $TEARDOWN_PROBLEM"
     fi
-    [ -n "$ERRFILE" ] && rm -f "$ERRFILE"
+    if [ -n "$ERRFILE" ]; then
+        rm -f "$ERRFILE"
+    fi
     if [ "$_status" -ne 0 ]; then
         echo "$PROG: ${FAIL_MSG:-$ACTION of $BOARD failed}" >&2
     fi
@@ -221,6 +223,7 @@ teardown() {
 
     [ -n "$TEARDOWN_PROBLEM" ] && return 1
     rm -rf "${JAIL_DIR:?}"
+    rm -f "$ERRFILE"
 }
 
 # --- Reserve ----------------------------------------------------------------
@@ -421,7 +424,9 @@ SLOTS=$((1 << (30 - _len)))
 [ $((${#VETH_PREFIX} + 1 + ${#SLOTS})) -le 15 ] ||
     fail "BITELAB_JAIL_VETH_PREFIX $VETH_PREFIX is too long for interface names with $SLOTS slots"
 
-ERRFILE=$(mktemp)
+# Output of the step being run; a fixed name in a root-only directory, so a
+# reserve killed outright leaves nothing that teardown does not remove.
+ERRFILE=$STATE_DIR/run/$NS.err
 case $ACTION in
 reserve) reserve ;;
 release) teardown 2>/dev/null || fail "$TEARDOWN_PROBLEM" ;;

@@ -5,6 +5,7 @@ plays the board's VLAN interface; traffic only goes to namespaces made here.
 """
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from tests.support.jail import (
     BOARD_JAIL_ADDR,
     BOARD_PEER_ADDR,
     SCRIPT,
+    SSH_OPTIONS,
     link_is_up,
     link_names,
     make_key,
@@ -367,3 +369,33 @@ def test_reserve_without_key(jail_site, board_link, tmp_path):
     assert "Permission denied" in refused.stderr
     assert jail_site.run("release", "cora-8").returncode == 0
     assert_released(jail_site, "cora-8", board_link)
+
+
+def test_release_ends_sessions_and_jobs(jail_site, board_link, tmp_path):
+    """Release succeeds while the holder is logged in with jobs left running,
+    and ends both."""
+    key = make_key(tmp_path, "holder")
+    attrs = reserve(jail_site, "cora-9", board_link, key)
+    job = f"sleep {3000 + secrets.randbelow(1000)}"
+    left = ssh(attrs, key, f"nohup {job} >/dev/null 2>&1 &")
+    assert left.returncode == 0, left.stderr
+    session = subprocess.Popen(
+        ["ssh", *SSH_OPTIONS, "-i", str(key), "-p", attrs["ssh_port"]]
+        + [f"{attrs['ssh_user']}@{attrs['ip']}", "echo in; exec sleep 600"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert session.stdout.readline() == "in\n"
+        assert processes_mentioning(job)
+        release = jail_site.run("release", "cora-9")
+        assert release.returncode == 0, release.stderr
+        assert session.wait(timeout=10) != 0
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait()
+    assert processes_mentioning(job) == []
+    assert_released(jail_site, "cora-9", board_link)

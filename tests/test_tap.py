@@ -34,7 +34,7 @@ def twistd(config, cwd):
         ("db_file=db\nboard_conf=b.ucl\n",
          "classes { c { arch = x; } } boards [ {name = a; brdclass = c; options = [ {cls = snmpower} ]} ]",
          "unknown cls 'snmpower'"),
-        ("db_file=db\nboard_conf=missing.ucl\n", "", "missing.ucl: cannot read"),
+        ("db_file=db\nboard_conf=missing.ucl\n", "", "missing.ucl:1:1: cannot read"),
         ("db_file=/proc/nope/db\nboard_conf=b.ucl\n", "classes { c { arch = x; } }", "cannot open database"),
     ],
 )

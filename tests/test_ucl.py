@@ -6,7 +6,7 @@ import os
 import re
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bitelab.ucl import MAX_DEPTH, UCLError, load, loads
@@ -99,7 +99,7 @@ def test_load_reads_a_file(tmp_path):
         '"a": 1, "b": "x"',
         '{"a": 1, "b": "x"}',
         "{ a = 1; b = x }",
-        "a\n= 1\nb:\nx",
+        "a =\n  1\nb:\nx",
         "a 1 # one\nb x // ex",
     ],
 )
@@ -160,7 +160,9 @@ def test_hash_and_double_slash_comments():
 
 def test_nested_block_comments():
     """'/* */' comments nest, span lines and may sit between tokens."""
-    text = "a /* x */ = /* y\n/* nested */\n still comment */ 1; /* /* /* */ */ */ b = 2"
+    text = (
+        "a /* x */ = /* y\n/* nested */\n still comment */ 1; /* /* /* */ */ */ b = 2"
+    )
     assert loads(text) == {"a": 1, "b": 2}
 
 
@@ -172,7 +174,7 @@ def test_block_comment_ignores_markers_in_quotes():
 def test_comment_markers_inside_values():
     """'//' inside a bare word (a URL) stays; '#' ends a bare word; comment
     markers inside quoted strings are text."""
-    text = 'u = http://h/p//q\nv = a#b\nw = "/* # // */"\nx = \'#\''
+    text = "u = http://h/p//q\nv = a#b\nw = \"/* # // */\"\nx = '#'"
     assert loads(text) == {"u": "http://h/p//q", "v": "a", "w": "/* # // */", "x": "#"}
 
 
@@ -249,7 +251,7 @@ def test_single_quoted_strings():
 
 def test_quoted_values_are_never_numbers_or_booleans():
     """Quoting keeps '1', 'true' and 'null' as strings."""
-    assert loads("a = \"1\"; b = 'true'; c = \"null\"") == {
+    assert loads('a = "1"; b = \'true\'; c = "null"') == {
         "a": "1",
         "b": "true",
         "c": "null",
@@ -427,12 +429,12 @@ def test_variable_expansion_details():
     '$' when the string also names a known variable (else it stays '$$'), and
     keys are never expanded."""
     variables = {"A": "1", "AB": "2"}
-    text = "a = $ABC; b = ${X}$Y; c = $$A; d = $$; $A = k"
+    text = 'a = $ABC; b = ${X}$Y; c = $$ and $A; d = $$A; "$A" = k'
     assert loads(text, variables=variables) == {
         "a": "2C",
         "b": "${X}$Y",
-        "c": "$1",
-        "d": "$$",
+        "c": "$ and 1",
+        "d": "$$A",
         "$A": "k",
     }
 
@@ -499,7 +501,7 @@ def test_include_missing_file_is_an_error(tmp_path):
 
 def test_error_in_included_file_names_that_file(tmp_path):
     """A syntax error in an included file is located in that file."""
-    (tmp_path / "bad.ucl").write_text("ok = 1\nbroken = \"x\n")
+    (tmp_path / "bad.ucl").write_text('ok = 1\nbroken = "x\n')
     (tmp_path / "main.ucl").write_text('.include "bad.ucl"')
     with pytest.raises(UCLError) as info:
         load(tmp_path / "main.ucl")
@@ -559,12 +561,12 @@ def test_unsupported_macros(text, fragment):
         ("a { b = 1 ]", 1, 11, "inside an object"),
         ("a = ;", 1, 5, "missing value for key 'a'"),
         ("a = }", 1, 5, "missing value for key 'a'"),
-        ("a = [1, ,2]", 1, 9, "missing value"),
+        ("a = [,1]", 1, 6, "missing value"),
         ("a =", 1, 4, "missing value for key 'a'"),
         ("a", 1, 2, "missing value for key 'a'"),
         ("a;", 1, 2, "after key 'a'"),
         ('a = "x" b = 1', 1, 9, "expected ';', ','"),
-        ("a = [1 2]", 1, 8, "expected ';', ','"),
+        ('a = ["x" "y"]', 1, 10, "expected ';', ','"),
         ("= 1", 1, 1, "expected a key"),
         ("{ ; }", 1, 3, "expected a key"),
         ("a == 1", 1, 4, "unexpected '='"),
@@ -595,18 +597,22 @@ def test_error_default_filename():
     assert str(info.value).startswith("<string>:1:5: ")
 
 
-@pytest.mark.parametrize("opener", ["[", "{", "a {", "a b "])
-def test_absurd_nesting_is_refused(opener):
-    """Nesting far beyond any real file raises UCLError, not RecursionError."""
+@pytest.mark.parametrize(
+    "text",
+    ["x = " + "[" * 10_000, "x { " + "a { " * 10_000, "x " + "a " * 10_000 + "{"],
+)
+def test_absurd_nesting_is_refused(text):
+    """Nesting far beyond any real file, with brackets or with the 'a b { }'
+    shorthand, raises UCLError rather than RecursionError."""
     with pytest.raises(UCLError, match="nesting deeper"):
-        loads("x = " + opener * 10_000)
+        loads(text)
 
 
 def test_nesting_up_to_the_limit_works():
     """Nesting just inside the limit still parses."""
     depth = MAX_DEPTH - 1
     result = loads("x = " + "[" * depth + "]" * depth)
-    for _ in range(depth - 1):
+    for _ in range(depth):
         (result,) = result.values() if isinstance(result, dict) else result
     assert result == []
 
@@ -764,9 +770,9 @@ def dump_members(obj, style, indent):
         if style == "json":
             lines.append(f"{pad}{k}: {v}")
         elif style == "equals":
-            lines.append(f"{pad}# {k}\n{pad}{k} = {v};\n")
+            lines.append(f"{pad}# note\n{pad}{k} = {v};\n")
         elif style == "colon":
-            lines.append(f"{pad}{k}: {v}, /* {k!r} */\n")
+            lines.append(f"{pad}{k}: {v}, /* note */\n")
         else:
             lines.append(f"{pad}// note\n{pad}{k} {v}\n")
     if style == "json":
@@ -795,6 +801,5 @@ def test_round_trip(doc, style):
 @given(safe_text(max_size=30))
 def test_round_trip_json_strings(s):
     """Any string written as a JSON string, ASCII-escaped or not, reads back."""
-    assume("$" not in s or "\\" not in s)
     assert loads("a = " + json.dumps(s)) == {"a": s}
     assert loads("a = " + json.dumps(s, ensure_ascii=False)) == {"a": s}

@@ -212,7 +212,8 @@ class JailSite:
             veths = [n for n in link_names() if n.startswith(self.veth_prefix)]
             found += [f"interface {n}" for n in veths]
         else:
-            paths = [p for p in paths if p.name == self.name(board)]
+            names = {self.name(board), f"{self.name(board)}.err"}
+            paths = [p for p in paths if p.name in names]
             slots = [p for p in slots if os.readlink(p) == board]
             found += [f"interface {self.veth_prefix}h{p.name}" for p in slots]
         found += [f"file {p}" for p in paths + slots]
