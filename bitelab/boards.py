@@ -50,6 +50,13 @@ def _row_dict(row):
     return dict(zip(keys, row))
 
 
+def _fetch_row(cursor, name):
+    """One board's row as a dict, or None."""
+    cursor.execute(f"SELECT {BOARD_COLUMNS} FROM boards WHERE name = ?", (name,))
+    row = cursor.fetchone()
+    return _row_dict(row) if row else None
+
+
 def _event(txn, now, user, board, action, detail=""):
     txn.execute(
         "INSERT INTO events (at, user, board, action, detail) VALUES (?, ?, ?, ?, ?)",
@@ -126,12 +133,7 @@ class BoardManager(service.Service):
         return value
 
     def _get_row(self, name):
-        def txn(cursor):
-            cursor.execute(f"SELECT {BOARD_COLUMNS} FROM boards WHERE name = ?", (name,))
-            row = cursor.fetchone()
-            return _row_dict(row) if row else None
-
-        return self.pool.runInteraction(txn)
+        return self.pool.runInteraction(_fetch_row, name)
 
     @defer.inlineCallbacks
     def _row_or_404(self, name):
@@ -322,7 +324,7 @@ class BoardManager(service.Service):
         if cursor.rowcount != 1:
             raise Unavailable(f"board {name} was taken")
         _event(cursor, now, user, name, "reserve", f"timeout={timeout}")
-        return name
+        return _fetch_row(cursor, name)
 
     def script_env(self, name, user, sshpubkey):
         """The setup script's environment for one board."""
@@ -360,29 +362,42 @@ class BoardManager(service.Service):
         else:
             raise NotFound(f"no board or class named {target!r}")
         now = self.now()
-        name = yield self.pool.runInteraction(
+        row = yield self.pool.runInteraction(
             self._claim, target, is_class, user, now, timeout, sshpubkey
         )
-        self.busy.add(name)
-        try:
-            console = self.consoles.get(name)
-            if console is not None:
-                console.mark_reserved(user, iso(now))
+        name = row["name"]
+        console = self.consoles.get(name)
+        if console is not None:
+            console.mark_reserved(user, iso(now))
+        if self.scripts.path:
+            self.busy.add(name)
             try:
-                result = yield self.scripts.run(
-                    "reserve", name, self.script_env(name, user, sshpubkey)
-                )
-            except SetupFailed as e:
-                yield self._undo_reserve(name, user, e.message)
-                raise
-            yield self.pool.runOperation(
+                row = yield self._run_reserve_script(name, user, sshpubkey)
+            finally:
+                self.busy.discard(name)
+        return self.view(row, user)
+
+    @defer.inlineCallbacks
+    def _run_reserve_script(self, name, user, sshpubkey):
+        """Run the reserve script; store its attributes, or undo the reservation."""
+        try:
+            result = yield self.scripts.run(
+                "reserve", name, self.script_env(name, user, sshpubkey)
+            )
+        except SetupFailed as e:
+            yield self._undo_reserve(name, user, e.message)
+            raise
+
+        def txn(cursor):
+            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute(
                 "UPDATE boards SET script_attrs = ? WHERE name = ? AND holder = ?",
                 (json.dumps(result.attrs), name, user),
             )
-        finally:
-            self.busy.discard(name)
-        board = yield self.get_board(user, name)
-        return board
+            return _fetch_row(cursor, name)
+
+        row = yield self.pool.runInteraction(txn)
+        return row
 
     @defer.inlineCallbacks
     def _undo_reserve(self, name, user, message):
@@ -426,7 +441,7 @@ class BoardManager(service.Service):
                 )
                 _event(cursor, now, user, name, action, detail)
                 _event(cursor, now, None, name, "maintenance", reason)
-                return
+                return _fetch_row(cursor, name)
             cursor.execute(
                 "UPDATE boards SET state = 'free', holder = NULL, "
                 "reserved_at = NULL, expires_at = NULL, sshpubkey = NULL, "
@@ -437,6 +452,7 @@ class BoardManager(service.Service):
             cursor.execute(
                 "DELETE FROM boards WHERE name = ? AND configured = 0", (name,)
             )
+            return _fetch_row(cursor, name)
 
         return self.pool.runInteraction(txn)
 
@@ -463,9 +479,10 @@ class BoardManager(service.Service):
                     )
                 except SetupFailed as e:
                     problems.append(e.message)
-            yield self._finish(name, actor, action, why, problems)
+            row = yield self._finish(name, actor, action, why, problems)
         finally:
             self.busy.discard(name)
+        return row
 
     @defer.inlineCallbacks
     def release(self, user, name, force=False):
@@ -486,8 +503,7 @@ class BoardManager(service.Service):
             action, why = "release", f"released by {user}"
         else:
             action, why = "force_release", f"released by admin {user}"
-        yield self._end_reservation(row, user, action, why)
-        row = yield self._get_row(name)
+        row = yield self._end_reservation(row, user, action, why)
         if row is None:
             return {"name": name, "state": "removed"}
         return self.view(row, user)

@@ -20,8 +20,9 @@ libucl's JSON output of the same text would hold:
 - ``.include "file"`` and ``.try_include "file"``, relative to the directory
   of the including file;
 - ``$VAR`` and ``${VAR}`` in double-quoted strings, bare words and heredocs,
-  from the ``variables`` argument and the built-in ``FILENAME`` and ``CURDIR``;
-  ``$$`` is a literal ``$`` once a line names a known variable.
+  from the ``variables`` argument and the built-in ``FILENAME`` and ``CURDIR``
+  (which take precedence); ``$$`` is a literal ``$`` in a string that also
+  names a known variable, and stays ``$$`` otherwise.
 
 Any problem raises ``UCLError``, which names the file, line and column.
 """

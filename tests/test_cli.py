@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -535,6 +536,38 @@ def test_silent_server_times_out_with_3(serve):
     assert time.monotonic() - started < 15
 
 
+def test_interrupt_ends_quietly(serve):
+    """Ctrl-C while waiting for the server ends the command without any output."""
+
+    def hold(conn, stopping):
+        read_request(conn)
+        stopping.wait(30)
+
+    server = serve(hold)
+    env = {"PATH": os.environ["PATH"], "BITELAB_AUTH": "t"}
+    env["BITELAB_URL"] = f"http://127.0.0.1:{server.port}"
+    proc = subprocess.Popen(
+        [BITELAB, "list"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        wait_until(lambda: server.conns, "the client to connect")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGINT
+    assert (out, err) == (b"", b"")
+
+
+def wait_until(predicate, what, timeout=20):
+    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def test_connection_cut_mid_answer_exits_3(serve):
     """A connection cut in the middle of the answer's body is exit 3."""
 
@@ -752,8 +785,9 @@ def real_boards(directory):
 
     def power(name):
         return (
-            f"{{ cls = cmdpower, on = [{script}, on, {name}], "
-            f"off = [{script}, off, {name}], status = [{script}, status, {name}] }}"
+            f'{{ cls = cmdpower, on = [{script}, "on", "{name}"], '
+            f'off = [{script}, "off", "{name}"], '
+            f'status = [{script}, "status", "{name}"] }}'
         )
 
     return f"""

@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -467,6 +468,9 @@ def make_client(reactor, timeout):
 def _react_main(reactor, args, settings):
     from twisted.internet import defer
 
+    # Ctrl-C should end a command at once, like any other Unix tool, not be
+    # reported as a broken connection while the reactor shuts down.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     client = make_client(reactor, args.timeout)
     coroutine = dispatch(
         reactor, args, settings, client, sys.stdout, sys.stderr, os.environ
