@@ -249,10 +249,9 @@ class API:
         request.setHeader(b"Cache-Control", b"no-store")
         if not follow:
             return hub.reservation_log()
-        request.write(hub.reservation_log())
         done = defer.Deferred()
         viewer = _HTTPViewer(request, done)
-        hub.attach(viewer)
+        hub.attach(viewer, replay=True)
 
         def gone(_):
             hub.detach(viewer)

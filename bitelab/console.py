@@ -471,7 +471,8 @@ class ConsoleService(Service):
         self._proto = proto
         try:
             port = self._port_factory(proto, self.device, self.reactor, self.baud)
-        except OSError as e:  # pyserial's SerialException is one too
+        # pyserial's SerialException is an OSError; ValueError: bad settings.
+        except (OSError, ValueError) as e:
             self._proto = None
             self._open_failed(e)
             return

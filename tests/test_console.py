@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import task
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 
 from bitelab.console import (
     FAILED,
@@ -42,14 +43,14 @@ def log_events():
     globalLogPublisher.addObserver(events.append)
     yield events
     globalLogPublisher.removeObserver(events.append)
-    bad = [e for e in events if e.get("log_level") in (LogLevel.error, LogLevel.critical)]
+    bad = [
+        e for e in events if e.get("log_level") in (LogLevel.error, LogLevel.critical)
+    ]
     assert not bad, bad
 
 
 def messages(events):
     """The formatted text of the log events from bitelab.console."""
-    from twisted.logger import formatEvent
-
     return [
         formatEvent(e)
         for e in events
@@ -108,7 +109,7 @@ def wait_for(reactor, condition, timeout=10.0, interval=0.01):
     deadline = reactor.seconds() + timeout
     while not condition():
         if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {condition.__doc__}")
+            raise AssertionError(f"timed out waiting for {condition!r}")
         yield task.deferLater(reactor, interval, lambda: None)
 
 
@@ -161,7 +162,9 @@ def test_log_rotates_by_size_and_keeps_n_backups(tmp_path):
     max_bytes=st.integers(1, 64),
     backups=st.integers(0, 3),
 )
-def test_log_rotation_keeps_an_exact_suffix(tmp_path_factory, chunks, max_bytes, backups):
+def test_log_rotation_keeps_an_exact_suffix(
+    tmp_path_factory, chunks, max_bytes, backups
+):
     """Whatever is written, the kept files are exactly its most recent bytes."""
     path = str(tmp_path_factory.mktemp("rot") / "b.log")
     log = ConsoleLog(path, max_bytes=max_bytes, backups=backups)
@@ -178,7 +181,9 @@ def test_log_rotation_keeps_an_exact_suffix(tmp_path_factory, chunks, max_bytes,
 
 def service_for_markers(tmp_path, **kwargs):
     """A service that is never started: only its log is used."""
-    return ConsoleService(task.Clock(), "b1", "/nonexistent", 115200, str(tmp_path), **kwargs)
+    return ConsoleService(
+        task.Clock(), "b1", "/nonexistent", 115200, str(tmp_path), **kwargs
+    )
 
 
 def test_markers_and_reservation_log(tmp_path):
@@ -197,7 +202,8 @@ def test_markers_and_reservation_log(tmp_path):
     assert (
         b"partial\n=== bitelab: reserved by alice at 2026-01-02T03:04:05Z ===\n"
         b"alice's output\n"
-        b"=== bitelab: released by alice at 2026-01-02T04:00:00Z (released) ===\n"
+        + RELEASED_MARKER
+        + b"alice at 2026-01-02T04:00:00Z (released) ===\nbetween\n"
     ) in full
     assert console.reservation_log() == (
         b"=== bitelab: reserved by bob at 2026-01-02T05:00:00Z ===\nbob's \x00\xff output"
@@ -443,7 +449,7 @@ def test_service_lost_device_retries_and_stop_cancels(tmp_path, log_events):
     console.attach(viewer)
     device.ports[0].proto.dataReceived(b"hello")
     device.present = False
-    device.ports[0].connectionLost(None or _failure("device reports EIO"))
+    device.ports[0].connectionLost(Failure(OSError("device reports EIO")))
     assert not console.connected
     assert len(clock.getDelayedCalls()) == 1
     assert any("lost: device reports EIO" in t for t in messages(log_events))
@@ -453,10 +459,25 @@ def test_service_lost_device_retries_and_stop_cancels(tmp_path, log_events):
     assert viewer.closed == "console of b1 closed: server stopping"
 
 
-def _failure(text):
-    from twisted.python.failure import Failure
-
-    return Failure(OSError(text))
+def test_service_attach_with_replay(tmp_path):
+    """A replaying viewer gets the reservation's log, then live output, once."""
+    clock, device = task.Clock(), FakeDevice()
+    device.present = True
+    console = ConsoleService(
+        clock, "b1", "/dev/ttyUSB9", 115200, str(tmp_path), port_factory=device.open
+    )
+    console.startService()
+    proto = device.ports[0].proto
+    proto.dataReceived(b"previous user\n")
+    console.mark_reserved("alice", "T1")
+    proto.dataReceived(b"booting")
+    viewer = Viewer()
+    console.attach(viewer, replay=True)
+    proto.dataReceived(b" done\n")
+    assert viewer.data == RESERVED_MARKER + b"alice at T1 ===\nbooting done\n"
+    console.close_viewers("reservation of b1 ended")
+    assert viewer.closed == "reservation of b1 ended"
+    console.stopService()
 
 
 # The service on real pseudo-terminals
@@ -507,6 +528,7 @@ def test_pty_bytes_both_ways_and_log(reactor, tmp_path, boards, services, log_ev
     console.attach(second)
     console.mark_reserved("alice", "2026-01-01T00:00:00Z")
     board.print(ALL_BYTES * 4)
+    yield wait_for(reactor, board.flush)
     yield wait_for(reactor, lambda: len(second.data) >= 1024)
     assert first.data == b"before second\n" + ALL_BYTES * 4
     assert second.data == ALL_BYTES * 4
@@ -535,7 +557,10 @@ def test_pty_rotation(reactor, tmp_path, boards, services, log_events):
     )
     out = b"".join(b"%05d\n" % i for i in range(1000))
     board.print(out)
-    yield wait_for(reactor, lambda: read_files(console.console_log).endswith(b"00999\n"))
+    yield wait_for(reactor, board.flush)
+    yield wait_for(
+        reactor, lambda: read_files(console.console_log).endswith(b"00999\n")
+    )
     assert sorted(os.listdir(tmp_path)) == ["b1.log", "b1.log.1", "b1.log.2"]
     assert out.endswith(read_files(console.console_log))
     assert len(read_files(console.console_log)) > 2000
@@ -545,13 +570,16 @@ def test_pty_rotation(reactor, tmp_path, boards, services, log_events):
 def test_pty_slow_viewer_disconnected(reactor, tmp_path, boards, services, log_events):
     """A stalled viewer is cut off while a fast one and the log get everything."""
     board = boards()
-    console = services(reactor, "b1", board.path, 115200, str(tmp_path), max_backlog=4096)
+    console = services(
+        reactor, "b1", board.path, 115200, str(tmp_path), max_backlog=4096
+    )
     slow, fast = ConsumerViewer(), Viewer()
     console.attach(slow)
     console.attach(fast)
     slow.producer.pauseProducing()
     out = bytes(range(256)) * 64
     board.print(out)
+    yield wait_for(reactor, board.flush)
     yield wait_for(reactor, lambda: len(fast.data) >= len(out))
     assert fast.data == out
     assert slow.closed == TOO_SLOW
@@ -562,7 +590,9 @@ def test_pty_slow_viewer_disconnected(reactor, tmp_path, boards, services, log_e
 
 
 @pytest_twisted.inlineCallbacks
-def test_pty_device_vanishes_and_returns(reactor, tmp_path, boards, services, log_events):
+def test_pty_device_vanishes_and_returns(
+    reactor, tmp_path, boards, services, log_events
+):
     """A device that goes away is logged and reopened when its path is back."""
     link = str(tmp_path / "ttyUSB0")
     board = boards()

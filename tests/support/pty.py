@@ -28,15 +28,27 @@ class PtyBoard:
         flags = fcntl.fcntl(self.master, fcntl.F_GETFL)
         fcntl.fcntl(self.master, fcntl.F_SETFL, flags | os.O_NONBLOCK)
         self.received = bytearray()
+        self._unsent = b""
 
     def print(self, data):
-        """Write ``data`` as the board printing it, all of it."""
-        view = memoryview(data)
-        while view:
+        """Print ``data`` as the board; True once all printed so far is sent.
+
+        What the pty cannot take now is kept and sent by later calls of
+        ``print`` or ``flush``: the reactor must run to read the other end,
+        so poll ``flush`` (with a timeout) after printing much.
+        """
+        self._unsent += data
+        return self.flush()
+
+    def flush(self):
+        """Send what is left of earlier ``print`` calls; True when none is."""
+        while self._unsent:
             try:
-                view = view[os.write(self.master, view) :]
+                sent = os.write(self.master, self._unsent)
             except BlockingIOError:
-                continue
+                return False
+            self._unsent = self._unsent[sent:]
+        return True
 
     def read(self):
         """Collect what the server sent to the board so far (non-blocking)."""
