@@ -2,8 +2,10 @@
 
 import os
 import pty
+import select
 import subprocess
 import sys
+import time
 import tty
 
 import pytest
@@ -120,13 +122,26 @@ def test_console_needs_the_reservation(lab_server, tmp_path, serial):
     assert b"con-1" in result.stderr
 
 
-def read_until(fd, needle, limit=50):
+def read_some(fd, timeout=0.5):
+    """What ``fd`` has within ``timeout`` seconds (b"" if nothing)."""
+    ready, _, _ = select.select([fd], [], [], timeout)
+    if not ready:
+        return b""
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return b""
+
+
+def read_until(fd, needle, timeout=20.0):
+    """Read ``fd`` until ``needle`` shows up; fail after ``timeout`` seconds."""
     data = b""
-    for _ in range(limit):
-        data += os.read(fd, 65536)
-        if needle in data:
-            return data
-    raise AssertionError(f"{needle!r} not in {data!r}")
+    deadline = time.monotonic() + timeout
+    while needle not in data:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{needle!r} not in {data!r}")
+        data += read_some(fd)
+    return data
 
 
 def test_console_both_ways_and_closed_on_release(lab_server, tmp_path, serial):
@@ -143,6 +158,7 @@ def test_console_both_ways_and_closed_on_release(lab_server, tmp_path, serial):
     )
     known = tmp_path / "known_hosts"
     env = server.client_env(token)
+    assert run_ssh(server, "alice", "lab", known).returncode == 0  # learn the host key
 
     # a viewer with a pty, driven through a pseudo-terminal of its own
     pid, term = pty.fork()
@@ -164,21 +180,20 @@ def test_console_both_ways_and_closed_on_release(lab_server, tmp_path, serial):
         # history first: everything since the reservation started
         assert b"U-Boot" in read_until(follow.stdout.fileno(), b"U-Boot")
         wait_for(
-            lambda: os.write(master, b"\r\nping\r\n") and b"ping" in os.read(term, 65536),
+            lambda: os.write(master, b"\r\nping\r\n") and b"ping" in read_some(term),
             what="pty viewer",
         )
         os.write(master, bytes(range(1, 256)) + b"=end=")
+        assert plain.poll() is None, plain.stderr.read()
         read_until(plain.stdout.fileno(), b"=end=")
         assert b"=end=" in read_until(follow.stdout.fileno(), b"=end=")
 
         plain.stdin.write(b"printenv\n")
         plain.stdin.flush()
         os.write(term, b"boot\r")
-        got = b""
-        for _ in range(50):
-            got += os.read(master, 4096)
-            if b"printenv\n" in got and b"boot\r" in got:
-                break
+        got = read_until(master, b"printenv\n")
+        if b"boot\r" not in got:
+            got += read_until(master, b"boot\r")
         assert b"printenv\n" in got and b"boot\r" in got
 
         status, board = server.request("POST", "/api/v1/boards/con-1/release", {}, token)
