@@ -16,7 +16,6 @@ import argparse
 import http.client
 import json
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -24,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from support.server import LabServer  # noqa: E402
+from support.server import LabServer
 
 
 def boards_file(count):
@@ -76,7 +75,9 @@ def sequential(server, token, cycles):
         assert (status1, status2) == (200, 200), (status1, status2)
     elapsed = time.perf_counter() - start
     print(f"sequential: {cycles} reserve+release cycles in {elapsed:.2f} s")
-    print(f"  {cycles / elapsed:.0f} cycles/s, {elapsed / cycles * 1000:.3f} ms per cycle")
+    print(
+        f"  {cycles / elapsed:.0f} cycles/s, {elapsed / cycles * 1000:.3f} ms per cycle"
+    )
     print(f"  cycle latency: {percentiles(samples)}")
     return elapsed / cycles
 
@@ -88,7 +89,7 @@ def race(server, tokens, boards, rounds):
         barrier = threading.Barrier(len(clients))
         results = [None] * len(clients)
 
-        def run(i):
+        def run(i, barrier=barrier, clients=clients, results=results):
             barrier.wait()
             t0 = time.perf_counter()
             results[i] = clients[i].post("/api/v1/boards/race/reserve")
@@ -99,7 +100,11 @@ def race(server, tokens, boards, rounds):
             t.start()
         for t in threads:
             t.join()
-        won = [(i, body["name"]) for i, (status, body) in enumerate(results) if status == 200]
+        won = [
+            (i, body["name"])
+            for i, (status, body) in enumerate(results)
+            if status == 200
+        ]
         names = [name for _, name in won]
         if len(names) != len(set(names)) or len(won) != boards:
             double += 1

@@ -36,9 +36,7 @@ def _check(settings, args):
     from bitelab.boards import BoardManager
 
     lab = load_boards(settings.board_conf, BoardManager._option_map)
-    print(
-        f"{settings.path}: ok ({len(lab.classes)} classes, {len(lab.boards)} boards)"
-    )
+    print(f"{settings.path}: ok ({len(lab.classes)} classes, {len(lab.boards)} boards)")
 
 
 def _events(settings, args):
@@ -60,7 +58,9 @@ def _events(settings, args):
 
 def main(argv=None):
     """Entry point; exit status 0 done, 2 usage or configuration error."""
-    parser = argparse.ArgumentParser(prog="bitelab-admin", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="bitelab-admin", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--config", "-c", default=".env", help="path of the .env file")
     commands = parser.add_subparsers(dest="command", required=True)
     token = commands.add_parser("token", help="print a new API token for USER")

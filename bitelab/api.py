@@ -80,7 +80,7 @@ class _HTTPViewer:
 
     def close(self, reason):
         if not self.done.called:
-            self.request.write(f"\r\nbitelab: {reason}\r\n".encode("utf-8"))
+            self.request.write(f"\r\nbitelab: {reason}\r\n".encode())
             self.done.callback(None)
 
 
@@ -292,4 +292,3 @@ class API:
         token = BEARER_RE.match(request.getHeader(b"Authorization").decode()).group(1)
         yield self.tokens.revoke(token)
         return _json(request, {"revoked": True, "user": user})
-

@@ -7,7 +7,8 @@ busy in memory, so no other operation on that board can interleave.
 """
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import ClassVar
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -41,7 +42,7 @@ def iso(seconds):
     """An ISO 8601 UTC string for a POSIX time, or None."""
     if seconds is None:
         return None
-    stamp = datetime.fromtimestamp(seconds, timezone.utc)
+    stamp = datetime.fromtimestamp(seconds, UTC)
     return stamp.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -70,7 +71,7 @@ class BoardManager(service.Service):
     log = Logger()
 
     #: ``cls`` in the board file -> option class
-    _option_map = {
+    _option_map: ClassVar[dict] = {
         **{c.cls_name: c for c in (EtherIface, SerialConsole, Timeout)},
         **POWER_OPTIONS,
     }
@@ -158,7 +159,9 @@ class BoardManager(service.Service):
             attributes["timeout"] = self._default_timeout(row["name"])
             if board.option(SerialConsole) is not None:
                 attributes["console"] = True
-        if row["state"] == "reserved" and (user == row["holder"] or self.is_admin(user)):
+        if row["state"] == "reserved" and (
+            user == row["holder"] or self.is_admin(user)
+        ):
             attributes.update(json.loads(row["script_attrs"] or "{}"))
         result = {
             "name": row["name"],
@@ -526,7 +529,7 @@ class BoardManager(service.Service):
                     holder=row["holder"],
                 )
                 yield self._end_reservation(row, None, "expire", "expired")
-        except Exception:
+        except Exception:  # noqa: BLE001 - the periodic check must survive anything
             self.log.failure("expiry check failed")
 
     # -- attributes -----------------------------------------------------
@@ -711,4 +714,4 @@ class BoardManager(service.Service):
         return self.consoles[name]
 
 
-__all__ = ["BoardManager", "BitelabError", "iso"]
+__all__ = ["BitelabError", "BoardManager", "iso"]

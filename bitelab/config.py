@@ -302,7 +302,9 @@ def load_boards(path, option_map):
             raise ConfigError(f"{where}: brdclass is missing or not a string")
         if brdclass not in classes:
             known = ", ".join(sorted(classes)) or "none defined"
-            raise ConfigError(f"{where}: unknown brdclass {brdclass!r} (classes: {known})")
+            raise ConfigError(
+                f"{where}: unknown brdclass {brdclass!r} (classes: {known})"
+            )
         raw_options = body.get("options", [])
         if isinstance(raw_options, dict):
             raw_options = [raw_options]

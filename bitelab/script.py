@@ -40,9 +40,7 @@ def parse_attrs(stdout):
 def error_text(stderr, stdout, status):
     """A one-line message from a failed script's output."""
     for stream in (stderr, stdout):
-        lines = [
-            ln.strip() for ln in stream.decode("utf-8", "replace").splitlines()
-        ]
+        lines = [ln.strip() for ln in stream.decode("utf-8", "replace").splitlines()]
         lines = [ln for ln in lines if ln and not KEY_RE.match(ln)]
         if lines:
             return lines[-1][:500]

@@ -7,6 +7,7 @@ would otherwise print its whole usage text before the message).
 
 import signal
 import sys
+from typing import ClassVar
 
 from twisted.application import service, strports
 from twisted.python import usage
@@ -18,7 +19,7 @@ from bitelab.errors import ConfigError
 class Options(usage.Options):
     """Command line of ``twistd bitelab``."""
 
-    optParameters = [
+    optParameters: ClassVar[list] = [
         ["config", "c", ".env", "path of the .env configuration file"],
     ]
 
@@ -133,9 +134,7 @@ def make_lab_service(settings, lab, reactor):
     ssh.setServiceParent(top)
 
     api = API(manager, tokens, reactor, ssh_port=lambda: _port_number(ssh.port))
-    strports.service(settings.http_endpoint, Site(api.resource())).setServiceParent(
-        top
-    )
+    strports.service(settings.http_endpoint, Site(api.resource())).setServiceParent(top)
     reactor.addSystemEventTrigger(
         "after", "startup", _install_sighup, reactor, ssh.reload
     )

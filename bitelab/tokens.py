@@ -68,8 +68,10 @@ class TokenStore:
             (digest,),
         )
         if not rows or not hmac.compare_digest(rows[0][0], digest):
-            raise Unauthorized("invalid or revoked token; get one with "
-                               "ssh -o 'ProxyCommand bitelab contssh' -l lab bitelab")
+            raise Unauthorized(
+                "invalid or revoked token; get one with "
+                "ssh -o 'ProxyCommand bitelab contssh' -l lab bitelab"
+            )
         user = rows[0][1]
         self._cache[digest] = (digest, user)
         return user

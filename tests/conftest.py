@@ -3,9 +3,12 @@
 import gc
 
 import pytest
-from twisted.logger import globalLogPublisher
 
 from support.server import LabServer
+
+# the snmp_agent fixture: a real snmpsim PoE switch
+pytest_plugins = ["support.snmpagent"]
+from twisted.logger import globalLogPublisher
 
 
 @pytest.fixture

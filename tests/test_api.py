@@ -57,7 +57,10 @@ def test_info_needs_no_token_but_everything_else_does(lab):
 
 def test_whoami(lab):
     """/whoami names the token's user and whether they are an admin."""
-    assert call(lab, "GET", "/whoami", "alice") == (200, {"user": "alice", "admin": False})
+    assert call(lab, "GET", "/whoami", "alice") == (
+        200,
+        {"user": "alice", "admin": False},
+    )
     assert call(lab, "GET", "/whoami", "root") == (200, {"user": "root", "admin": True})
 
 
@@ -74,13 +77,15 @@ def test_class_reservations_spread_and_exhaust(lab):
     status, body = call(lab, "POST", "/boards/zynq/reserve", "bob")
     assert status == 409 and body["error"]["code"] == "unavailable"
     status, classes = call(lab, "GET", "/classes", "bob")
-    zynq = [c for c in classes["classes"] if c["name"] == "zynq"][0]
+    zynq = next(c for c in classes["classes"] if c["name"] == "zynq")
     assert (zynq["boards"], zynq["free"], zynq["arch"]) == (3, 0, "arm-armv7")
 
 
 def test_reserve_by_name_and_holder_rules(lab):
     """Only the holder releases; others get 403/409; admins need force."""
-    status, board = call(lab, "POST", "/boards/pine-1/reserve", "alice", {"timeout": 120})
+    status, board = call(
+        lab, "POST", "/boards/pine-1/reserve", "alice", {"timeout": 120}
+    )
     assert status == 200 and board["holder"] == "alice"
     assert call(lab, "POST", "/boards/pine-1/reserve", "bob")[0] == 409
     status, body = call(lab, "POST", "/boards/pine-1/release", "bob")
@@ -139,7 +144,9 @@ def test_release_by_holder(lab):
 def test_bad_requests_change_nothing(lab, method, path, raw, code, status):
     """Malformed or odd requests get a JSON 4xx error and leave every board as it was."""
     before = states(lab)
-    got, body = lab.request(method, "/api/v1" + path, raw=raw, token=lab.tokens["alice"])
+    got, body = lab.request(
+        method, "/api/v1" + path, raw=raw, token=lab.tokens["alice"]
+    )
     assert (got, body["error"]["code"]) == (status, code), body
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     assert states(lab) == before
@@ -147,13 +154,17 @@ def test_bad_requests_change_nothing(lab, method, path, raw, code, status):
 
 def test_settable_attributes(lab):
     """Holders extend the timeout up to max_timeout; unknown attributes are refused."""
-    status, board = call(lab, "POST", "/boards/zynq-1/reserve", "alice", {"timeout": 60})
+    status, board = call(
+        lab, "POST", "/boards/zynq-1/reserve", "alice", {"timeout": 60}
+    )
     first = board["expires_at"]
     status, body = call(lab, "POST", "/boards/zynq-1/attrs", "alice", {"timeout": 7200})
     assert status == 200 and body["expires_at"] > first
     status, body = call(lab, "POST", "/boards/zynq-1/attrs", "alice", {"voltage": 5})
     assert status == 400 and "settable: timeout" in body["error"]["message"]
-    status, body = call(lab, "POST", "/boards/zynq-1/attrs", "alice", {"timeout": 10**9})
+    status, body = call(
+        lab, "POST", "/boards/zynq-1/attrs", "alice", {"timeout": 10**9}
+    )
     assert status == 400
     status, body = call(lab, "POST", "/boards/zynq-1/attrs", "alice", {"power": "on"})
     assert status == 400 and "no settable attribute 'power'" in body["error"]["message"]
@@ -161,7 +172,7 @@ def test_settable_attributes(lab):
 
 def test_expiry_releases_and_is_audited(lab):
     """A reservation past its time is released by the server on its own."""
-    status, board = call(lab, "POST", "/boards/zynq-3/reserve", "bob", {"timeout": 1})
+    status, _ = call(lab, "POST", "/boards/zynq-3/reserve", "bob", {"timeout": 1})
     assert status == 200
     wait_for(lambda: states(lab)["zynq-3"] == ("free", None), what="expiry")
     status, events = call(lab, "GET", "/events?board=zynq-3", "root")
@@ -170,10 +181,18 @@ def test_expiry_releases_and_is_audited(lab):
 
 def test_maintenance(lab):
     """Admins take boards out and back; users cannot; boards in maintenance are not handed out."""
-    status, body = call(lab, "POST", "/boards/pine-1/maintenance", "alice", {"reason": "x"})
-    assert status == 403
-    status, board = call(lab, "POST", "/boards/pine-1/maintenance", "root", {"reason": "flaky uart"})
-    assert status == 200 and board["state"] == "maintenance" and board["reason"] == "flaky uart"
+    status, body = call(
+        lab, "POST", "/boards/pine-1/maintenance", "alice", {"reason": "x"}
+    )
+    assert status == 403 and body["error"]["code"] == "forbidden"
+    status, board = call(
+        lab, "POST", "/boards/pine-1/maintenance", "root", {"reason": "flaky uart"}
+    )
+    assert (
+        status == 200
+        and board["state"] == "maintenance"
+        and board["reason"] == "flaky uart"
+    )
     assert call(lab, "POST", "/boards/pine/reserve", "alice")[0] == 409
     assert call(lab, "POST", "/boards/pine-1/reserve", "alice")[0] == 409
     assert call(lab, "DELETE", "/boards/pine-1/maintenance", "bob")[0] == 403
@@ -199,7 +218,7 @@ def test_token_revocation(lab):
 def test_state_survives_kill_and_expired_reservations_end_at_start(lab):
     """After SIGKILL and restart reservations are intact; ones that ran out meanwhile are released."""
     call(lab, "POST", "/boards/zynq-1/reserve", "alice", {"timeout": 3600})
-    status, short = call(lab, "POST", "/boards/zynq-2/reserve", "bob", {"timeout": 2})
+    status, _ = call(lab, "POST", "/boards/zynq-2/reserve", "bob", {"timeout": 2})
     assert status == 200
     kept = call(lab, "GET", "/boards/zynq-1", "alice")[1]
     lab.kill()
@@ -216,7 +235,9 @@ def test_concurrent_class_reservations_never_double_allocate(lab):
     tokens = {u: lab.token(u) for u in users}
 
     def reserve(user):
-        return lab.request("POST", "/api/v1/boards/zynq/reserve", body={}, token=tokens[user])
+        return lab.request(
+            "POST", "/api/v1/boards/zynq/reserve", body={}, token=tokens[user]
+        )
 
     with concurrent.futures.ThreadPoolExecutor(40) as pool:
         results = list(pool.map(reserve, users))
@@ -225,7 +246,11 @@ def test_concurrent_class_reservations_never_double_allocate(lab):
     assert len(won) == 3
     assert sorted(b["name"] for b in won) == ["zynq-1", "zynq-2", "zynq-3"]
     assert all(b["error"]["code"] == "unavailable" for b in lost)
-    holders = {name: holder for name, (state, holder) in states(lab).items() if name.startswith("zynq")}
+    holders = {
+        name: holder
+        for name, (state, holder) in states(lab).items()
+        if name.startswith("zynq")
+    }
     assert holders == {b["name"]: b["holder"] for b in won}
 
 
@@ -244,7 +269,10 @@ def test_setup_script_protocol(lab_server, tmp_path):
     )
     alice, bob = server.token("alice"), server.token("bob")
     status, board = server.request(
-        "POST", "/api/v1/boards/b1/reserve", {"sshpubkey": "ssh-ed25519 AAAA k; rm -rf /"}, alice
+        "POST",
+        "/api/v1/boards/b1/reserve",
+        {"sshpubkey": "ssh-ed25519 AAAA k; rm -rf /"},
+        alice,
     )
     assert status == 200
     assert board["attrs"]["ip"] == "10.0.0.7" and board["attrs"]["ssh_port"] == "22"
@@ -260,7 +288,9 @@ def test_setup_script_protocol(lab_server, tmp_path):
 
 def test_failed_reserve_script_undoes_reservation(lab_server, tmp_path):
     """A reserve script that fails gives setup_failed with its error and leaves the board free."""
-    path = script(tmp_path, 'echo starting\necho "no VLAN $BITELAB_BOARD" >&2\nexit 3\n')
+    path = script(
+        tmp_path, 'echo starting\necho "no VLAN $BITELAB_BOARD" >&2\nexit 3\n'
+    )
     server = lab_server(
         boards=f"setup_script = {path};\nclasses {{ c {{ arch = x; }} }}\n"
         "boards [ { name = b1; brdclass = c; } ]"
@@ -274,7 +304,10 @@ def test_failed_reserve_script_undoes_reservation(lab_server, tmp_path):
 
 def test_failed_release_script_means_maintenance(lab_server, tmp_path):
     """A release script that fails puts the board in maintenance with the reason."""
-    path = script(tmp_path, '[ "$1" = release ] && { echo "cannot destroy jail" >&2; exit 1; }\nexit 0\n')
+    path = script(
+        tmp_path,
+        '[ "$1" = release ] && { echo "cannot destroy jail" >&2; exit 1; }\nexit 0\n',
+    )
     server = lab_server(
         boards=f"setup_script = {path};\nclasses {{ c {{ arch = x; }} }}\n"
         "boards [ { name = b1; brdclass = c; } ]"
@@ -312,7 +345,7 @@ def test_board_removed_from_file_while_reserved_is_kept(lab_server):
     server.start()
     board = server.get("/api/v1/boards/zynq-3", token)
     assert board["state"] == "reserved" and board["removed"] is True
-    status, body = server.request("POST", "/api/v1/boards/zynq-3/release", {}, token)
+    status, _ = server.request("POST", "/api/v1/boards/zynq-3/release", {}, token)
     assert status == 200
     assert server.request("GET", "/api/v1/boards/zynq-3", token=token)[0] == 404
     names = [b["name"] for b in server.get("/api/v1/boards", token)["boards"]]

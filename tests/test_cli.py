@@ -27,7 +27,7 @@ from twisted.internet import defer, error, task
 
 from bitelab.client import cli
 from bitelab.client.http import LabAPI
-from tests.support.server import LabServer
+from support.server import LabServer
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 LATER = "2027-01-15T08:12:00+00:00"

@@ -24,7 +24,9 @@ def env_file(tmp_path, text):
 
 def test_env_defaults_and_relative_paths(tmp_path):
     """Required keys are read, paths resolve against the file's directory, defaults fill the rest."""
-    cfg = load_config(env_file(tmp_path, "# lab\n\ndb_file=state/db.sqlite\nboard_conf = b.ucl\n"))
+    cfg = load_config(
+        env_file(tmp_path, "# lab\n\ndb_file=state/db.sqlite\nboard_conf = b.ucl\n")
+    )
     assert cfg.db_file == str(tmp_path / "state" / "db.sqlite")
     assert cfg.board_conf == str(tmp_path / "b.ucl")
     assert cfg.http_endpoint == "tcp:8080"
@@ -51,7 +53,11 @@ def test_env_all_keys(tmp_path):
     )
     assert cfg.db_file == "/var/db/bl.sqlite"
     assert cfg.admins == frozenset({"alice", "bob"})
-    assert (cfg.default_timeout, cfg.max_timeout, cfg.setup_script_timeout) == (60, 120, 5)
+    assert (cfg.default_timeout, cfg.max_timeout, cfg.setup_script_timeout) == (
+        60,
+        120,
+        5,
+    )
     assert cfg.power_cycle_pause == 0.5
     assert cfg.expiry_interval == 0.25
     assert cfg.console_log_dir == str(tmp_path / "logs")
@@ -66,8 +72,14 @@ def test_env_all_keys(tmp_path):
         ("db_file=x\n", "required key 'board_conf' is missing"),
         ("db_file=x\nboard_conf=y\ndb_flie=z\n", ":3: unknown key 'db_flie'"),
         ("db_file=x\nboard_conf=y\njunk\n", ":3: expected key=value"),
-        ("db_file=x\nboard_conf=y\ndefault_timeout=soon\n", "default_timeout: must be a whole"),
-        ("db_file=x\nboard_conf=y\ndefault_timeout=-5\n", "default_timeout: must be a positive"),
+        (
+            "db_file=x\nboard_conf=y\ndefault_timeout=soon\n",
+            "default_timeout: must be a whole",
+        ),
+        (
+            "db_file=x\nboard_conf=y\ndefault_timeout=-5\n",
+            "default_timeout: must be a positive",
+        ),
         ("db_file=x\nboard_conf=y\nmax_timeout=10\n", "max_timeout (10) is less than"),
         ("db_file=x\nboard_conf=y\nadmins=a b\n", "'a b' is not a valid user name"),
         ("db_file=x\nboard_conf=y\ndb_file=z\n", "key 'db_file' is set twice"),
@@ -143,7 +155,7 @@ def test_relative_setup_script_and_cmdpower(tmp_path):
     text = (
         "setup_script = jail.sh\nclasses { c { arch = x; } }\n"
         "boards [ { name = b; brdclass = c; options = [ "
-        "{ cls = cmdpower, on = [/bin/true], off = [/bin/true], status = [/bin/echo, \"on\"] } ] } ]"
+        '{ cls = cmdpower, on = [/bin/true], off = [/bin/true], status = [/bin/echo, "on"] } ] } ]'
     )
     lab = load_boards(write(tmp_path / "b.ucl", text), OPTIONS)
     assert lab.setup_script == str(tmp_path / "jail.sh")
@@ -156,24 +168,45 @@ BOARD_HEAD = "classes { c1 { arch = x; } c2 { arch = y; } }\n"
 @pytest.mark.parametrize(
     "boards, needle",
     [
-        ("boards [ { name = a; brdclass = c1; }, { name = a; brdclass = c1; } ]",
-         "board 'a': defined more than once"),
-        ("boards [ { name = a; brdclass = c3; } ]", "unknown brdclass 'c3' (classes: c1, c2)"),
-        ("boards [ { name = c1; brdclass = c1; } ]", "board 'c1': a class has the same name"),
-        ("boards [ { name = \"a b\"; brdclass = c1; } ]", "names are letters"),
+        (
+            "boards [ { name = a; brdclass = c1; }, { name = a; brdclass = c1; } ]",
+            "board 'a': defined more than once",
+        ),
+        (
+            "boards [ { name = a; brdclass = c3; } ]",
+            "unknown brdclass 'c3' (classes: c1, c2)",
+        ),
+        (
+            "boards [ { name = c1; brdclass = c1; } ]",
+            "board 'c1': a class has the same name",
+        ),
+        ('boards [ { name = "a b"; brdclass = c1; } ]', "names are letters"),
         ("boards [ { brdclass = c1; } ]", "board #1: name is missing"),
         ("boards [ { name = a; } ]", "brdclass is missing"),
-        ("boards [ { name = a; brdclass = c1; colour = red } ]", "unknown key 'colour'"),
-        ("boards [ { name = a; brdclass = c1; options = [ { cls = laser } ] } ]",
-         "option #1: unknown cls 'laser' (known: cmdpower, etheriface, gpiopower"),
-        ("boards [ { name = a; brdclass = c1; options = [ { cls = snmppower, host = h, port = 1, colour = 2 } ] } ]",
-         "option snmppower: unknown keyword 'colour' (accepted: host, port, community"),
-        ("boards [ { name = a; brdclass = c1; options = [ { cls = etheriface } ] } ]",
-         "option etheriface: missing"),
-        ("boards [ { name = a; brdclass = c1; options = [ { cls = serialconsole, val = /dev/x, baud = fast } ] } ]",
-         "option serialconsole: baud must be a positive integer"),
-        ("boards [ { name = a; brdclass = c1; options = [ { cls = timeout, val = 5 }, { cls = timeout, val = 6 } ] } ]",
-         "another option already provides 'timeout'"),
+        (
+            "boards [ { name = a; brdclass = c1; colour = red } ]",
+            "unknown key 'colour'",
+        ),
+        (
+            "boards [ { name = a; brdclass = c1; options = [ { cls = laser } ] } ]",
+            "option #1: unknown cls 'laser' (known: cmdpower, etheriface, gpiopower",
+        ),
+        (
+            "boards [ { name = a; brdclass = c1; options = [ { cls = snmppower, host = h, port = 1, colour = 2 } ] } ]",
+            "option snmppower: unknown keyword 'colour' (accepted: host, port, community",
+        ),
+        (
+            "boards [ { name = a; brdclass = c1; options = [ { cls = etheriface } ] } ]",
+            "option etheriface: missing",
+        ),
+        (
+            "boards [ { name = a; brdclass = c1; options = [ { cls = serialconsole, val = /dev/x, baud = fast } ] } ]",
+            "option serialconsole: baud must be a positive integer",
+        ),
+        (
+            "boards [ { name = a; brdclass = c1; options = [ { cls = timeout, val = 5 }, { cls = timeout, val = 6 } ] } ]",
+            "another option already provides 'timeout'",
+        ),
         ("boards [ { name = a; brdclass = c1; } ] extra = 1", "unknown key 'extra'"),
     ],
 )
@@ -190,7 +223,7 @@ def test_board_file_errors(tmp_path, boards, needle):
 
 def test_board_file_syntax_error_has_position(tmp_path):
     """A UCL syntax error names the file, line and column."""
-    path = write(tmp_path / "b.ucl", "classes {\n  c1 { arch = x; }\n\"unterminated\n")
+    path = write(tmp_path / "b.ucl", 'classes {\n  c1 { arch = x; }\n"unterminated\n')
     with pytest.raises(ConfigError) as info:
         load_boards(path, OPTIONS)
     assert str(info.value).startswith(f"{path}:3:")

@@ -20,7 +20,7 @@ from bitelab.console import (
     ConsoleLog,
     ConsoleService,
 )
-from tests.support.pty import PtyBoard
+from support.pty import PtyBoard
 
 ALL_BYTES = bytes(range(256))
 

@@ -5,7 +5,7 @@ import shlex
 
 import pytest
 
-import support.jail as jail
+from support import jail
 
 pytestmark = [
     pytest.mark.e2e,
@@ -48,7 +48,7 @@ def test_reserve_ssh_into_jail_release(lab_server, site, link, tmp_path):
     server = lab_server(
         boards=f"setup_script = {script};\nclasses {{ a64 {{ arch = arm64-aarch64; }} }}\n"
         f"boards [ {{ name = j1; brdclass = a64; options = [ "
-        f"{{ cls = etheriface, val = \"{link.name}\" }} ] }} ]"
+        f'{{ cls = etheriface, val = "{link.name}" }} ] }} ]'
     )
     alice_key = jail.make_key(tmp_path, "alice")
     bob_key = jail.make_key(tmp_path, "bob")

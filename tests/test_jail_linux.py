@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from tests.support import jail as support
-from tests.support.jail import (
+from support import jail as support
+from support.jail import (
     BOARD_JAIL_ADDR,
     BOARD_PEER_ADDR,
     SCRIPT,

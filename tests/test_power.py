@@ -20,10 +20,7 @@ from bitelab.errors import PowerFailed
 from bitelab.options import Runtime
 from bitelab.power import POWER_OPTIONS, CmdPower, GPIOPower, SNMPPower
 from bitelab.snmp import SNMPClient
-from tests.support import snmpagent
-from tests.support.snmpagent import NOTWRITABLE_PORT, WRONGTYPE_PORT
-
-snmp_agent = snmpagent.snmp_agent
+from support.snmpagent import NOTWRITABLE_PORT, WRONGTYPE_PORT
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import stat
 import pytest
 
 from support.server import wait_for
-from support.snmpagent import snmp_agent  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +29,7 @@ def post(server, path, token, body=None):
     return server.request("POST", "/api/v1" + path, body or {}, token)
 
 
-def test_power_on_off_and_release(lab_server, snmp_agent):  # noqa: F811
+def test_power_on_off_and_release(lab_server, snmp_agent):
     """power=on flips the switch port (seen by snmpget); release turns it off again."""
     server = lab_server(boards=boards(snmp_agent))
     token = server.token("alice")
@@ -44,11 +43,17 @@ def test_power_on_off_and_release(lab_server, snmp_agent):  # noqa: F811
     assert status == 200 and board["state"] == "free"
     assert snmp_agent.get(1, 2) == OFF
     assert board["attrs"]["power"] == "off"
-    status, events = server.request("GET", "/api/v1/events?board=b2", token=server.token("root"))
-    assert [e["action"] for e in events["events"]][:3] == ["release", "power", "reserve"]
+    status, events = server.request(
+        "GET", "/api/v1/events?board=b2", token=server.token("root")
+    )
+    assert [e["action"] for e in events["events"]][:3] == [
+        "release",
+        "power",
+        "reserve",
+    ]
 
 
-def test_power_shown_is_read_from_the_device(lab_server, snmp_agent):  # noqa: F811
+def test_power_shown_is_read_from_the_device(lab_server, snmp_agent):
     """At start the server reads each port, so a port switched behind its back shows as it is."""
     snmp_agent.set(1, 3, ON)
     server = lab_server(boards=boards(snmp_agent))
@@ -60,7 +65,7 @@ def test_power_shown_is_read_from_the_device(lab_server, snmp_agent):  # noqa: F
     assert server.get("/api/v1/boards/b1", token)["attrs"]["power"] == "off"
 
 
-def test_cycle(lab_server, snmp_agent):  # noqa: F811
+def test_cycle(lab_server, snmp_agent):
     """power=cycle ends with the port on, and both switches are audited."""
     server = lab_server(boards=boards(snmp_agent))
     token = server.token("alice")
@@ -70,7 +75,7 @@ def test_cycle(lab_server, snmp_agent):  # noqa: F811
     assert snmp_agent.get(1, 1) == ON
 
 
-def test_dead_agent_gives_power_failed_and_changes_nothing(lab_server, snmp_agent):  # noqa: F811
+def test_dead_agent_gives_power_failed_and_changes_nothing(lab_server, snmp_agent):
     """With the agent stopped, power=on is a 502 power_failed and the board stays as it was."""
     server = lab_server(boards=boards(snmp_agent))
     token = server.token("alice")
@@ -83,7 +88,7 @@ def test_dead_agent_gives_power_failed_and_changes_nothing(lab_server, snmp_agen
     assert server.get("/api/v1/boards/b1", token) == before
 
 
-def test_power_failure_on_release_means_maintenance(lab_server, snmp_agent):  # noqa: F811
+def test_power_failure_on_release_means_maintenance(lab_server, snmp_agent):
     """A release that cannot power the board off puts it in maintenance, not back to free."""
     server = lab_server(boards=boards(snmp_agent))
     token = server.token("alice")
@@ -96,18 +101,20 @@ def test_power_failure_on_release_means_maintenance(lab_server, snmp_agent):  # 
     assert post(server, "/boards/b3/reserve", token)[0] == 409
 
 
-def test_expiry_powers_off(lab_server, snmp_agent):  # noqa: F811
+def test_expiry_powers_off(lab_server, snmp_agent):
     """An expired reservation powers the board off."""
     server = lab_server(boards=boards(snmp_agent))
     token = server.token("alice")
     post(server, "/boards/b1/reserve", token, {"timeout": 2})
     post(server, "/boards/b1/attrs", token, {"power": "on"})
     assert snmp_agent.get(1, 1) == ON
-    wait_for(lambda: server.get("/api/v1/boards/b1", token)["state"] == "free", what="expiry")
+    wait_for(
+        lambda: server.get("/api/v1/boards/b1", token)["state"] == "free", what="expiry"
+    )
     assert snmp_agent.get(1, 1) == OFF
 
 
-def test_failed_reserve_script_powers_off(lab_server, snmp_agent, tmp_path):  # noqa: F811
+def test_failed_reserve_script_powers_off(lab_server, snmp_agent, tmp_path):
     """A reserve script that fails leaves the board free and powered off."""
     script = tmp_path / "fail.sh"
     script.write_text("#!/bin/sh\necho 'no jail today' >&2\nexit 1\n")

@@ -11,10 +11,7 @@ from pysnmp.proto import api
 from twisted.internet import defer, error, task
 
 from bitelab.snmp import SNMPClient, SNMPError, SNMPTimeout
-from tests.support import snmpagent
-from tests.support.snmpagent import SYS_DESCR
-
-snmp_agent = snmpagent.snmp_agent
+from support.snmpagent import SYS_DESCR
 
 V2C = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C]
 OID = "1.3.6.1.2.1.105.1.1.1.3.1.2"

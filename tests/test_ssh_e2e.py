@@ -46,7 +46,11 @@ def ssh_argv(server, user, login, known_hosts, *extra):
         "-o",
         f"UserKnownHostsFile={known_hosts}",
         "-o",
-        "StrictHostKeyChecking=accept-new" if not extra or extra[0] != "strict" else "StrictHostKeyChecking=yes",
+        (
+            "StrictHostKeyChecking=accept-new"
+            if not extra or extra[0] != "strict"
+            else "StrictHostKeyChecking=yes"
+        ),
         "-o",
         "BatchMode=yes",
         "-o",
@@ -69,10 +73,13 @@ def run_ssh(server, user, login, known_hosts, *extra, token="", stdin=b""):
         capture_output=True,
         env=server.client_env(token),
         timeout=60,
+        check=False,
     )
 
 
-def test_token_over_ssh_works_with_cli_and_host_key_is_stable(lab_server, tmp_path, serial):
+def test_token_over_ssh_works_with_cli_and_host_key_is_stable(
+    lab_server, tmp_path, serial
+):
     """`ssh -l lab` through contssh prints a token the CLI accepts; after a restart
     the same host key passes strict checking."""
     server = lab_server(boards=boards(serial[1]), users=("alice",))
@@ -82,7 +89,11 @@ def test_token_over_ssh_works_with_cli_and_host_key_is_stable(lab_server, tmp_pa
     token = result.stdout.decode().strip()
     assert token.startswith("bl_") and "\n" not in token
     whoami = subprocess.run(
-        [BITELAB, "--json", "whoami"], capture_output=True, env=server.client_env(token), timeout=60
+        [BITELAB, "--json", "whoami"],
+        capture_output=True,
+        env=server.client_env(token),
+        timeout=60,
+        check=False,
     )
     assert whoami.returncode == 0 and b'"alice"' in whoami.stdout
     server.stop()
@@ -90,7 +101,9 @@ def test_token_over_ssh_works_with_cli_and_host_key_is_stable(lab_server, tmp_pa
     again = run_ssh(server, "alice", "lab", known, "strict")
     assert again.returncode == 0, again.stderr
     assert again.stdout.decode().strip() != token
-    status, events = server.request("GET", "/api/v1/events?user=alice", token=server.token("root"))
+    _, events = server.request(
+        "GET", "/api/v1/events?user=alice", token=server.token("root")
+    )
     assert [e["action"] for e in events["events"]].count("token_issue") == 2
 
 
@@ -153,7 +166,8 @@ def test_console_both_ways_and_closed_on_release(lab_server, tmp_path, serial):
     server.request("POST", "/api/v1/boards/con-1/reserve", {}, token)
     wait_for(
         lambda: os.write(master, b"boot: U-Boot 2024.01\r\n")
-        and b"U-Boot" in server.request("GET", "/api/v1/boards/con-1/console", token=token)[1],
+        and b"U-Boot"
+        in server.request("GET", "/api/v1/boards/con-1/console", token=token)[1],
         what="console log",
     )
     known = tmp_path / "known_hosts"
@@ -172,8 +186,13 @@ def test_console_both_ways_and_closed_on_release(lab_server, tmp_path, serial):
         env=env,
     )
     follow = subprocess.Popen(
-        ["curl", "-sN", "-H", f"Authorization: Bearer {token}",
-         f"{server.url}/api/v1/boards/con-1/console?follow=1"],
+        [
+            "curl",
+            "-sN",
+            "-H",
+            f"Authorization: Bearer {token}",
+            f"{server.url}/api/v1/boards/con-1/console?follow=1",
+        ],
         stdout=subprocess.PIPE,
     )
     try:
@@ -196,7 +215,7 @@ def test_console_both_ways_and_closed_on_release(lab_server, tmp_path, serial):
             got += read_until(master, b"boot\r")
         assert b"printenv\n" in got and b"boot\r" in got
 
-        status, board = server.request("POST", "/api/v1/boards/con-1/release", {}, token)
+        status, _ = server.request("POST", "/api/v1/boards/con-1/release", {}, token)
         assert status == 200
         tail = plain.stdout.read()
         assert b"reservation of con-1 ended" in tail
@@ -215,5 +234,8 @@ def test_console_both_ways_and_closed_on_release(lab_server, tmp_path, serial):
             pass
         os.waitpid(pid, 0)
         os.close(term)
-    log = open(os.path.join(server.dir, "console", "con-1.log"), "rb").read()
-    assert b"U-Boot" in log and b"reserved by alice" in log and b"released" in log.lower()
+    with open(os.path.join(server.dir, "console", "con-1.log"), "rb") as f:
+        log = f.read()
+    assert (
+        b"U-Boot" in log and b"reserved by alice" in log and b"released" in log.lower()
+    )

@@ -8,6 +8,11 @@ import pytest
 from support.server import LabServer, repo_env, twistd_command, wait_for
 
 
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
 def twistd(config, cwd):
     return subprocess.run(
         twistd_command("--nodaemon", "--pidfile=", "bitelab", "--config", config),
@@ -16,26 +21,45 @@ def twistd(config, cwd):
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
 
 
 @pytest.mark.parametrize(
     "env, boards, needle",
     [
-        ("db_file=db\nboard_conf=b.ucl\nhttp_endpoint=tcp:0\nssh_endpoint=tcp:0\nbogus=1\n",
-         "classes { c { arch = x; } }", "unknown key 'bogus'"),
-        ("board_conf=b.ucl\n", "classes { c { arch = x; } }", "required key 'db_file' is missing"),
+        (
+            "db_file=db\nboard_conf=b.ucl\nhttp_endpoint=tcp:0\nssh_endpoint=tcp:0\nbogus=1\n",
+            "classes { c { arch = x; } }",
+            "unknown key 'bogus'",
+        ),
+        (
+            "board_conf=b.ucl\n",
+            "classes { c { arch = x; } }",
+            "required key 'db_file' is missing",
+        ),
         ("db_file=db\nboard_conf=b.ucl\n", "classes { c { arch = x; }", "b.ucl:1:"),
-        ("db_file=db\nboard_conf=b.ucl\n",
-         "classes { c { arch = x; } } boards [ {name = a; brdclass = c;}, {name = a; brdclass = c;} ]",
-         "board 'a': defined more than once"),
-        ("db_file=db\nboard_conf=b.ucl\n",
-         "classes { c { arch = x; } } boards [ {name = a; brdclass = d;} ]", "unknown brdclass 'd'"),
-        ("db_file=db\nboard_conf=b.ucl\n",
-         "classes { c { arch = x; } } boards [ {name = a; brdclass = c; options = [ {cls = snmpower} ]} ]",
-         "unknown cls 'snmpower'"),
+        (
+            "db_file=db\nboard_conf=b.ucl\n",
+            "classes { c { arch = x; } } boards [ {name = a; brdclass = c;}, {name = a; brdclass = c;} ]",
+            "board 'a': defined more than once",
+        ),
+        (
+            "db_file=db\nboard_conf=b.ucl\n",
+            "classes { c { arch = x; } } boards [ {name = a; brdclass = d;} ]",
+            "unknown brdclass 'd'",
+        ),
+        (
+            "db_file=db\nboard_conf=b.ucl\n",
+            "classes { c { arch = x; } } boards [ {name = a; brdclass = c; options = [ {cls = snmpower} ]} ]",
+            "unknown cls 'snmpower'",
+        ),
         ("db_file=db\nboard_conf=missing.ucl\n", "", "missing.ucl:1:1: cannot read"),
-        ("db_file=/proc/nope/db\nboard_conf=b.ucl\n", "classes { c { arch = x; } }", "cannot open database"),
+        (
+            "db_file=/proc/nope/db\nboard_conf=b.ucl\n",
+            "classes { c { arch = x; } }",
+            "cannot open database",
+        ),
     ],
 )
 def test_broken_configuration_is_one_line(tmp_path, env, boards, needle):
@@ -57,14 +81,14 @@ def test_default_config_is_dot_env_and_host_key_is_kept(tmp_path):
     key = os.path.join(server.dir, "ssh_host_ed25519_key")
     server.start()
     try:
-        first = open(key).read()
+        first = read(key)
         assert "OPENSSH PRIVATE KEY" in first
         assert os.stat(key).st_mode & 0o777 == 0o600
     finally:
         server.stop()
     server.start()
     try:
-        assert open(key).read() == first
+        assert read(key) == first
     finally:
         server.stop()
     process = subprocess.Popen(
@@ -76,6 +100,7 @@ def test_default_config_is_dot_env_and_host_key_is_kept(tmp_path):
     )
     server.process = process
     try:
+
         def up():
             try:
                 return server.get("/api/v1/info")["name"] == "bitelab"

@@ -70,7 +70,12 @@ class LabServer:
     """A bitelab server in a subprocess; see the module docstring."""
 
     def __init__(
-        self, directory, boards=DEFAULT_BOARDS, settings=None, users=(), admins=("root",)
+        self,
+        directory,
+        boards=DEFAULT_BOARDS,
+        settings=None,
+        users=(),
+        admins=("root",),
     ):
         self.dir = str(directory)
         os.makedirs(self.dir, exist_ok=True)
@@ -97,8 +102,7 @@ class LabServer:
         }
         values.update(settings or {})
         with open(self.env_path, "w") as f:
-            for key, value in values.items():
-                f.write(f"{key}={value}\n")
+            f.writelines(f"{key}={value}\n" for key, value in values.items())
         for user in users:
             self.add_user(user)
 
@@ -115,9 +119,10 @@ class LabServer:
                 ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", user, "-f", key],
                 check=True,
             )
-        with open(key + ".pub") as src, open(
-            os.path.join(self.keys_dir, f"{user}.pub"), "w"
-        ) as dst:
+        with (
+            open(key + ".pub") as src,
+            open(os.path.join(self.keys_dir, f"{user}.pub"), "w") as dst,
+        ):
             dst.write(src.read())
         return key
 
@@ -189,6 +194,7 @@ class LabServer:
         """Run ``bitelab-admin --config .env ARGS``; CompletedProcess."""
         return subprocess.run(
             [sys.executable, "-m", "bitelab.admin", "--config", self.env_path, *args],
+            check=False,
             capture_output=True,
             text=True,
             timeout=30,
@@ -203,8 +209,10 @@ class LabServer:
 
     def request(self, method, path, body=None, token=None, raw=None, headers=None):
         """(status, parsed JSON or text) of one HTTP request."""
-        data = raw if raw is not None else (
-            None if body is None else json.dumps(body).encode()
+        data = (
+            raw
+            if raw is not None
+            else (None if body is None else json.dumps(body).encode())
         )
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if token:
