@@ -3,6 +3,7 @@
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -239,3 +240,19 @@ def test_console_both_ways_and_closed_on_release(lab_server, tmp_path, serial):
     assert (
         b"U-Boot" in log and b"reserved by alice" in log and b"released" in log.lower()
     )
+
+
+def test_new_key_after_sighup(lab_server, tmp_path, serial):
+    """A user whose key is added while the server runs can log in after SIGHUP,
+    and SIGHUP does not stop the server."""
+    server = lab_server(boards=boards(serial[1]), users=("alice",))
+    known = tmp_path / "known_hosts"
+    server.add_user("carol")
+    server.process.send_signal(signal.SIGHUP)
+    result = wait_for(
+        lambda: (r := run_ssh(server, "carol", "lab", known)).returncode == 0 and r,
+        what="carol's key to be loaded",
+    )
+    assert result.stdout.decode().startswith("bl_")
+    assert server.process.poll() is None
+    assert server.get("/api/v1/info")["name"] == "bitelab"
