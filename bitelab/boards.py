@@ -404,17 +404,25 @@ class BoardManager(service.Service):
 
     @defer.inlineCallbacks
     def _undo_reserve(self, name, user, message):
+        problems = yield self._wind_down(
+            name, user, f"reservation of {name} failed: {message}", "setup failed"
+        )
+        yield self._finish(name, user, "setup_failed", message, problems)
+
+    # -- release and expiry ---------------------------------------------
+
+    @defer.inlineCallbacks
+    def _wind_down(self, name, holder, notice, why):
+        """Power off and close the console of an ending reservation; its problems."""
         problems = []
         power_problem = yield self._power_off_quietly(name)
         if power_problem:
             problems.append(power_problem)
         console = self.consoles.get(name)
         if console is not None:
-            console.close_viewers(f"reservation of {name} failed: {message}")
-            console.mark_released(user, iso(self.now()), "setup failed")
-        yield self._finish(name, user, "setup_failed", message, problems)
-
-    # -- release and expiry ---------------------------------------------
+            console.close_viewers(notice)
+            console.mark_released(holder, iso(self.now()), why)
+        return problems
 
     @defer.inlineCallbacks
     def _power_off_quietly(self, name):
@@ -465,14 +473,9 @@ class BoardManager(service.Service):
         name = row["name"]
         self.busy.add(name)
         try:
-            problems = []
-            power_problem = yield self._power_off_quietly(name)
-            if power_problem:
-                problems.append(power_problem)
-            console = self.consoles.get(name)
-            if console is not None:
-                console.close_viewers(f"reservation of {name} ended: {why}")
-                console.mark_released(row["holder"], iso(self.now()), why)
+            problems = yield self._wind_down(
+                name, row["holder"], f"reservation of {name} ended: {why}", why
+            )
             if name in self.lab.boards:
                 try:
                     yield self.scripts.run(

@@ -45,51 +45,27 @@ def _path(value):
     return value
 
 
-def _seconds(value):
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"must be a whole number of seconds, not {value!r}") from None
-    if number <= 0:
-        raise ValueError(f"must be a positive number of seconds, not {value!r}")
-    return number
+def _number(parse, what, low, high=None):
+    """A parser of numbers of type ``parse`` between ``low`` and ``high``."""
+
+    def check(value):
+        try:
+            number = parse(value)
+        except ValueError:
+            raise ValueError(f"must be {what}, not {value!r}") from None
+        if number < low or (high is not None and number > high):
+            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise ValueError(f"must be {bounds}, not {value!r}")
+        return number
+
+    return check
 
 
-def _bytes(value):
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"must be a whole number of bytes, not {value!r}") from None
-    if number < 4096:
-        raise ValueError("must be at least 4096 bytes")
-    return number
-
-
-def _count(value):
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"must be a whole number, not {value!r}") from None
-    if number < 0:
-        raise ValueError("must not be negative")
-    return number
-
-
-def _pause(value):
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"must be a number of seconds, not {value!r}") from None
-    if not 0 <= number <= 600:
-        raise ValueError("must be between 0 and 600 seconds")
-    return number
-
-
-def _interval(value):
-    number = _pause(value)
-    if number <= 0:
-        raise ValueError("must be more than 0 seconds")
-    return number
+_seconds = _number(int, "a whole number of seconds", 1)
+_bytes = _number(int, "a whole number of bytes", 4096)
+_count = _number(int, "a whole number", 0)
+_pause = _number(float, "a number of seconds", 0, 600)
+_interval = _number(float, "a number of seconds", 0.01, 600)
 
 
 def _endpoint(value):

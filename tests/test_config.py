@@ -78,7 +78,7 @@ def test_env_all_keys(tmp_path):
         ),
         (
             "db_file=x\nboard_conf=y\ndefault_timeout=-5\n",
-            "default_timeout: must be a positive",
+            "default_timeout: must be at least 1",
         ),
         ("db_file=x\nboard_conf=y\nmax_timeout=10\n", "max_timeout (10) is less than"),
         ("db_file=x\nboard_conf=y\nadmins=a b\n", "'a b' is not a valid user name"),
