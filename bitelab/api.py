@@ -61,26 +61,31 @@ def _board_name(name):
 
 
 class _HTTPViewer:
-    """A console viewer writing to a streaming HTTP response."""
+    """A console viewer streaming to an HTTP response.
+
+    The hub registers itself as the response's producer, so a client that
+    reads slowly pushes back (and is dropped once too far behind) whatever
+    the transport, TCP or TLS.
+    """
 
     def __init__(self, request, done):
         self.request = request
         self.done = done
 
-    def write(self, data):
-        if not self.done.called:
-            self.request.write(data)
+    def registerProducer(self, producer, streaming):
+        self.request.registerProducer(producer, streaming)
 
-    def pending(self):
-        """Bytes written but not yet sent to the client."""
-        transport = self.request.channel.transport if self.request.channel else None
-        return len(getattr(transport, "dataBuffer", b"")) + sum(
-            len(chunk) for chunk in getattr(transport, "_tempDataBuffer", [])
-        )
+    def unregisterProducer(self):
+        if self.request.channel is not None and self.request.producer is not None:
+            self.request.unregisterProducer()
+
+    def write(self, data):
+        if not self.done.called and self.request.channel is not None:
+            self.request.write(data)
 
     def close(self, reason):
         if not self.done.called:
-            self.request.write(f"\r\nbitelab: {reason}\r\n".encode())
+            self.write(f"\r\nbitelab: {reason}\r\n".encode())
             self.done.callback(None)
 
 

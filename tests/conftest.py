@@ -1,6 +1,8 @@
 """Shared fixtures: real bitelab servers, and a check for unhandled Deferred errors."""
 
 import gc
+import os
+import tty
 
 import pytest
 
@@ -43,3 +45,14 @@ def no_unhandled_deferred_errors():
     finally:
         globalLogPublisher.removeObserver(observer)
     assert not seen, f"unhandled error in Deferred: {seen[0]}"
+
+
+@pytest.fixture
+def serial():
+    """A pseudo-terminal standing in for a board's serial port: (master fd, device path)."""
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    yield master, os.ttyname(slave)
+    os.close(master)
+    os.close(slave)

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import tty
 
 import pytest
 
@@ -16,17 +15,6 @@ from support.server import wait_for
 pytestmark = pytest.mark.e2e
 
 BITELAB = os.path.join(os.path.dirname(sys.executable), "bitelab")
-
-
-@pytest.fixture
-def serial(tmp_path):
-    """A pseudo-terminal standing in for a board's serial port: (master fd, device path)."""
-    master, slave = os.openpty()
-    tty.setraw(master)
-    tty.setraw(slave)
-    yield master, os.ttyname(slave)
-    os.close(master)
-    os.close(slave)
 
 
 def boards(device):
