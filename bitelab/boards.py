@@ -523,6 +523,7 @@ class BoardManager(service.Service):
                 "WHERE state = 'reserved' AND expires_at <= ?",
                 (self.now(),),
             )
+            ending = []
             for row in map(_row_dict, rows):
                 if row["name"] in self.busy:
                     continue
@@ -531,7 +532,13 @@ class BoardManager(service.Service):
                     name=row["name"],
                     holder=row["holder"],
                 )
-                yield self._end_reservation(row, None, "expire", "expired")
+                ending.append(self._end_reservation(row, None, "expire", "expired"))
+            # boards wind down side by side: one slow release script or
+            # switch does not hold up the others
+            results = yield defer.DeferredList(ending, consumeErrors=True)
+            for ok, result in results:
+                if not ok:
+                    self.log.failure("ending an expired reservation failed", result)
         except Exception:  # noqa: BLE001 - the periodic check must survive anything
             self.log.failure("expiry check failed")
 
