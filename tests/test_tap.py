@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -110,3 +111,25 @@ def test_default_config_is_dot_env_and_host_key_is_kept(tmp_path):
         wait_for(up, what="server started with ./.env")
     finally:
         server.stop()
+
+
+def test_plugin_is_found_and_imports_nothing_heavy():
+    """twistd finds the plugin; loading it imports neither bitelab nor the reactor."""
+    code = (
+        "import sys\n"
+        "from twisted.plugin import getPlugins\n"
+        "from twisted.application.service import IServiceMaker\n"
+        "names = [p.tapname for p in getPlugins(IServiceMaker)]\n"
+        "print('bitelab' in names)\n"
+        "print('twisted.internet.reactor' in sys.modules)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('bitelab')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=repo_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.split("\n")[:3] == ["True", "False", "[]"]
