@@ -6,11 +6,13 @@ errors (``bitelab.errors``) and routing errors become the JSON error shape.
 
 import json
 import re
+from urllib.parse import unquote_to_bytes
 
 import attrs
 from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.web.resource import Resource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
@@ -60,6 +62,25 @@ def _board_name(name):
     return name
 
 
+class _APIResource(Resource):
+    """Klein's resource, but a URL that is not UTF-8 gets the JSON error shape."""
+
+    isLeaf = True
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def render(self, request):
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            error = Invalid("the URL or Host header is not valid UTF-8")
+            return _json(request, error.to_json(), 400)
+        return self.inner.render(request)
+
+
 class _HTTPViewer:
     """A console viewer streaming to an HTTP response.
 
@@ -103,7 +124,7 @@ class API:
 
     def resource(self):
         """The twisted.web resource serving the API."""
-        return self.app.resource()
+        return _APIResource(self.app.resource())
 
     @defer.inlineCallbacks
     def _user(self, request):

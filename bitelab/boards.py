@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import ClassVar
 
 from twisted.application import service
+from twisted.conch.ssh import keys
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
@@ -36,6 +37,21 @@ BOARD_COLUMNS = (
     "sshpubkey, reason, script_attrs, power, power_at"
 )
 MAX_PUBKEY = 16 * 1024
+
+
+def check_public_key(line):
+    """Refuse anything but one OpenSSH public key line (``Invalid``)."""
+    if "\n" in line or "\r" in line or "\0" in line:
+        raise Invalid("sshpubkey must be a single line")
+    try:
+        key = keys.Key.fromString(line.encode("utf-8"))
+    except Exception:  # noqa: BLE001 - any parse failure of untrusted input
+        raise Invalid(
+            "sshpubkey is not an OpenSSH public key line (e.g. the contents of "
+            "~/.ssh/id_ed25519.pub)"
+        ) from None
+    if not key.isPublic():
+        raise Invalid("sshpubkey is a private key; send the .pub file instead")
 
 
 def iso(seconds):
@@ -156,7 +172,7 @@ class BoardManager(service.Service):
             if board.option(PowerOption) is not None:
                 attributes["power"] = row["power"]
                 attributes["power_read_at"] = iso(row["power_at"])
-            attributes["timeout"] = self._default_timeout(row["name"])
+            attributes["default_timeout"] = self._default_timeout(row["name"])
             if board.option(SerialConsole) is not None:
                 attributes["console"] = True
         if row["state"] == "reserved" and (
@@ -355,9 +371,9 @@ class BoardManager(service.Service):
         if sshpubkey is not None:
             if not isinstance(sshpubkey, str) or len(sshpubkey) > MAX_PUBKEY:
                 raise Invalid("sshpubkey must be an OpenSSH public key line")
-            if "\n" in sshpubkey.strip() or "\0" in sshpubkey:
-                raise Invalid("sshpubkey must be a single line")
             sshpubkey = sshpubkey.strip()
+            if sshpubkey:
+                check_public_key(sshpubkey)
         if target in self.lab.classes:
             is_class = True
         elif target in self.lab.boards:
@@ -501,7 +517,8 @@ class BoardManager(service.Service):
                 raise Forbidden(f"board {name} is not held by you")
             if not force:
                 raise Forbidden(
-                    f"board {name} is held by {row['holder']}; use force to release it"
+                    f"board {name} is held by {row['holder']}; force the release "
+                    "(bitelab release -f) to take it back"
                 )
         if name in self.busy:
             raise Unavailable(f"board {name} is busy; try again")
@@ -662,9 +679,9 @@ class BoardManager(service.Service):
     def set_maintenance(self, user, name, reason):
         """Deferred[dict]: take a free board out of service (admins)."""
         self._require_admin(user)
+        yield self._row_or_404(name)
         if not isinstance(reason, str) or not reason.strip() or len(reason) > 500:
             raise Invalid("reason must be a non-empty string of at most 500 characters")
-        yield self._row_or_404(name)
         now = self.now()
 
         def txn(cursor):

@@ -13,6 +13,8 @@ from bitelab import ucl
 from bitelab.errors import ConfigError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+#: the SSH login name that asks for a token; no board may be called so
+RESERVED_LOGIN = "lab"
 USER_RE = NAME_RE
 
 
@@ -69,8 +71,19 @@ _interval = _number(float, "a number of seconds", 0.01, 600)
 
 
 def _endpoint(value):
+    from twisted.internet.endpoints import serverFromString
+
     if not value:
         raise ValueError("must be a Twisted endpoint description such as tcp:8080")
+    try:
+        # parsing needs no reactor; ssl: descriptions load their files here
+        serverFromString(None, value)
+    except (ValueError, TypeError, KeyError, OSError, ImportError) as e:
+        problem = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise ValueError(
+            f"{value!r} is not a usable endpoint description ({problem}); "
+            "e.g. tcp:8080:interface=127.0.0.1"
+        ) from None
     return value
 
 
@@ -229,6 +242,10 @@ def load_boards(path, option_map):
         if not isinstance(script, str) or not script:
             raise ConfigError(f"{path}: setup_script must be a path")
         script = os.path.normpath(os.path.join(os.path.dirname(path), script))
+        if not os.path.isfile(script) or not os.access(script, os.X_OK):
+            raise ConfigError(
+                f"{path}: setup_script {script} is not an executable file"
+            )
 
     raw_classes = data.get("classes", {})
     if not isinstance(raw_classes, dict):
@@ -268,6 +285,11 @@ def load_boards(path, option_map):
             raise ConfigError(f"{where}: defined more than once")
         if name in classes:
             raise ConfigError(f"{where}: a class has the same name")
+        if name == RESERVED_LOGIN:
+            raise ConfigError(
+                f"{where}: {RESERVED_LOGIN!r} is the SSH login for tokens; "
+                "choose another name"
+            )
         for key in body:
             if key not in ("name", "brdclass", "options"):
                 raise ConfigError(
@@ -292,7 +314,12 @@ def load_boards(path, option_map):
             if not isinstance(spec, dict):
                 raise ConfigError(f"{where}: option #{number} must be an object")
             spec = dict(spec)
-            cls_name = spec.pop("cls", None)
+            if "cls" not in spec:
+                raise ConfigError(
+                    f"{where}: option #{number}: cls is missing "
+                    f"(known: {', '.join(sorted(option_map))})"
+                )
+            cls_name = spec.pop("cls")
             if cls_name not in option_map:
                 known = ", ".join(sorted(option_map))
                 raise ConfigError(
@@ -313,4 +340,22 @@ def load_boards(path, option_map):
                 seen.add(attr)
             options.append(option)
         boards[name] = BoardConfig(name=name, brdclass=brdclass, options=tuple(options))
+    if not boards:
+        raise ConfigError(
+            f"{path}: no boards are defined (boards [ {{ name = ...; }} ])"
+        )
     return LabConfig(path=path, setup_script=script, classes=classes, boards=boards)
+
+
+def check_lab(settings, lab):
+    """Rules that need both files: a board's timeout within max_timeout."""
+    from bitelab.options import Timeout
+
+    for board in lab.boards.values():
+        option = board.option(Timeout)
+        if option is not None and option.val > settings.max_timeout:
+            raise ConfigError(
+                f"{lab.path}: board {board.name!r}: option timeout: {option.val} "
+                f"seconds is more than max_timeout ({settings.max_timeout}) "
+                f"of {settings.path}"
+            )

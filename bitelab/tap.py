@@ -5,6 +5,7 @@ objects; a problem is one line on standard error and exit status 1 (twistd
 would otherwise print its whole usage text before the message).
 """
 
+import os
 import signal
 import sys
 from typing import ClassVar
@@ -25,16 +26,39 @@ class Options(usage.Options):
 
     def postOptions(self):
         from bitelab.boards import BoardManager
-        from bitelab.config import load_boards, load_config
+        from bitelab.config import check_lab, load_boards, load_config
 
         try:
             self["settings"] = load_config(self["config"])
             self["lab"] = load_boards(
                 self["settings"].board_conf, BoardManager._option_map
             )
+            check_lab(self["settings"], self["lab"])
         except ConfigError as e:
-            sys.stderr.write(f"bitelab: {e}\n")
-            raise SystemExit(1) from None
+            _fail(e)
+
+
+def _fail(message):
+    """Stop start-up with one line on standard error (twistd may have
+    redirected ``sys.stderr`` into its log by now) and exit status 1."""
+    sys.__stderr__.write(f"bitelab: {message}\n")
+    sys.__stderr__.flush()
+    raise SystemExit(1)
+
+
+class LabService(service.MultiService):
+    """The server's top service: a port that cannot be opened is one line."""
+
+    def privilegedStartService(self):
+        from twisted.internet.error import CannotListenError
+
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            reason = getattr(e.socketError, "strerror", None) or e.socketError
+            _fail(f"cannot listen on {e.interface or '*'}:{e.port}: {reason}")
+        except OSError as e:
+            _fail(f"cannot start: {e.strerror or e}")
 
 
 class PoolService(service.Service):
@@ -94,7 +118,9 @@ def make_lab_service(settings, lab, reactor):
     from bitelab.ssh import SSHService
     from bitelab.tokens import TokenStore
 
-    top = service.MultiService()
+    top = LabService()
+    check_host_key(settings.ssh_host_key)
+    os.makedirs(settings.ssh_keys_dir, exist_ok=True)
     pool = db.make_pool(settings.db_file)
     PoolService(pool).setServiceParent(top)
 
@@ -142,6 +168,19 @@ def make_lab_service(settings, lab, reactor):
     return top
 
 
+def check_host_key(path):
+    """Create the SSH host key if missing; a broken one is a ConfigError."""
+    from twisted.conch.ssh.keys import BadKeyError
+
+    from bitelab.ssh import load_or_create_host_key
+
+    try:
+        load_or_create_host_key(path)
+    except (BadKeyError, ValueError, OSError) as e:
+        problem = getattr(e, "strerror", None) or e
+        raise ConfigError(f"ssh_host_key {path}: {problem}") from None
+
+
 def _port_number(port):
     return port.getHost().port if port is not None else None
 
@@ -177,5 +216,4 @@ def makeService(options):
     try:
         return make_lab_service(options["settings"], options["lab"], reactor)
     except ConfigError as e:
-        sys.stderr.write(f"bitelab: {e}\n")
-        raise SystemExit(1) from None
+        _fail(e)

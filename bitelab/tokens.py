@@ -11,6 +11,9 @@ from bitelab.errors import Unauthorized
 
 TOKEN_PREFIX = "bl_"
 TOKEN_BYTES = 32
+#: seconds a checked token is trusted without asking the database again, so
+#: that ``bitelab-admin revoke`` (another process) takes effect this soon
+CACHE_SECONDS = 5.0
 
 
 def hash_token(token):
@@ -39,7 +42,7 @@ def insert_token(txn, user, now):
 
 @attrs.define
 class TokenStore:
-    """Issues, checks and revokes tokens; remembers valid ones in memory."""
+    """Issues, checks and revokes tokens; remembers valid ones for a few seconds."""
 
     pool: object
     clock: object
@@ -60,8 +63,13 @@ class TokenStore:
         if not token or len(token) > 200:
             raise Unauthorized("missing or malformed token")
         digest = hash_token(token)
+        now = self.clock.seconds()
         cached = self._cache.get(digest)
-        if cached is not None and hmac.compare_digest(cached[0], digest):
+        if (
+            cached is not None
+            and cached[2] > now
+            and hmac.compare_digest(cached[0], digest)
+        ):
             return cached[1]
         rows = yield self.pool.runQuery(
             "SELECT hash, user FROM tokens WHERE hash = ? AND revoked_at IS NULL",
@@ -73,7 +81,9 @@ class TokenStore:
                 "ssh -o 'ProxyCommand bitelab contssh' -l lab bitelab"
             )
         user = rows[0][1]
-        self._cache[digest] = (digest, user)
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[digest] = (digest, user, now + CACHE_SECONDS)
         return user
 
     def revoke(self, token):

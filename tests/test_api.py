@@ -5,6 +5,7 @@ import json
 import os
 import sqlite3
 import stat
+import subprocess
 import time
 
 import pytest
@@ -30,6 +31,15 @@ def call(server, method, path, user=None, body=None, **kw):
 def states(server):
     boards = server.get("/api/v1/boards", token=server.tokens["root"])["boards"]
     return {b["name"]: (b["state"], b["holder"]) for b in boards}
+
+
+def server_key(tmp_path):
+    """A fresh OpenSSH public key line, without its comment."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
+        check=True,
+    )
+    return " ".join((tmp_path / "k.pub").read_text().split()[:2])
 
 
 def script(tmp_path, body):
@@ -129,6 +139,23 @@ def test_release_by_holder(lab):
         ("POST", "/boards/zynq-1/reserve", b'{"colour": "red"}', "invalid", 400),
         ("POST", "/boards/zynq-1/reserve", b'{"sshpubkey": 5}', "invalid", 400),
         ("POST", "/boards/zynq-1/reserve", b'{"sshpubkey": "a\\nb"}', "invalid", 400),
+        (
+            "POST",
+            "/boards/zynq-1/reserve",
+            b'{"sshpubkey": "not a key"}',
+            "invalid",
+            400,
+        ),
+        (
+            "POST",
+            "/boards/zynq-1/reserve",
+            b'{"sshpubkey": "ssh-ed25519 AAAA k; rm -rf /"}',
+            "invalid",
+            400,
+        ),
+        ("GET", "/boards/%A0", None, "invalid", 400),
+        ("GET", "/boards/%FF/console", None, "invalid", 400),
+        ("POST", "/boards/nope/maintenance", b"", "forbidden", 403),
         ("POST", "/boards/zynq-1/reserve", b"\xff\xfe", "invalid", 400),
         ("POST", "/boards/zynq-1/reserve", b"{" + b" " * 70000 + b"}", "invalid", 400),
         ("POST", "/boards/nope/reserve", b"{}", "not_found", 404),
@@ -256,6 +283,7 @@ def test_concurrent_class_reservations_never_double_allocate(lab):
 
 def test_setup_script_protocol(lab_server, tmp_path):
     """The script gets argv and environment; its KEY=VALUE lines are shown to the holder only."""
+    key = server_key(tmp_path) + " k; rm -rf /"
     record = tmp_path / "calls"
     path = script(
         tmp_path,
@@ -271,7 +299,7 @@ def test_setup_script_protocol(lab_server, tmp_path):
     status, board = server.request(
         "POST",
         "/api/v1/boards/b1/reserve",
-        {"sshpubkey": "ssh-ed25519 AAAA k; rm -rf /"},
+        {"sshpubkey": key},
         alice,
     )
     assert status == 200
@@ -281,8 +309,8 @@ def test_setup_script_protocol(lab_server, tmp_path):
     assert "ip" not in other["attrs"] and other["attrs"]["etheriface"] == "veth9"
     server.request("POST", "/api/v1/boards/b1/release", {}, alice)
     assert record.read_text().splitlines() == [
-        "reserve b1 b1 c riscv alice veth9 [ssh-ed25519 AAAA k; rm -rf /]",
-        "release b1 b1 c riscv alice veth9 [ssh-ed25519 AAAA k; rm -rf /]",
+        f"reserve b1 b1 c riscv alice veth9 [{key}]",
+        f"release b1 b1 c riscv alice veth9 [{key}]",
     ]
 
 

@@ -158,7 +158,7 @@ def run_inprocess(lab, argv, token="tok-alice", environ=None, client=None):
     if stub is not None:
         stub.flush()
     else:
-        clock.advance(args.timeout + 1)
+        clock.advance(args.http_timeout + 1)
     assert d.called, "the command did not finish"
     return Run(d.result, out.getvalue(), err.getvalue())
 
@@ -203,11 +203,11 @@ def test_json_before_or_after_command(lab, argv):
 
 
 def test_timeout_option_before_command_survives():
-    """A ``--timeout`` before the command name is not reset by the sub-command."""
-    args = cli.build_parser().parse_args(["--timeout", "5", "--json", "list"])
-    assert (args.timeout, args.json) == (5.0, True)
+    """A ``--http-timeout`` before the command name is not reset by the sub-command."""
+    args = cli.build_parser().parse_args(["--http-timeout", "5", "--json", "list"])
+    assert (args.http_timeout, args.json) == (5.0, True)
     args = cli.build_parser().parse_args(["list"])
-    assert (args.timeout, args.json) == (cli.DEFAULT_TIMEOUT, False)
+    assert (args.http_timeout, args.json) == (cli.DEFAULT_TIMEOUT, False)
 
 
 def test_classes_free_total(lab):
@@ -215,7 +215,7 @@ def test_classes_free_total(lab):
     lab.boards["cora-1"]["state"] = "reserved"
     result = run_inprocess(lab, ["classes"])
     assert result.status == 0
-    assert result.out.splitlines()[1].split() == ["cora-z7s", "arm-armv7", "1/2"]
+    assert result.out.splitlines()[1].split() == ["cora-z7s", "arm-armv7", "1/2", "-"]
 
 
 def test_reserve_sends_default_key_and_timeout(lab, tmp_path):
@@ -274,7 +274,7 @@ def test_set_power_and_timeout(lab):
         ["set", "colour=red", "cora-1"],
         ["set", "cora-1"],
         ["reserve", "-t", "0", "cora-1"],
-        ["--timeout", "-1", "list"],
+        ["--http-timeout", "-1", "list"],
     ],
 )
 def test_bad_usage_exits_2(argv, capsys):
@@ -520,7 +520,7 @@ def test_missing_environment_exits_2():
 
 
 def test_silent_server_times_out_with_3(serve):
-    """A server that accepts but never answers ends in exit 3 after --timeout."""
+    """A server that accepts but never answers ends in exit 3 after --http-timeout."""
 
     def hold(conn, stopping):
         read_request(conn)
@@ -529,7 +529,7 @@ def test_silent_server_times_out_with_3(serve):
     server = serve(hold)
     started = time.monotonic()
     result = bitelab(
-        "--timeout", "1", "list", url=f"http://127.0.0.1:{server.port}", token="t"
+        "--http-timeout", "1", "list", url=f"http://127.0.0.1:{server.port}", token="t"
     )
     assert result.returncode == 3
     assert "timed out" in one_line(result)
@@ -735,7 +735,13 @@ def test_console_execs_ssh_through_contssh(serve, tmp_path):
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
     assert seen["argv"][0] == "-o"
-    assert seen["argv"][2:] == ["-l", "cora-1", "bitelab"]
+    assert seen["argv"][2:] == [
+        "-o",
+        f"HostKeyAlias=bitelab-127.0.0.1-{info.port}",
+        "-l",
+        "cora-1",
+        "bitelab",
+    ]
     assert seen["reply"] == "13:" + "hello console"[::-1]
 
 
@@ -862,8 +868,8 @@ def test_real_list_and_classes(real):
     result = real.run("alice", "classes")
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
-    assert rows["zynq"] == ["zynq", "arm-armv7", "2/2"]
-    assert rows["pine"] == ["pine", "arm64-aarch64", "1/1"]
+    assert rows["zynq"] == ["zynq", "arm-armv7", "2/2", "-"]
+    assert rows["pine"] == ["pine", "arm64-aarch64", "1/1", "-"]
 
 
 def test_real_whoami(real):

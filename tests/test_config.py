@@ -5,7 +5,7 @@ import os
 import pytest
 
 from bitelab.boards import BoardManager
-from bitelab.config import load_boards, load_config
+from bitelab.config import check_lab, load_boards, load_config
 from bitelab.errors import ConfigError
 from bitelab.options import EtherIface, SerialConsole, Timeout
 from bitelab.power import CmdPower, SNMPPower
@@ -84,6 +84,18 @@ def test_env_all_keys(tmp_path):
         ("db_file=x\nboard_conf=y\nadmins=a b\n", "'a b' is not a valid user name"),
         ("db_file=x\nboard_conf=y\ndb_file=z\n", "key 'db_file' is set twice"),
         ("db_file=\nboard_conf=y\n", "db_file: must be a path"),
+        (
+            "db_file=x\nboard_conf=y\nhttp_endpoint=tcpx:80\n",
+            "http_endpoint: 'tcpx:80' is not a usable endpoint description",
+        ),
+        (
+            "db_file=x\nboard_conf=y\nssh_endpoint=tcp:notaport\n",
+            "ssh_endpoint: 'tcp:notaport' is not a usable endpoint",
+        ),
+        (
+            "db_file=x\nboard_conf=y\nhttp_endpoint=ssl:8443:privateKey=/nonexistent.pem\n",
+            "No such file or directory",
+        ),
     ],
 )
 def test_env_errors_are_one_line(tmp_path, text, needle):
@@ -131,10 +143,18 @@ options = [
 """
 
 
+def executable(path):
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return str(path)
+
+
 def test_seed_board_file(tmp_path):
     """The seed's example loads into classes, boards and constructed options."""
-    lab = load_boards(write(tmp_path / "b.ucl", SEED), OPTIONS)
-    assert lab.setup_script == "/ztank/prog/board_script"
+    script = executable(tmp_path / "board_script")
+    text = SEED.replace("/ztank/prog/board_script", script)
+    lab = load_boards(write(tmp_path / "b.ucl", text), OPTIONS)
+    assert lab.setup_script == script
     assert {n: c.arch for n, c in lab.classes.items()} == {
         "cora-z7s": "arm-armv7",
         "pine64-a64-lts": "arm64-aarch64",
@@ -152,6 +172,7 @@ def test_seed_board_file(tmp_path):
 
 def test_relative_setup_script_and_cmdpower(tmp_path):
     """A relative setup_script is resolved against the board file's directory."""
+    executable(tmp_path / "jail.sh")
     text = (
         "setup_script = jail.sh\nclasses { c { arch = x; } }\n"
         "boards [ { name = b; brdclass = c; options = [ "
@@ -207,6 +228,19 @@ BOARD_HEAD = "classes { c1 { arch = x; } c2 { arch = y; } }\n"
             "boards [ { name = a; brdclass = c1; options = [ { cls = timeout, val = 5 }, { cls = timeout, val = 6 } ] } ]",
             "another option already provides 'timeout'",
         ),
+        (
+            "boards [ { name = lab; brdclass = c1; } ]",
+            "'lab' is the SSH login for tokens",
+        ),
+        (
+            "boards [ { name = a; brdclass = c1; options = [ { host = x } ] } ]",
+            "option #1: cls is missing (known: cmdpower",
+        ),
+        ("boards [ ]", "no boards are defined"),
+        (
+            "setup_script = /nonexistent/script; boards [ { name = a; brdclass = c1; } ]",
+            "setup_script /nonexistent/script is not an executable file",
+        ),
         ("boards [ { name = a; brdclass = c1; } ] extra = 1", "unknown key 'extra'"),
     ],
 )
@@ -242,3 +276,20 @@ def test_example_lab_is_valid():
     cfg = load_config(os.path.join(conf, ".env"))
     lab = load_boards(cfg.board_conf, OPTIONS)
     assert len(lab.classes) >= 2 and len(lab.boards) >= 4
+
+
+def test_board_timeout_over_max_timeout(tmp_path):
+    """A board whose own timeout exceeds max_timeout is refused, naming both files."""
+    cfg = load_config(
+        env_file(tmp_path, "db_file=d\nboard_conf=b.ucl\nmax_timeout=7200\n")
+    )
+    path = write(
+        tmp_path / "b.ucl",
+        BOARD_HEAD
+        + "boards [ { name = a; brdclass = c1; options = [ { cls = timeout, val = 3h } ] } ]",
+    )
+    lab = load_boards(path, OPTIONS)
+    with pytest.raises(
+        ConfigError, match=r"10800 seconds is more than max_timeout \(7200\)"
+    ):
+        check_lab(cfg, lab)

@@ -1,6 +1,7 @@
 """``twistd bitelab`` start-up: broken configuration is one line and a non-zero exit."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -58,7 +59,7 @@ def twistd(config, cwd):
         ("db_file=db\nboard_conf=missing.ucl\n", "", "missing.ucl:1:1: cannot read"),
         (
             "db_file=/proc/nope/db\nboard_conf=b.ucl\n",
-            "classes { c { arch = x; } }",
+            "classes { c { arch = x; } } boards [ { name = a; brdclass = c; } ]",
             "cannot open database",
         ),
     ],
@@ -133,3 +134,58 @@ def test_plugin_is_found_and_imports_nothing_heavy():
         check=True,
     )
     assert result.stdout.split("\n")[:3] == ["True", "False", "[]"]
+
+
+def test_port_in_use_is_one_line(tmp_path):
+    """A port already taken stops the server with one line naming it, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "b.ucl").write_text(
+            "classes { c { arch = x; } } boards [ { name = a; brdclass = c; } ]"
+        )
+        (tmp_path / ".env").write_text(
+            f"db_file=db\nboard_conf=b.ucl\nhttp_endpoint=tcp:{port}:interface=127.0.0.1\n"
+            "ssh_endpoint=tcp:0:interface=127.0.0.1\n"
+        )
+        result = twistd(str(tmp_path / ".env"), tmp_path)
+    assert result.returncode == 1
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert lines == [
+        f"bitelab: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_broken_host_key_is_one_line(tmp_path):
+    """A host key file that is not a key stops the server with one line."""
+    (tmp_path / "b.ucl").write_text(
+        "classes { c { arch = x; } } boards [ { name = a; brdclass = c; } ]"
+    )
+    (tmp_path / "hk").write_text("garbage\n")
+    (tmp_path / ".env").write_text(
+        "db_file=db\nboard_conf=b.ucl\nssh_host_key=hk\n"
+        "http_endpoint=tcp:0:interface=127.0.0.1\nssh_endpoint=tcp:0:interface=127.0.0.1\n"
+    )
+    result = twistd(str(tmp_path / ".env"), tmp_path)
+    assert result.returncode == 1
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"bitelab: ssh_host_key {tmp_path}/hk"
+    )
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bitelab.admin",
+            "--config",
+            str(tmp_path / ".env"),
+            "check",
+        ],
+        env=repo_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 2 and "ssh_host_key" in check.stderr

@@ -19,6 +19,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from bitelab.client import contssh
 
@@ -120,7 +121,8 @@ def _common_options(default):
         help="print the API's JSON document instead of text",
     )
     parser.add_argument(
-        "--timeout",
+        "--http-timeout",
+        dest="http_timeout",
         type=_positive_seconds,
         default=DEFAULT_TIMEOUT if default else argparse.SUPPRESS,
         metavar="SECONDS",
@@ -162,6 +164,7 @@ def build_parser():
     )
     reserve.add_argument(
         "-t",
+        "--timeout",
         dest="seconds",
         type=_whole_seconds,
         metavar="SECONDS",
@@ -190,6 +193,7 @@ def build_parser():
     )
     add("contssh", "ProxyCommand for ssh to the lab", contssh.DESCRIPTION)
     add("whoami", "show the user the token belongs to")
+    add("logout", "revoke the token in BITELAB_AUTH")
     return parser
 
 
@@ -203,14 +207,30 @@ def proxy_command():
     return command.replace("%", "%%")
 
 
-def console_argv(board):
+def host_alias(url):
+    """The name this lab's host key is kept under in ``known_hosts``."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"bitelab-{parts.hostname}-{port}"
+
+
+def console_argv(board, url):
     """The ``ssh`` command line that attaches to ``board``'s console."""
-    return ["ssh", "-o", f"ProxyCommand={proxy_command()}", "-l", board, "bitelab"]
+    return [
+        "ssh",
+        "-o",
+        f"ProxyCommand={proxy_command()}",
+        "-o",
+        f"HostKeyAlias={host_alias(url)}",
+        "-l",
+        board,
+        "bitelab",
+    ]
 
 
 def exec_console(board):
     """Replace this process with ``ssh`` attached to ``board``'s console."""
-    argv = console_argv(board)
+    argv = console_argv(board, os.environ.get("BITELAB_URL", ""))
     if shutil.which(argv[0]) is None:
         raise ConfigProblem("ssh not found on PATH; install the OpenSSH client")
     try:
@@ -306,13 +326,23 @@ def _count(value):
     return len(value) if isinstance(value, list | tuple) else value
 
 
+def _state(board):
+    """The state column: maintenance with its reason, removed boards marked."""
+    state = _or_dash(board.get("state"))
+    if board.get("reason"):
+        state += f" ({board['reason']})"
+    if board.get("removed"):
+        state += " [removed from the board file]"
+    return state
+
+
 def render_boards(document, now):
     """The ``list`` table."""
     rows = [
         [
             board.get("name"),
             _or_dash(board.get("class")),
-            _or_dash(board.get("state")),
+            _state(board),
             _or_dash(board.get("holder")),
             relative(board.get("expires_at"), now) if board.get("expires_at") else "-",
             _or_dash((board.get("attrs") or {}).get("power")),
@@ -326,17 +356,24 @@ def render_boards(document, now):
 
 def render_classes(document, now):
     """The ``classes`` table."""
+    known = {"name", "arch", "free", "boards"}
     rows = [
         [
             cls.get("name"),
             _or_dash(cls.get("arch")),
             f"{_count(cls.get('free', 0))}/{_count(cls.get('boards', 0))}",
+            " ".join(
+                f"{key}={value}"
+                for key, value in sorted(cls.items())
+                if key not in known
+            )
+            or "-",
         ]
         for cls in document.get("classes", [])
     ]
     if not rows:
         return "no classes\n"
-    return table(["CLASS", "ARCH", "FREE/TOTAL"], rows)
+    return table(["CLASS", "ARCH", "FREE/TOTAL", "ATTRIBUTES"], rows)
 
 
 def render_board(board, now):
@@ -354,9 +391,11 @@ def render_board(board, now):
         (key, value)
         for key, value in board.items()
         if key not in {"name", "class", "arch", "state", "holder", "attrs"}
-        and key not in {"reserved_at", "expires_at"}
+        and key not in {"reserved_at", "expires_at", "removed"}
         and value not in (None, "")
     ]
+    if board.get("removed"):
+        extra.append(("removed", "yes: no longer in the board file; release it"))
     attributes = sorted((board.get("attrs") or {}).items())
     width = max(len(key) for key, _ in fields + extra + attributes) + 1
     lines = [f"{key + ':':<{width}} {value}" for key, value in fields + extra]
@@ -377,8 +416,14 @@ def render_reserved(board, now):
         f"  {key}={_or_dash(value)}"
         for key, value in sorted((board.get("attrs") or {}).items())
     )
-    lines.append(f"console: bitelab console {name}")
+    if (board.get("attrs") or {}).get("console"):
+        lines.append(f"console: bitelab console {name}")
     return "\n".join(lines) + "\n"
+
+
+def render_logout(document, now):
+    """What ``logout`` did."""
+    return f"token of {document.get('user')} revoked\n"
 
 
 def render_released(board, now):
@@ -394,6 +439,8 @@ def render_whoami(document, now):
 
 async def run_command(api, args, environ):
     """Call the API for ``args.command``; ``(document, renderer)``."""
+    from bitelab.client.http import Refused
+
     command = args.command
     if command == "list":
         return await api.boards(), render_boards
@@ -411,6 +458,15 @@ async def run_command(api, args, environ):
         return await api.release(args.board, force=args.force), render_released
     if command == "set":
         return await api.set_attrs(args.board, dict(args.settings)), render_board
+    if command == "console":
+        board = await api.board(args.board)
+        if not (board.get("attrs") or {}).get("console"):
+            raise Refused(
+                409, "unavailable", f"board {args.board} has no serial console"
+            )
+        exec_console(args.board)  # does not return
+    if command == "logout":
+        return await api.revoke_token(), render_logout
     raise ConfigProblem(f"unknown command {command!r}")
 
 
@@ -427,7 +483,7 @@ async def dispatch(reactor, args, settings, client, out, err, environ):
     """
     from bitelab.client.http import ClientError, Failed, LabAPI, Refused
 
-    api = LabAPI(client, settings.url, settings.token, reactor, args.timeout)
+    api = LabAPI(client, settings.url, settings.token, reactor, args.http_timeout)
     try:
         document, render = await run_command(api, args, environ)
     except ConfigProblem as exc:
@@ -471,7 +527,7 @@ def _react_main(reactor, args, settings):
     # Ctrl-C should end a command at once, like any other Unix tool, not be
     # reported as a broken connection while the reactor shuts down.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    client = make_client(reactor, args.timeout)
+    client = make_client(reactor, args.http_timeout)
     coroutine = dispatch(
         reactor, args, settings, client, sys.stdout, sys.stderr, os.environ
     )
@@ -501,10 +557,11 @@ def main(argv=None):
         sys.stderr.write("bitelab: error: a command is required; see bitelab --help\n")
         sys.exit(EXIT_USAGE)
     if args.command == "contssh":
-        sys.exit(contssh.execute(args.timeout))
+        sys.exit(contssh.execute(args.http_timeout))
     try:
         settings = load_settings(os.environ, need_token=args.command != "console")
-        if args.command == "console":
+        if args.command == "console" and not settings.token:
+            # without a token the SSH server alone says whether it may be used
             exec_console(args.board)
     except ConfigProblem as exc:
         sys.stderr.write(f"bitelab: {exc}\n")

@@ -133,6 +133,10 @@ class LabAPI:
         """``GET /whoami``: the token's user and whether it is an admin."""
         return self.call("GET", "/whoami")
 
+    def revoke_token(self):
+        """``DELETE /tokens/current``: revoke the token in use."""
+        return self.call("DELETE", "/tokens/current")
+
     def classes(self):
         """``GET /classes``: the board classes with their free and total counts."""
         return self.call("GET", "/classes")

@@ -1,0 +1,84 @@
+"""``bitelab-admin`` and the CLI's token handling against a real server."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from support.server import wait_for
+
+pytestmark = pytest.mark.e2e
+
+BITELAB = os.path.join(os.path.dirname(sys.executable), "bitelab")
+
+
+def cli(server, token, *args):
+    return subprocess.run(
+        [BITELAB, *args],
+        env=server.client_env(token),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_admin_revoke_cuts_off_every_token_of_a_user(lab_server):
+    """`bitelab-admin revoke USER` stops all of USER's tokens within seconds,
+    leaves other users alone, and is audited."""
+    server = lab_server()
+    first, second, other = server.token("eve"), server.token("eve"), server.token("bob")
+    assert cli(server, first, "whoami").returncode == 0
+    result = server.admin("revoke", "eve")
+    assert result.returncode == 0 and "revoked 2 tokens of eve" in result.stdout
+    wait_for(lambda: cli(server, first, "whoami").returncode == 1, what="revocation")
+    assert cli(server, second, "whoami").returncode == 1
+    assert cli(server, other, "whoami").returncode == 0
+    events = server.admin("events", "-n", "1")
+    assert "token_revoke" in events.stdout and "eve" in events.stdout
+
+
+def test_admin_events_arguments_and_closed_pipe(lab_server):
+    """`events -n 0` is a usage error; a reader that goes away is no traceback."""
+    server = lab_server()
+    for user in ("a", "b", "c"):
+        server.token(user)
+    assert server.admin("events", "-n", "0").returncode == 2
+    piped = subprocess.run(
+        f"{sys.executable} -m bitelab.admin --config {server.env_path} events | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env=server.client_env(None),
+        check=False,
+    )
+    assert len(piped.stdout.splitlines()) == 1
+    assert "Traceback" not in piped.stderr
+
+
+def test_logout_revokes_the_token(lab_server):
+    """`bitelab logout` revokes BITELAB_AUTH; the next call is refused with exit 1."""
+    server = lab_server()
+    token = server.token("alice")
+    result = cli(server, token, "logout")
+    assert result.returncode == 0 and "revoked" in result.stdout
+    refused = cli(server, token, "whoami")
+    assert refused.returncode == 1 and "unauthorized" in refused.stderr
+
+
+def test_console_of_a_board_without_one(lab_server):
+    """`bitelab console` on a board with no serial console: one line, exit 1, no ssh;
+    `reserve` of such a board does not advertise a console."""
+    server = lab_server()
+    token = server.token("alice")
+    reserved = cli(server, token, "reserve", "zynq-1")
+    assert reserved.returncode == 0 and "console:" not in reserved.stdout
+    result = cli(server, token, "console", "zynq-1")
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == "bitelab: board zynq-1 has no serial console (unavailable)"
+    )
+    missing = cli(server, token, "console", "nosuch")
+    assert missing.returncode == 1 and "no board named 'nosuch'" in missing.stderr
