@@ -9,6 +9,7 @@ from bitelab.config import check_lab, load_boards, load_config
 from bitelab.errors import ConfigError
 from bitelab.options import EtherIface, SerialConsole, Timeout
 from bitelab.power import CmdPower, SNMPPower
+from support.seed import SEED
 
 OPTIONS = BoardManager._option_map
 
@@ -115,34 +116,6 @@ def test_env_missing_file(tmp_path):
         load_config(str(tmp_path / "nope.env"))
 
 
-SEED = """
-setup_script = /ztank/prog/board_script;
-classes {
-cora-z7s = { arch = arm-armv7; }
-pine64-a64-lts = { arch = arm64-aarch64; }
-}
-boards [
-{
-name = cora-1;
-brdclass = cora-z7s;
-options = [
-{ cls = snmppower, host = poe, port = 2 },
-]
-},
-{
-name = a64lts-1;
-brdclass = pine64-a64-lts;
-options = [
-{ cls = etheriface, val = awg0.103 },
-{ cls = serialconsole, val = /dev/ttyU0 },
-{ cls = snmppower, host = poe, port = 3 },
-{ cls = timeout, val = 2h },
-]
-},
-]
-"""
-
-
 def executable(path):
     path.write_text("#!/bin/sh\n")
     path.chmod(0o755)
@@ -152,7 +125,10 @@ def executable(path):
 def test_seed_board_file(tmp_path):
     """The seed's example loads into classes, boards and constructed options."""
     script = executable(tmp_path / "board_script")
-    text = SEED.replace("/ztank/prog/board_script", script)
+    text = SEED.replace("/ztank/prog/board_script", script).replace(
+        "{ cls = snmppower, host = poe, port = 3 },",
+        "{ cls = snmppower, host = poe, port = 3 }, { cls = timeout, val = 2h },",
+    )
     lab = load_boards(write(tmp_path / "b.ucl", text), OPTIONS)
     assert lab.setup_script == script
     assert {n: c.arch for n, c in lab.classes.items()} == {

@@ -2,7 +2,6 @@
 
 import os
 import socket
-import subprocess
 import threading
 
 import pytest
@@ -53,16 +52,7 @@ def test_slow_follower_is_dropped_and_fast_one_gets_everything(lab_server, seria
     # a small window, so the server's buffers fill as they would for a slow link
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.sendall(request)
-    fast = subprocess.Popen(
-        [
-            "curl",
-            "-sN",
-            "-H",
-            f"Authorization: Bearer {token}",
-            f"{server.url}/api/v1/boards/con-1/console?follow=1",
-        ],
-        stdout=subprocess.PIPE,
-    )
+    fast = server.follow_console("con-1", token)
     received = bytearray()
 
     def pump():

@@ -174,16 +174,7 @@ def test_console_both_ways_and_closed_on_release(lab_server, tmp_path, serial):
         stderr=subprocess.PIPE,
         env=env,
     )
-    follow = subprocess.Popen(
-        [
-            "curl",
-            "-sN",
-            "-H",
-            f"Authorization: Bearer {token}",
-            f"{server.url}/api/v1/boards/con-1/console?follow=1",
-        ],
-        stdout=subprocess.PIPE,
-    )
+    follow = server.follow_console("con-1", token)
     try:
         # history first: everything since the reservation started
         assert b"U-Boot" in read_until(follow.stdout.fileno(), b"U-Boot")

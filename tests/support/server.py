@@ -241,6 +241,19 @@ class LabServer:
             raise AssertionError(f"GET {path}: {status} {payload}")
         return payload
 
+    def follow_console(self, board, token):
+        """A ``curl`` process following ``board``'s console (``?follow=1``)."""
+        return subprocess.Popen(
+            [
+                "curl",
+                "-sN",
+                "-H",
+                f"Authorization: Bearer {token}",
+                f"{self.url}/api/v1/boards/{board}/console?follow=1",
+            ],
+            stdout=subprocess.PIPE,
+        )
+
     def client_env(self, token):
         """Environment for running the ``bitelab`` CLI against this server."""
         return repo_env({"BITELAB_URL": self.url, "BITELAB_AUTH": token or ""})
