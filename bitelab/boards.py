@@ -453,35 +453,36 @@ class BoardManager(service.Service):
 
     def _finish(self, name, user, action, detail, problems):
         """Free the board, or put it in maintenance if anything failed."""
-        now = self.now()
 
-        def txn(cursor):
+        def txn(cursor, now):
             cursor.execute("BEGIN IMMEDIATE")
-            if problems:
-                reason = "; ".join(problems)
-                cursor.execute(
-                    "UPDATE boards SET state = 'maintenance', reason = ?, "
-                    "holder = NULL, reserved_at = NULL, expires_at = NULL, "
-                    "sshpubkey = NULL, script_attrs = '{}', released_at = ? "
-                    "WHERE name = ?",
-                    (reason, now, name),
-                )
-                _event(cursor, now, user, name, action, detail)
-                _event(cursor, now, None, name, "maintenance", reason)
-                return _fetch_row(cursor, name)
+            return self._finish_txn(cursor, name, user, action, detail, problems, now)
+
+        return self.pool.runInteraction(txn, self.now())
+
+    def _finish_txn(self, cursor, name, user, action, detail, problems, now):
+        """``_finish`` inside a transaction; the board's new row (None if gone)."""
+        if problems:
+            reason = "; ".join(problems)
             cursor.execute(
-                "UPDATE boards SET state = 'free', holder = NULL, "
-                "reserved_at = NULL, expires_at = NULL, sshpubkey = NULL, "
-                "script_attrs = '{}', reason = NULL, released_at = ? WHERE name = ?",
-                (now, name),
+                "UPDATE boards SET state = 'maintenance', reason = ?, "
+                "holder = NULL, reserved_at = NULL, expires_at = NULL, "
+                "sshpubkey = NULL, script_attrs = '{}', released_at = ? "
+                "WHERE name = ?",
+                (reason, now, name),
             )
             _event(cursor, now, user, name, action, detail)
-            cursor.execute(
-                "DELETE FROM boards WHERE name = ? AND configured = 0", (name,)
-            )
+            _event(cursor, now, None, name, "maintenance", reason)
             return _fetch_row(cursor, name)
-
-        return self.pool.runInteraction(txn)
+        cursor.execute(
+            "UPDATE boards SET state = 'free', holder = NULL, "
+            "reserved_at = NULL, expires_at = NULL, sshpubkey = NULL, "
+            "script_attrs = '{}', reason = NULL, released_at = ? WHERE name = ?",
+            (now, name),
+        )
+        _event(cursor, now, user, name, action, detail)
+        cursor.execute("DELETE FROM boards WHERE name = ? AND configured = 0", (name,))
+        return _fetch_row(cursor, name)
 
     @defer.inlineCallbacks
     def _end_reservation(self, row, actor, action, why):
@@ -509,27 +510,52 @@ class BoardManager(service.Service):
     @defer.inlineCallbacks
     def release(self, user, name, force=False):
         """Deferred[dict]: release a board held by ``user`` (or any, by an admin with force)."""
-        row = yield self._row_or_404(name)
-        if row["state"] != "reserved":
-            raise Unavailable(f"board {name} is not reserved")
-        if row["holder"] != user:
-            if not self.is_admin(user):
-                raise Forbidden(f"board {name} is not held by you")
-            if not force:
-                raise Forbidden(
-                    f"board {name} is held by {row['holder']}; force the release "
-                    "(bitelab release -f) to take it back"
-                )
         if name in self.busy:
             raise Unavailable(f"board {name} is busy; try again")
-        if row["holder"] == user:
-            action, why = "release", f"released by {user}"
+        if self._has_wind_down(name):
+            row = yield self._row_or_404(name)
+            action, why = self._release_allowed(row, user, force)
+            row = yield self._end_reservation(row, user, action, why)
         else:
-            action, why = "force_release", f"released by admin {user}"
-        row = yield self._end_reservation(row, user, action, why)
+            # nothing to switch off, close or run: check and free in one go
+            row = yield self.pool.runInteraction(
+                self._release_at_once, user, name, force, self.now()
+            )
         if row is None:
             return {"name": name, "state": "removed"}
         return self.view(row, user)
+
+    def _has_wind_down(self, name):
+        """Whether ending a reservation of ``name`` has work besides the database."""
+        return (
+            self._power_option(name) is not None
+            or name in self.consoles
+            or (bool(self.scripts.path) and name in self.lab.boards)
+        )
+
+    def _release_allowed(self, row, user, force):
+        """``(action, why)`` of ``user`` releasing ``row``; raises if not allowed."""
+        name = row["name"]
+        if row["state"] != "reserved":
+            raise Unavailable(f"board {name} is not reserved")
+        if row["holder"] == user:
+            return "release", f"released by {user}"
+        if not self.is_admin(user):
+            raise Forbidden(f"board {name} is not held by you")
+        if not force:
+            raise Forbidden(
+                f"board {name} is held by {row['holder']}; force the release "
+                "(bitelab release -f) to take it back"
+            )
+        return "force_release", f"released by admin {user}"
+
+    def _release_at_once(self, cursor, user, name, force, now):
+        cursor.execute("BEGIN IMMEDIATE")
+        row = _fetch_row(cursor, name)
+        if row is None:
+            raise NotFound(f"no board named {name!r}")
+        action, why = self._release_allowed(row, user, force)
+        return self._finish_txn(cursor, name, user, action, why, [], now)
 
     @defer.inlineCallbacks
     def expire_due(self):

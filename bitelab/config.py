@@ -39,6 +39,8 @@ class Config:
     power_cycle_pause: float = 2.0
     expiry_interval: float = 1.0
     lab_name: str = "bitelab"
+    #: HTTP access log file; empty: access lines go to the server's log
+    http_access_log: str = ""
 
 
 def _path(value):
@@ -119,6 +121,7 @@ _KEYS = {
     "power_cycle_pause": (_pause, False),
     "expiry_interval": (_interval, False),
     "lab_name": (_name, False),
+    "http_access_log": (_path, True),
 }
 _REQUIRED = ("db_file", "board_conf")
 

@@ -96,6 +96,7 @@ class LabServer:
             "ssh_host_key": "ssh_host_ed25519_key",
             "ssh_keys_dir": "keys",
             "console_log_dir": "console",
+            "http_access_log": "access.log",
             "admins": ",".join(admins),
             "expiry_interval": "0.2",
             "power_cycle_pause": "0.1",
