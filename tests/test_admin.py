@@ -1,5 +1,6 @@
 """``bitelab-admin`` and the CLI's token handling against a real server."""
 
+import json
 import os
 import subprocess
 import sys
@@ -82,3 +83,32 @@ def test_console_of_a_board_without_one(lab_server):
     )
     missing = cli(server, token, "console", "nosuch")
     assert missing.returncode == 1 and "no board named 'nosuch'" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "url, token, status",
+    [
+        ("http://127.0.0.1:1", "t", 3),  # nothing listens
+        ("", "t", 2),  # BITELAB_URL unset
+        (None, "", 2),  # BITELAB_AUTH unset
+        (None, "bl_wrong", 1),  # refused
+    ],
+)
+def test_json_output_is_always_one_document(lab_server, url, token, status):
+    """With --json, stdout holds one JSON document whatever goes wrong."""
+    server = lab_server()
+    env = server.client_env(token)
+    if url is not None:
+        env["BITELAB_URL"] = url
+    result = subprocess.run(
+        [BITELAB, "--json", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == status
+    document = json.loads(result.stdout)
+    assert document["error"]["code"] and document["error"]["message"]
+    assert len(result.stderr.strip().splitlines()) == 1

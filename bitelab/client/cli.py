@@ -470,6 +470,11 @@ async def run_command(api, args, environ):
     raise ConfigProblem(f"unknown command {command!r}")
 
 
+def error_document(code, message):
+    """An error in the API's shape, for failures that have no API document."""
+    return {"error": {"code": code, "message": message}}
+
+
 def write_json(document, out):
     """``document`` as one indented JSON document and a newline."""
     out.write(json.dumps(document, indent=2) + "\n")
@@ -479,7 +484,8 @@ async def dispatch(reactor, args, settings, client, out, err, environ):
     """Run one command against the API; the exit status.
 
     Every failure a user can meet becomes one line on ``err``; with ``--json``
-    the API's error document, when there is one, also goes to ``out``.
+    an error document also goes to ``out`` (the API's own when there is one),
+    so that ``out`` is always one JSON document.
     """
     from bitelab.client.http import ClientError, Failed, LabAPI, Refused
 
@@ -487,22 +493,26 @@ async def dispatch(reactor, args, settings, client, out, err, environ):
     try:
         document, render = await run_command(api, args, environ)
     except ConfigProblem as exc:
+        if args.json:
+            write_json(error_document("usage", str(exc)), out)
         err.write(f"bitelab: {exc}\n")
         return EXIT_USAGE
     except Refused as exc:
-        if args.json and exc.body is not None:
-            write_json(exc.body, out)
+        if args.json:
+            write_json(exc.body or error_document(exc.code, exc.message), out)
         hint = ""
         if exc.status == 401 and TOKEN_COMMAND not in exc.message:
             hint = f"; get a new token with: {TOKEN_COMMAND}"
         err.write(f"bitelab: {exc.message} ({exc.code}){hint}\n")
         return EXIT_REFUSED
     except Failed as exc:
-        if args.json and exc.body is not None:
-            write_json(exc.body, out)
+        if args.json:
+            write_json(exc.body or error_document("failed", str(exc)), out)
         err.write(f"bitelab: {exc}\n")
         return EXIT_UNREACHABLE
     except ClientError as exc:
+        if args.json:
+            write_json(error_document("unreachable", str(exc)), out)
         err.write(f"bitelab: {exc}\n")
         return EXIT_UNREACHABLE
     if args.json:
@@ -564,6 +574,8 @@ def main(argv=None):
             # without a token the SSH server alone says whether it may be used
             exec_console(args.board)
     except ConfigProblem as exc:
+        if args.json:
+            write_json(error_document("usage", str(exc)), sys.stdout)
         sys.stderr.write(f"bitelab: {exc}\n")
         sys.exit(EXIT_USAGE)
 
