@@ -13,6 +13,7 @@ from typing import ClassVar
 import attrs
 from twisted.internet import defer, error
 from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
 
 from bitelab.errors import PowerFailed
 from bitelab.options import PowerOption
@@ -21,6 +22,8 @@ from bitelab.snmp import SNMPError
 #: POWER-ETHERNET-MIB pethPsePortAdminEnable, indexed by group and port
 PETH_PSE_PORT_ADMIN_ENABLE = "1.3.6.1.2.1.105.1.1.1.3"
 _TRUTH = {1: True, 2: False}
+
+_log = Logger()
 
 
 def _non_empty_str(inst, attribute, value):
@@ -192,7 +195,7 @@ class GPIOPower(PowerOption):
                 request.set_value(self.line, value)
             got = request.get_value(self.line)
         except Exception as e:
-            self._held.pop("request", None)
+            self._drop_request()
             raise self._failed(f"{type(e).__name__}: {e}") from e
         if got != value:
             raise self._failed(
@@ -200,6 +203,15 @@ class GPIOPower(PowerOption):
                 f"after switching {'on' if on else 'off'}"
             )
         return on
+
+    def _drop_request(self):
+        """Forget a held request after a failure, releasing its file descriptor."""
+        stale = self._held.pop("request", None)
+        if stale is not None:
+            try:
+                stale.release()
+            except Exception:  # noqa: BLE001 - already failing; best effort
+                _log.failure("gpiopower: releasing a failed line request")
 
     def _read(self, gpio):
         try:
