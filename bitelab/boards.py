@@ -37,6 +37,13 @@ BOARD_COLUMNS = (
     "sshpubkey, reason, script_attrs, power, power_at"
 )
 MAX_PUBKEY = 16 * 1024
+#: why a board that left the board file while reserved is not simply freed:
+#: its options (power, interface) left with the file, so nothing can switch
+#: it off or take its jail down, and an admin must look
+REMOVED_PROBLEM = (
+    "removed from the board file while reserved: not powered off, "
+    "release script not run"
+)
 
 
 def check_public_key(line):
@@ -175,6 +182,9 @@ class BoardManager(service.Service):
             attributes["default_timeout"] = self._default_timeout(row["name"])
             if board.option(SerialConsole) is not None:
                 attributes["console"] = True
+                console = self.consoles.get(row["name"])
+                if console is not None:
+                    attributes["console_connected"] = console.connected
         if row["state"] == "reserved" and (
             user == row["holder"] or self.is_admin(user)
         ):
@@ -263,8 +273,8 @@ class BoardManager(service.Service):
     def list_classes(self):
         """Deferred[list]: classes with their board counts."""
         rows = yield self.pool.runQuery(
-            "SELECT class, COUNT(*), SUM(state = 'free' AND configured = 1) "
-            "FROM boards GROUP BY class"
+            "SELECT class, COUNT(*), SUM(state = 'free') "
+            "FROM boards WHERE configured = 1 GROUP BY class"
         )
         counts = {r[0]: (r[1], r[2] or 0) for r in rows}
         result = []
@@ -493,6 +503,8 @@ class BoardManager(service.Service):
             problems = yield self._wind_down(
                 name, row["holder"], f"reservation of {name} ended: {why}", why
             )
+            if not row["configured"]:
+                problems.append(REMOVED_PROBLEM)
             if name in self.lab.boards:
                 try:
                     yield self.scripts.run(
@@ -539,7 +551,7 @@ class BoardManager(service.Service):
         if row["state"] != "reserved":
             raise Unavailable(f"board {name} is not reserved")
         if row["holder"] == user:
-            return "release", f"released by {user}"
+            return "release", "released by the holder"
         if not self.is_admin(user):
             raise Forbidden(f"board {name} is not held by you")
         if not force:
@@ -555,7 +567,8 @@ class BoardManager(service.Service):
         if row is None:
             raise NotFound(f"no board named {name!r}")
         action, why = self._release_allowed(row, user, force)
-        return self._finish_txn(cursor, name, user, action, why, [], now)
+        problems = [] if row["configured"] else [REMOVED_PROBLEM]
+        return self._finish_txn(cursor, name, user, action, why, problems, now)
 
     @defer.inlineCallbacks
     def expire_due(self):
@@ -732,9 +745,18 @@ class BoardManager(service.Service):
     def clear_maintenance(self, user, name):
         """Deferred[dict]: put a board in maintenance back in service (admins)."""
         self._require_admin(user)
-        yield self._row_or_404(name)
+        row = yield self._row_or_404(name)
+        if row["state"] != "maintenance":
+            raise Unavailable(f"board {name} is not in maintenance")
         if name in self.busy:
             raise Unavailable(f"board {name} is busy; try again")
+        if self._power_option(name) is not None:
+            # a board is only handed out switched off (PowerFailed: stays put)
+            self.busy.add(name)
+            try:
+                yield self._set_power(name, False)
+            finally:
+                self.busy.discard(name)
         now = self.now()
 
         def txn(cursor):
@@ -747,10 +769,15 @@ class BoardManager(service.Service):
             if cursor.rowcount != 1:
                 raise Unavailable(f"board {name} is not in maintenance")
             _event(cursor, now, user, name, "maintenance_end", "")
+            cursor.execute(
+                "DELETE FROM boards WHERE name = ? AND configured = 0", (name,)
+            )
+            return _fetch_row(cursor, name)
 
-        yield self.pool.runInteraction(txn)
-        board = yield self.get_board(user, name)
-        return board
+        row = yield self.pool.runInteraction(txn)
+        if row is None:
+            return {"name": name, "state": "removed"}
+        return self.view(row, user)
 
     # -- consoles -------------------------------------------------------
 

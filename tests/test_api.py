@@ -362,9 +362,10 @@ def test_setup_script_timeout_kills_it(lab_server, tmp_path):
 
 
 def test_board_removed_from_file_while_reserved_is_kept(lab_server):
-    """A reserved board that left the board file stays listed until released, then goes."""
+    """A reserved board that left the board file stays listed; its release cannot
+    switch it off, so it waits in maintenance until an admin clears it, then goes."""
     server = lab_server()
-    token = server.token("alice")
+    token, root = server.token("alice"), server.token("root")
     server.request("POST", "/api/v1/boards/zynq-3/reserve", {}, token)
     server.stop()
     server.write_boards(
@@ -373,7 +374,14 @@ def test_board_removed_from_file_while_reserved_is_kept(lab_server):
     server.start()
     board = server.get("/api/v1/boards/zynq-3", token)
     assert board["state"] == "reserved" and board["removed"] is True
-    status, _ = server.request("POST", "/api/v1/boards/zynq-3/release", {}, token)
+    classes = server.get("/api/v1/classes", token)["classes"]
+    assert (classes[0]["boards"], classes[0]["free"]) == (1, 1)
+    status, board = server.request("POST", "/api/v1/boards/zynq-3/release", {}, token)
+    assert status == 200 and board["state"] == "maintenance"
+    assert "not powered off" in board["reason"]
+    status, _ = server.request(
+        "DELETE", "/api/v1/boards/zynq-3/maintenance", None, root
+    )
     assert status == 200
     assert server.request("GET", "/api/v1/boards/zynq-3", token=token)[0] == 404
     names = [b["name"] for b in server.get("/api/v1/boards", token)["boards"]]

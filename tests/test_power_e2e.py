@@ -99,6 +99,16 @@ def test_power_failure_on_release_means_maintenance(lab_server, snmp_agent):
     assert status == 200 and board["state"] == "maintenance"
     assert "power off failed" in board["reason"]
     assert post(server, "/boards/b3/reserve", token)[0] == 409
+    root = server.token("root")
+    status, body = server.request("DELETE", "/api/v1/boards/b3/maintenance", None, root)
+    assert status == 502 and body["error"]["code"] == "power_failed"
+    snmp_agent.start()
+    snmp_agent.set(1, 3, ON)
+    status, board = server.request(
+        "DELETE", "/api/v1/boards/b3/maintenance", None, root
+    )
+    assert status == 200 and board["state"] == "free"
+    assert snmp_agent.get(1, 3) == OFF and board["attrs"]["power"] == "off"
 
 
 def test_expiry_powers_off(lab_server, snmp_agent):
