@@ -88,8 +88,11 @@ class ConsoleLog:
         """Open (or create) the current file for appending."""
         if self._file is not None:
             return
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        self._file = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # console output is the holder's and the admins' only: jail accounts
+        # are local users of this host
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+        self._file = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(self._file, 0o600)
         self._size = os.lseek(self._file, 0, os.SEEK_END)
         self._ends_with_newline = self._size == 0 or self._last_byte() == b"\n"
 

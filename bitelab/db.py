@@ -80,7 +80,11 @@ def connect(path):
     """A plain connection with the schema ensured (admin commands, start-up)."""
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        # token hashes and the audit log are for the server only; SQLite
+        # gives the -wal and -shm files the database file's mode
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         configure_connection(conn)
         ensure_schema(conn)

@@ -161,6 +161,9 @@ def make_lab_service(settings, lab, reactor):
 
     api = API(manager, tokens, reactor, ssh_port=lambda: _port_number(ssh.port))
     # a file of its own is cheaper per request than the server's log
+    if settings.http_access_log:
+        os.makedirs(os.path.dirname(settings.http_access_log), exist_ok=True)
+        os.close(os.open(settings.http_access_log, os.O_WRONLY | os.O_CREAT, 0o600))
     site = Site(api.resource(), logPath=settings.http_access_log or None)
     strports.service(settings.http_endpoint, site).setServiceParent(top)
     reactor.addSystemEventTrigger(

@@ -35,6 +35,12 @@ def test_console_log_is_for_holder_and_admins_only(lab_server, serial):
     assert status == 200 and b"booting" in text
     assert b"before the reservation" not in text
     assert text.startswith(b"=== bitelab: reserved by alice")
+    log = os.path.join(server.dir, "console", "con-1.log")
+    assert os.stat(log).st_mode & 0o777 == 0o600  # jail accounts are local users
+    access = os.path.join(server.dir, "access.log")
+    assert os.stat(access).st_mode & 0o777 == 0o600
+    with open(access) as f:
+        assert "/api/v1/boards/con-1/console" in f.read()
 
 
 def test_slow_follower_is_dropped_and_fast_one_gets_everything(lab_server, serial):

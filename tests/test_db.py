@@ -20,6 +20,9 @@ def test_fresh_database_gets_current_schema_in_wal_mode(tmp_path):
     assert tables(conn) == {"boards", "tokens", "events", "version"}
     assert db.get_version(conn) == db.SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.execute("INSERT INTO events (at, action) VALUES (0, 'x')")
+    for name in ("lab.sqlite", "lab.sqlite-wal", "lab.sqlite-shm"):
+        assert (path.parent / name).stat().st_mode & 0o777 == 0o600, name
     conn.close()
     again = db.connect(str(path))
     assert again.execute("SELECT COUNT(*) FROM version").fetchone()[0] == 1
