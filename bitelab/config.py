@@ -274,6 +274,7 @@ def load_boards(path, option_map):
     if not isinstance(raw_boards, list):
         raise ConfigError(f"{path}: boards must be a list of board objects")
     boards = {}
+    owners = {}  # conflict key -> board name
     for index, body in enumerate(raw_boards, 1):
         where = f"{path}: board #{index}"
         if not isinstance(body, dict):
@@ -334,6 +335,15 @@ def load_boards(path, option_map):
                 option = option_cls(**spec)
             except (TypeError, ValueError) as e:
                 raise _option_error(where, cls_name, option_cls, e) from None
+            key = option.conflict_key()
+            if key is not None:
+                if key in owners:
+                    what = " ".join(str(part) for part in key[1:])
+                    raise ConfigError(
+                        f"{where}: option {cls_name}: {key[0]} {what} is also "
+                        f"used by board {owners[key]!r}"
+                    )
+                owners[key] = name
             for attr in option_cls.reads:
                 if attr in seen:
                     raise ConfigError(

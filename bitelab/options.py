@@ -59,6 +59,9 @@ class Option:
         """Attributes known from the configuration alone."""
         return {}
 
+    def conflict_key(self):
+        """What this option controls that no other board may share, or None."""
+
 
 class PowerOption(Option):
     """An option switching the board's power; drivers return Deferreds.
@@ -92,6 +95,9 @@ class EtherIface(Option):
     def static_attrs(self):
         return {"etheriface": self.val}
 
+    def conflict_key(self):
+        return ("network interface", self.val)
+
 
 @attrs.frozen(kw_only=True)
 class SerialConsole(Option):
@@ -105,6 +111,9 @@ class SerialConsole(Option):
 
     def static_attrs(self):
         return {"serialconsole": self.val}
+
+    def conflict_key(self):
+        return ("serial console", self.val)
 
 
 @attrs.frozen(kw_only=True)

@@ -78,6 +78,9 @@ class SNMPPower(PowerOption):
         """The OID of this port's ``pethPsePortAdminEnable``."""
         return f"{PETH_PSE_PORT_ADMIN_ENABLE}.{self.group}.{self.port}"
 
+    def conflict_key(self):
+        return ("PoE port", self.host, self.snmp_port, self.group, self.port)
+
     def _call(self, method, *args):
         d = method(
             self.host,
@@ -164,6 +167,9 @@ class GPIOPower(PowerOption):
     def chip_path(self):
         """The chip's device path: ``gpiochip0`` means ``/dev/gpiochip0``."""
         return self.chip if "/" in self.chip else f"/dev/{self.chip}"
+
+    def conflict_key(self):
+        return ("GPIO line", self.chip_path, self.line)
 
     def _failed(self, problem):
         return PowerFailed(f"gpiopower {self.chip_path} line {self.line}: {problem}")

@@ -159,6 +159,14 @@ def test_relative_setup_script_and_cmdpower(tmp_path):
     assert isinstance(lab.boards["b"].options[0], CmdPower)
 
 
+def two_boards(option):
+    """Boards a and b of class c1 with the same option."""
+    return (
+        f"boards [ {{ name = a; brdclass = c1; options = [ {option} ] }}, "
+        f"{{ name = b; brdclass = c1; options = [ {option} ] }} ]"
+    )
+
+
 BOARD_HEAD = "classes { c1 { arch = x; } c2 { arch = y; } }\n"
 
 
@@ -216,6 +224,18 @@ BOARD_HEAD = "classes { c1 { arch = x; } c2 { arch = y; } }\n"
         (
             "setup_script = /nonexistent/script; boards [ { name = a; brdclass = c1; } ]",
             "setup_script /nonexistent/script is not an executable file",
+        ),
+        (
+            two_boards("{ cls = snmppower, host = sw, port = 3 }"),
+            "board 'b': option snmppower: PoE port sw 161 1 3 is also used by board 'a'",
+        ),
+        (
+            two_boards("{ cls = serialconsole, val = /dev/ttyU0 }"),
+            "serial console /dev/ttyU0 is also used by board 'a'",
+        ),
+        (
+            two_boards("{ cls = etheriface, val = e0.5 }"),
+            "network interface e0.5 is also used by board 'a'",
         ),
         ("boards [ { name = a; brdclass = c1; } ] extra = 1", "unknown key 'extra'"),
     ],
