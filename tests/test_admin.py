@@ -112,3 +112,23 @@ def test_json_output_is_always_one_document(lab_server, url, token, status):
     document = json.loads(result.stdout)
     assert document["error"]["code"] and document["error"]["message"]
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_maintenance_from_the_cli(lab_server):
+    """Admins take a board out and put it back with `bitelab maintenance`; the
+    list stays narrow with a long reason; users are refused."""
+    server = lab_server()
+    root, alice = server.token("root"), server.token("alice")
+    reason = "uart flaky after the 2026 firmware update, waiting for a new cable"
+    refused = cli(server, alice, "maintenance", "zynq-2", "nope")
+    assert refused.returncode == 1 and "forbidden" in refused.stderr
+    assert cli(server, root, "maintenance", "zynq-2", *reason.split()).returncode == 0
+    listing = cli(server, root, "list").stdout
+    row = next(line for line in listing.splitlines() if line.startswith("zynq-2"))
+    assert "maintenance (uart flaky" in row and "cable" not in row
+    info = cli(server, root, "info", "zynq-2").stdout
+    assert reason in info
+    assert cli(server, alice, "reserve", "zynq-2").returncode == 1
+    back = cli(server, root, "maintenance", "--end", "zynq-2")
+    assert back.returncode == 0 and "free" in back.stdout
+    assert cli(server, root, "maintenance", "zynq-2").returncode == 2

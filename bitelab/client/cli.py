@@ -188,12 +188,28 @@ def build_parser():
         help="power=on|off|cycle, timeout=SECONDS (extends from now)",
     )
     setter.add_argument("board", metavar="BOARD")
-    add("console", "attach to a board's serial console over SSH").add_argument(
-        "board", metavar="BOARD"
+    console = add("console", "attach to a board's serial console over SSH")
+    console.add_argument(
+        "-i",
+        dest="identity",
+        metavar="KEY",
+        help="private key for ssh (default: ssh's own choice)",
     )
+    console.add_argument("board", metavar="BOARD")
     add("contssh", "ProxyCommand for ssh to the lab", contssh.DESCRIPTION)
     add("whoami", "show the user the token belongs to")
     add("logout", "revoke the token in BITELAB_AUTH")
+    maintenance = add(
+        "maintenance",
+        "take a board out of service, or put it back (admins)",
+    )
+    maintenance.add_argument(
+        "--end",
+        action="store_true",
+        help="end the maintenance: power off and free the board",
+    )
+    maintenance.add_argument("board", metavar="BOARD")
+    maintenance.add_argument("reason", nargs="*", metavar="REASON")
     return parser
 
 
@@ -228,9 +244,11 @@ def console_argv(board, url):
     ]
 
 
-def exec_console(board):
+def exec_console(board, identity=None):
     """Replace this process with ``ssh`` attached to ``board``'s console."""
     argv = console_argv(board, os.environ.get("BITELAB_URL", ""))
+    if identity:
+        argv[1:1] = ["-i", identity]
     if shutil.which(argv[0]) is None:
         raise ConfigProblem("ssh not found on PATH; install the OpenSSH client")
     try:
@@ -319,6 +337,8 @@ def table(headers, rows):
 
 
 def _or_dash(value):
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     return "-" if value in (None, "") else value
 
 
@@ -329,8 +349,10 @@ def _count(value):
 def _state(board):
     """The state column: maintenance with its reason, removed boards marked."""
     state = _or_dash(board.get("state"))
-    if board.get("reason"):
-        state += f" ({board['reason']})"
+    reason = board.get("reason")
+    if reason:
+        # the table stays narrow; `info` shows the whole reason
+        state += f" ({reason[:37] + '...' if len(reason) > 40 else reason})"
     if board.get("removed"):
         state += " [removed from the board file]"
     return state
@@ -427,8 +449,12 @@ def render_logout(document, now):
 
 
 def render_released(board, now):
-    """What ``release`` did."""
-    return f"released {board.get('name')}: now {_or_dash(board.get('state'))}\n"
+    """What ``release`` did; a board left in maintenance says why."""
+    text = f"released {board.get('name')}: now {_or_dash(board.get('state'))}"
+    if board.get("reason"):
+        text += f" ({board['reason']}; an admin ends it with: "
+        text += f"bitelab maintenance --end {board.get('name')})"
+    return text + "\n"
 
 
 def render_whoami(document, now):
@@ -464,7 +490,13 @@ async def run_command(api, args, environ):
             raise Refused(
                 409, "unavailable", f"board {args.board} has no serial console"
             )
-        exec_console(args.board)  # does not return
+        exec_console(args.board, args.identity)  # does not return
+    if command == "maintenance":
+        if args.end:
+            return await api.end_maintenance(args.board), render_board
+        if not args.reason:
+            raise ConfigProblem("say why: bitelab maintenance BOARD REASON...")
+        return await api.maintenance(args.board, " ".join(args.reason)), render_board
     if command == "logout":
         return await api.revoke_token(), render_logout
     raise ConfigProblem(f"unknown command {command!r}")
@@ -572,7 +604,7 @@ def main(argv=None):
         settings = load_settings(os.environ, need_token=args.command != "console")
         if args.command == "console" and not settings.token:
             # without a token the SSH server alone says whether it may be used
-            exec_console(args.board)
+            exec_console(args.board, args.identity)
     except ConfigProblem as exc:
         if args.json:
             write_json(error_document("usage", str(exc)), sys.stdout)

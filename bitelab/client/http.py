@@ -163,6 +163,16 @@ class LabAPI:
         body = {"force": True} if force else {}
         return self.call("POST", f"/boards/{_segment(name)}/release", body)
 
+    def maintenance(self, name, reason):
+        """``POST /boards/NAME/maintenance``: take a board out (admins)."""
+        return self.call(
+            "POST", f"/boards/{_segment(name)}/maintenance", {"reason": reason}
+        )
+
+    def end_maintenance(self, name):
+        """``DELETE /boards/NAME/maintenance``: back in service (admins)."""
+        return self.call("DELETE", f"/boards/{_segment(name)}/maintenance")
+
     def set_attrs(self, name, values):
         """``POST /boards/NAME/attrs``: change power or timeout; the board after."""
         return self.call("POST", f"/boards/{_segment(name)}/attrs", values)
