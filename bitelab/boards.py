@@ -108,6 +108,8 @@ class BoardManager(service.Service):
         self.scripts = scripts
         self.consoles = consoles if consoles is not None else {}
         self.busy = set()
+        #: board -> the last power read or switch that failed, until one works
+        self.power_errors = {}
         self._expiry = None
 
     # -- service --------------------------------------------------------
@@ -179,6 +181,8 @@ class BoardManager(service.Service):
             if board.option(PowerOption) is not None:
                 attributes["power"] = row["power"]
                 attributes["power_read_at"] = iso(row["power_at"])
+                if row["name"] in self.power_errors:
+                    attributes["power_error"] = self.power_errors[row["name"]]
             attributes["default_timeout"] = self._default_timeout(row["name"])
             if board.option(SerialConsole) is not None:
                 attributes["console"] = True
@@ -688,9 +692,20 @@ class BoardManager(service.Service):
         option = self._power_option(name)
         if option is None:
             raise Invalid(f"board {name} has no power control")
-        state = yield option.set_power(self.runtime, on)
+        state = yield self._noting_power_errors(name, option.set_power, on)
         yield self._store_power(name, state)
         return state
+
+    @defer.inlineCallbacks
+    def _noting_power_errors(self, name, method, *args):
+        """Call a power driver method, remembering its failure for ``view``."""
+        try:
+            result = yield method(self.runtime, *args)
+        except PowerFailed as e:
+            self.power_errors[name] = e.message
+            raise
+        self.power_errors.pop(name, None)
+        return result
 
     @defer.inlineCallbacks
     def read_power(self, name):
@@ -698,7 +713,7 @@ class BoardManager(service.Service):
         option = self._power_option(name)
         if option is None:
             raise Invalid(f"board {name} has no power control")
-        state = yield option.get_power(self.runtime)
+        state = yield self._noting_power_errors(name, option.get_power)
         yield self._store_power(name, state)
         return state
 

@@ -304,7 +304,10 @@ class SNMPClient(DatagramProtocol):
             return SNMPError(f"{pending.describe()}: the agent answered for {oid}")
         problem = _EXCEPTION_VALUES.get(value.tagSet)
         if problem is not None:
-            return SNMPError(f"{pending.describe()}: the agent answered {problem}")
+            return SNMPError(
+                f"{pending.describe()}: the agent answered {problem} "
+                "(it has no such port: check group and port in the board file)"
+            )
         if isinstance(value, univ.Integer):
             return int(value)
         if isinstance(value, univ.OctetString):

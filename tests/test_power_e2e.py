@@ -85,7 +85,10 @@ def test_dead_agent_gives_power_failed_and_changes_nothing(lab_server, snmp_agen
     status, body = post(server, "/boards/b1/attrs", token, {"power": "on"})
     assert status == 502 and body["error"]["code"] == "power_failed"
     assert "127.0.0.1" in body["error"]["message"]
-    assert server.get("/api/v1/boards/b1", token) == before
+    after = server.get("/api/v1/boards/b1", token)
+    # nothing changed but the note of the failure
+    assert after["attrs"].pop("power_error") == body["error"]["message"]
+    assert after == before
 
 
 def test_power_failure_on_release_means_maintenance(lab_server, snmp_agent):
