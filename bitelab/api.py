@@ -159,8 +159,13 @@ class API:
 
     @app.handle_errors(MethodNotAllowed)
     def _bad_method(self, request, failure):
-        error = Invalid(f"method {request.method.decode()} not allowed here")
-        request.setResponseCode(405)
+        allowed = ", ".join(sorted(failure.value.valid_methods or ()))
+        error = Invalid(
+            f"method {request.method.decode('latin-1')} is not allowed here"
+            + (f" (allowed: {allowed})" if allowed else "")
+        )
+        if allowed:
+            request.setHeader(b"Allow", allowed.encode("ascii"))
         return _json(request, error.to_json(), 405)
 
     @app.handle_errors(HTTPException)

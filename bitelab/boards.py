@@ -16,7 +16,6 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from bitelab.errors import (
-    BitelabError,
     Forbidden,
     Invalid,
     NotFound,
@@ -808,5 +807,3 @@ class BoardManager(service.Service):
             raise Forbidden(f"you do not hold board {name}")
         return self.consoles[name]
 
-
-__all__ = ["BitelabError", "BoardManager", "iso"]

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer, reactor, task, threads
 
 from bitelab import db
-from bitelab.boards import BoardManager
+from bitelab.boards import BoardManager, iso
 from bitelab.config import load_boards, load_config
 from bitelab.errors import Forbidden, Invalid, NotFound, Unavailable
 from bitelab.script import ScriptRunner
@@ -91,7 +91,7 @@ async def test_extension_is_from_now_and_capped(lab):
     await lab.manager.reserve("alice", "b1", timeout=10)
     lab.clock.advance(5)
     board = await lab.manager.set_attrs("alice", "b1", {"timeout": 50})
-    assert board["expires_at"] == _iso(lab.clock.seconds() + 50)
+    assert board["expires_at"] == iso(lab.clock.seconds() + 50)
     with pytest.raises(Invalid, match="between 1 and 1000"):
         await lab.manager.set_attrs("alice", "b1", {"timeout": 1001})
     with pytest.raises(Forbidden):
@@ -108,12 +108,6 @@ async def test_unknown_names(lab):
         await lab.manager.reserve("alice", "zz")
     with pytest.raises(NotFound):
         await lab.manager.release("alice", "zz")
-
-
-def _iso(seconds):
-    from bitelab.boards import iso
-
-    return iso(seconds)
 
 
 requests = st.lists(
