@@ -45,10 +45,13 @@ def _revoke(settings, args):
             "UPDATE tokens SET revoked_at = ? WHERE user = ? AND revoked_at IS NULL",
             (now, args.user),
         ).rowcount
-        conn.execute(
-            "INSERT INTO events (at, user, board, action, detail) "
-            "VALUES (?, ?, NULL, 'token_revoke', ?)",
-            (now, args.user, f"{count} tokens, by bitelab-admin"),
+        db.add_event(
+            conn,
+            now,
+            args.user,
+            None,
+            "token_revoke",
+            f"{count} tokens, by bitelab-admin",
         )
         conn.commit()
     finally:

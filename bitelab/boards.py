@@ -15,6 +15,7 @@ from twisted.conch.ssh import keys
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from bitelab.db import add_event
 from bitelab.errors import (
     Forbidden,
     Invalid,
@@ -68,9 +69,11 @@ def iso(seconds):
     return stamp.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+_BOARD_KEYS = tuple(k.strip() for k in BOARD_COLUMNS.split(","))
+
+
 def _row_dict(row):
-    keys = [k.strip() for k in BOARD_COLUMNS.split(",")]
-    return dict(zip(keys, row))
+    return dict(zip(_BOARD_KEYS, row))
 
 
 def _fetch_row(cursor, name):
@@ -78,13 +81,6 @@ def _fetch_row(cursor, name):
     cursor.execute(f"SELECT {BOARD_COLUMNS} FROM boards WHERE name = ?", (name,))
     row = cursor.fetchone()
     return _row_dict(row) if row else None
-
-
-def _event(txn, now, user, board, action, detail=""):
-    txn.execute(
-        "INSERT INTO events (at, user, board, action, detail) VALUES (?, ?, ?, ?, ?)",
-        (now, user, board, action, detail),
-    )
 
 
 class BoardManager(service.Service):
@@ -240,7 +236,7 @@ class BoardManager(service.Service):
                 )
             else:
                 cursor.execute("DELETE FROM boards WHERE name = ?", (name,))
-                _event(cursor, now, None, name, "removed", "left the board file")
+                add_event(cursor, now, None, name, "removed", "left the board file")
 
     def refresh_power(self):
         """Read every board's power state from its device, in the background."""
@@ -355,7 +351,7 @@ class BoardManager(service.Service):
         )
         if cursor.rowcount != 1:
             raise Unavailable(f"board {name} was taken")
-        _event(cursor, now, user, name, "reserve", f"timeout={timeout}")
+        add_event(cursor, now, user, name, "reserve", f"timeout={timeout}")
         return _fetch_row(cursor, name)
 
     def script_env(self, name, user, sshpubkey):
@@ -484,8 +480,8 @@ class BoardManager(service.Service):
                 "WHERE name = ?",
                 (reason, now, name),
             )
-            _event(cursor, now, user, name, action, detail)
-            _event(cursor, now, None, name, "maintenance", reason)
+            add_event(cursor, now, user, name, action, detail)
+            add_event(cursor, now, None, name, "maintenance", reason)
             return _fetch_row(cursor, name)
         cursor.execute(
             "UPDATE boards SET state = 'free', holder = NULL, "
@@ -493,7 +489,7 @@ class BoardManager(service.Service):
             "script_attrs = '{}', reason = NULL, released_at = ? WHERE name = ?",
             (now, name),
         )
-        _event(cursor, now, user, name, action, detail)
+        add_event(cursor, now, user, name, action, detail)
         cursor.execute("DELETE FROM boards WHERE name = ? AND configured = 0", (name,))
         return _fetch_row(cursor, name)
 
@@ -660,7 +656,7 @@ class BoardManager(service.Service):
             )
             if cursor.rowcount != 1:
                 raise Unavailable(f"board {name} is no longer reserved")
-            _event(cursor, now, user, name, "extend", f"timeout={timeout}")
+            add_event(cursor, now, user, name, "extend", f"timeout={timeout}")
 
         return self.pool.runInteraction(txn)
 
@@ -674,23 +670,23 @@ class BoardManager(service.Service):
             else:
                 yield self._set_power(name, power == "on")
         except PowerFailed as e:
-            yield self.pool.runOperation(
-                "INSERT INTO events (at, user, board, action, detail) "
-                "VALUES (?, ?, ?, 'power_failed', ?)",
-                (self.now(), user, name, e.message),
+            yield self.pool.runInteraction(
+                add_event, self.now(), user, name, "power_failed", e.message
             )
             raise
-        yield self.pool.runOperation(
-            "INSERT INTO events (at, user, board, action, detail) "
-            "VALUES (?, ?, ?, 'power', ?)",
-            (self.now(), user, name, power),
+        yield self.pool.runInteraction(
+            add_event, self.now(), user, name, "power", power
         )
 
-    @defer.inlineCallbacks
-    def _set_power(self, name, on):
+    def _power_option_or_invalid(self, name):
         option = self._power_option(name)
         if option is None:
             raise Invalid(f"board {name} has no power control")
+        return option
+
+    @defer.inlineCallbacks
+    def _set_power(self, name, on):
+        option = self._power_option_or_invalid(name)
         state = yield self._noting_power_errors(name, option.set_power, on)
         yield self._store_power(name, state)
         return state
@@ -709,9 +705,7 @@ class BoardManager(service.Service):
     @defer.inlineCallbacks
     def read_power(self, name):
         """Deferred[bool]: read the power state from the device and store it."""
-        option = self._power_option(name)
-        if option is None:
-            raise Invalid(f"board {name} has no power control")
+        option = self._power_option_or_invalid(name)
         state = yield self._noting_power_errors(name, option.get_power)
         yield self._store_power(name, state)
         return state
@@ -749,7 +743,7 @@ class BoardManager(service.Service):
                 "UPDATE boards SET state = 'maintenance', reason = ? WHERE name = ?",
                 (reason.strip(), name),
             )
-            _event(cursor, now, user, name, "maintenance", reason.strip())
+            add_event(cursor, now, user, name, "maintenance", reason.strip())
 
         yield self.pool.runInteraction(txn)
         board = yield self.get_board(user, name)
@@ -782,7 +776,7 @@ class BoardManager(service.Service):
             )
             if cursor.rowcount != 1:
                 raise Unavailable(f"board {name} is not in maintenance")
-            _event(cursor, now, user, name, "maintenance_end", "")
+            add_event(cursor, now, user, name, "maintenance_end", "")
             cursor.execute(
                 "DELETE FROM boards WHERE name = ? AND configured = 0", (name,)
             )
@@ -806,4 +800,3 @@ class BoardManager(service.Service):
         ):
             raise Forbidden(f"you do not hold board {name}")
         return self.consoles[name]
-

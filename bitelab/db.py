@@ -76,6 +76,14 @@ def _statements(script):
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
+def add_event(cursor, now, user, board, action, detail=""):
+    """Append one entry to the audit log (inside the caller's transaction)."""
+    cursor.execute(
+        "INSERT INTO events (at, user, board, action, detail) VALUES (?, ?, ?, ?, ?)",
+        (now, user, board, action, detail),
+    )
+
+
 def connect(path):
     """A plain connection with the schema ensured (admin commands, start-up)."""
     directory = os.path.dirname(os.path.abspath(path))

@@ -7,6 +7,7 @@ import secrets
 import attrs
 from twisted.internet import defer
 
+from bitelab.db import add_event
 from bitelab.errors import Unauthorized
 
 TOKEN_PREFIX = "bl_"
@@ -33,10 +34,7 @@ def insert_token(txn, user, now):
         "INSERT INTO tokens (hash, user, created_at) VALUES (?, ?, ?)",
         (hash_token(token), user, now),
     )
-    txn.execute(
-        "INSERT INTO events (at, user, board, action, detail) VALUES (?, ?, NULL, ?, ?)",
-        (now, user, "token_issue", ""),
-    )
+    add_event(txn, now, user, None, "token_issue")
     return token
 
 
@@ -104,10 +102,6 @@ class TokenStore:
             cursor.execute(
                 "UPDATE tokens SET revoked_at = ? WHERE hash = ?", (now, digest)
             )
-            cursor.execute(
-                "INSERT INTO events (at, user, board, action, detail) "
-                "VALUES (?, ?, NULL, 'token_revoke', '')",
-                (now, row[0]),
-            )
+            add_event(cursor, now, row[0], None, "token_revoke")
 
         return self.pool.runInteraction(txn)
