@@ -249,7 +249,12 @@ class Store:
 
     def read(self, fn, *args, **kwargs):
         """Deferred: ``fn(cursor, *args, **kwargs)`` on the read connection."""
-        d = self.reader.runInteraction(fn, *args, **kwargs)
+
+        def interaction(cursor):
+            self._check_file()
+            return fn(cursor, *args, **kwargs)
+
+        d = self.reader.runInteraction(interaction)
         d.addErrback(_storage_failure)
         return d
 
