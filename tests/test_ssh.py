@@ -478,6 +478,36 @@ async def test_client_leaving_detaches_viewer(ssh, lab):
     assert hub.events == ["attach", "detach"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_end_of_input_ends_the_console_session(ssh, lab):
+    """An ssh client whose input ends (``</dev/null``, the end of a pipe) leaves
+    the console with exit 0 once its last input reached the board."""
+    hub = lab.hubs["cora-1"]
+    client = ssh("alice", "cora-1")
+    await until(lambda: len(hub.viewers) == 1, "the viewer to attach")
+    client.type(b"reset\r")
+    client.transport.closeStdin()
+    assert await finished(client) == 0
+    assert hub.sent == b"reset\r"
+    assert hub.viewers == [] and hub.events == ["attach", "detach"]
+
+
+def test_end_of_input_before_console_opens(lab):
+    """Input and end of input that arrive before the console opens: the input
+    reaches the board, then the session ends with exit 0 and no viewer stays."""
+    hub = lab.hubs["cora-1"]
+    pending = defer.Deferred()
+    lab.open_console = lambda user, board: pending
+    session, proto = open_session(lab, "alice", "cora-1")
+    proto.transport.write(b"boot\r")
+    session.eofReceived()
+    assert proto.exit_code is None
+    pending.callback(hub)
+    assert hub.sent == b"boot\r"
+    assert proto.exit_code == 0
+    assert hub.viewers == []
+
+
 # Keys directory
 
 
