@@ -115,10 +115,8 @@ def make_lab_service(settings, lab, reactor):
     from bitelab.options import Runtime, SerialConsole
     from bitelab.script import ScriptRunner
     from bitelab.snmp import SNMPClient
-    from bitelab.ssh import SSHService
+    from bitelab.ssh import SSHService, host_key_facts
     from bitelab.tokens import TokenStore
-
-    from bitelab.ssh import host_key_facts
 
     top = LabService()
     host_key = check_host_key(settings.ssh_host_key)
