@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC
 from pathlib import Path
 
 import attrs
@@ -25,9 +26,11 @@ from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet import defer, error, task
 
-from bitelab.client import cli
+from bitelab.client import cli, render
 from bitelab.client.http import LabAPI
-from support.server import LabServer
+from bitelab.client.render import Moment
+from bitelab.client.settings import ConfigProblem, Settings, load_settings
+from support.server import REPO, LabServer
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 LATER = "2027-01-15T08:12:00+00:00"
@@ -143,17 +146,18 @@ class Run:
     err: str
 
 
-def run_inprocess(lab, argv, token="tok-alice", environ=None, client=None):
+def run_inprocess(lab, argv, token="tok-alice", environ=None, client=None, tz=UTC):
     """Parse ``argv`` like ``bitelab`` does and dispatch it to ``lab``."""
     args = cli.build_parser().parse_args(argv)
-    settings = cli.Settings(url="http://lab.test", token=token)
+    settings = Settings(url="http://lab.test", token=token)
     clock = task.Clock()
     clock.advance(NOW)
     stub = StubTreq(lab.app.resource()) if client is None else None
+    api = LabAPI(client or stub, settings.url, token, clock, args.http_timeout)
     out, err = io.StringIO(), io.StringIO()
     environ = {"HOME": "/nonexistent"} if environ is None else environ
     d = defer.Deferred.fromCoroutine(
-        cli.dispatch(clock, args, settings, client or stub, out, err, environ)
+        cli.dispatch(api, args, settings, out, err, environ, Moment(NOW, tz))
     )
     if stub is not None:
         stub.flush()
@@ -299,7 +303,7 @@ def test_bad_token_hints_how_to_get_one(lab):
     """A 401 is exit 1 and tells how to get a new token."""
     result = run_inprocess(lab, ["whoami"], token="stale")
     assert result.status == 1
-    assert cli.TOKEN_COMMAND in result.err
+    assert "bitelab token" in result.err
     assert len(result.err.splitlines()) == 1
 
 
@@ -335,14 +339,14 @@ def test_network_failures_map_to_3(lab, outcome, text):
 
 def test_settings_from_environment():
     """Missing or malformed BITELAB_URL/BITELAB_AUTH say how to fix them."""
-    with pytest.raises(cli.ConfigProblem, match="export BITELAB_URL="):
-        cli.load_settings({})
-    with pytest.raises(cli.ConfigProblem, match="http:// or https://"):
-        cli.load_settings({"BITELAB_URL": "lab.example.org:8080"})
-    with pytest.raises(cli.ConfigProblem, match="-l lab bitelab"):
-        cli.load_settings({"BITELAB_URL": "http://lab"})
-    settings = cli.load_settings({"BITELAB_URL": "http://lab", "BITELAB_AUTH": " t\n"})
-    assert settings == cli.Settings(url="http://lab", token="t")
+    with pytest.raises(ConfigProblem, match="export BITELAB_URL="):
+        load_settings({})
+    with pytest.raises(ConfigProblem, match="http:// or https://"):
+        load_settings({"BITELAB_URL": "lab.example.org:8080"})
+    with pytest.raises(ConfigProblem, match=r"BITELAB_AUTH=\$\(bitelab token\)"):
+        load_settings({"BITELAB_URL": "http://lab"})
+    settings = load_settings({"BITELAB_URL": "http://lab", "BITELAB_AUTH": " t\n"})
+    assert settings == Settings(url="http://lab", token="t")
 
 
 def test_api_urls_quote_names():
@@ -353,10 +357,11 @@ def test_api_urls_quote_names():
 
 def test_relative_times():
     """Expiry is shown relative to now, and past times as expired."""
-    assert cli.relative("2027-01-15T09:05:00Z", NOW) == "in 1h05m"
-    assert cli.relative("2027-01-15T08:00:30Z", NOW) == "in 30s"
-    assert cli.relative("2027-01-15T07:00:00Z", NOW) == "expired"
-    assert cli.absolute(LATER, NOW) == "2027-01-15 08:12:00Z (in 12m)"
+    assert render.relative("2027-01-15T09:05:00Z", NOW) == "in 1h05m"
+    assert render.relative("2027-01-15T08:00:30Z", NOW) == "in 30s"
+    assert render.relative("2027-01-15T07:00:00Z", NOW) == "expired"
+    moment = Moment(NOW, UTC)
+    assert render.absolute(LATER, moment) == "2027-01-15 08:12:00 UTC (in 12m)"
 
 
 # --- subprocess: the installed console script --------------------------------
@@ -364,10 +369,15 @@ def test_relative_times():
 BITELAB = shutil.which("bitelab", path=str(Path(sys.executable).parent)) or "bitelab"
 
 
-def bitelab(*argv, url=None, token=None, home=None, path=None, timeout=60):
-    """Run the ``bitelab`` console script; the ``CompletedProcess``."""
-    env = {"PATH": path or os.environ["PATH"], "HOME": str(home or "/nonexistent")}
-    env["LANG"] = "C.UTF-8"
+def bitelab(*argv, url=None, token=None, home=None, path=None, timeout=60, env=None):
+    """Run the ``bitelab`` console script of this tree; the ``CompletedProcess``."""
+    env = {
+        "PATH": path or os.environ["PATH"],
+        "HOME": str(home or "/nonexistent"),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": REPO,
+        **(env or {}),
+    }
     if url is not None:
         env["BITELAB_URL"] = url
     if token is not None:
@@ -516,7 +526,7 @@ def test_missing_environment_exits_2():
     assert "export BITELAB_URL=" in one_line(result)
     result = bitelab("whoami", url="http://127.0.0.1:9")
     assert result.returncode == 2
-    assert cli.TOKEN_COMMAND in one_line(result)
+    assert "bitelab token" in one_line(result)
 
 
 def test_silent_server_times_out_with_3(serve):
@@ -544,7 +554,7 @@ def test_interrupt_ends_quietly(serve):
         stopping.wait(30)
 
     server = serve(hold)
-    env = {"PATH": os.environ["PATH"], "BITELAB_AUTH": "t"}
+    env = {"PATH": os.environ["PATH"], "BITELAB_AUTH": "t", "PYTHONPATH": REPO}
     env["BITELAB_URL"] = f"http://127.0.0.1:{server.port}"
     proc = subprocess.Popen(
         [BITELAB, "list"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -610,10 +620,15 @@ def test_answers_that_are_not_the_api(serve, status, body, code, text):
 # --- contssh ---------------------------------------------------------------
 
 
-def info_server(serve, ssh_port):
-    """An HTTP server whose /api/v1/info names ``ssh_port``."""
-    body = json.dumps({"name": "t", "version": "0", "ssh_port": ssh_port}).encode()
-    return serve(http_answer(200, body))
+HOST_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHEVAjh15rLVH2azY03UX4diyl8NLfI/Xe8zN2VHBcMU"
+)
+
+
+def info_server(serve, ssh_port, **extra):
+    """An HTTP server whose /api/v1/info names ``ssh_port`` (and ``extra``)."""
+    info = {"name": "t", "version": "0", "ssh_port": ssh_port, **extra}
+    return serve(http_answer(200, json.dumps(info).encode()))
 
 
 def reply_after_eof(conn, stopping):
@@ -636,6 +651,7 @@ def test_contssh_pipes_both_ways_with_half_close(serve):
         capture_output=True,
         env={
             "PATH": os.environ["PATH"],
+            "PYTHONPATH": REPO,
             "BITELAB_URL": f"http://127.0.0.1:{info.port}",
         },
         timeout=60,
@@ -659,6 +675,7 @@ def test_contssh_exits_when_server_closes(serve):
         stderr=subprocess.PIPE,
         env={
             "PATH": os.environ["PATH"],
+            "PYTHONPATH": REPO,
             "BITELAB_URL": f"http://127.0.0.1:{info.port}",
         },
     )
@@ -718,31 +735,47 @@ print(json.dumps({{"argv": args, "reply": reply.stdout.decode()}}))
 """
 
 
-def test_console_execs_ssh_through_contssh(serve, tmp_path):
-    """``console`` execs ssh with -l BOARD and a ProxyCommand that reaches the lab."""
+def test_console_runs_ssh_through_contssh_with_the_pinned_key(serve, tmp_path):
+    """``console`` runs ssh with -l BOARD, a ProxyCommand that reaches the lab,
+    and the host key from /info pinned under the lab's name in bitelab's own
+    known_hosts; a second lab of the same name with another key is refused."""
     ssh = serve(reply_after_eof)
-    info = info_server(serve, ssh.port)
+    info = info_server(serve, ssh.port, name="lab-one", ssh_host_key=HOST_KEY)
     fake = tmp_path / "bin" / "ssh"
     fake.parent.mkdir()
     fake.write_text(FAKE_SSH.format(python=sys.executable))
     fake.chmod(0o755)
-    result = bitelab(
-        "console",
-        "cora-1",
-        url=f"http://127.0.0.1:{info.port}",
-        path=f"{fake.parent}:{os.environ['PATH']}",
-    )
+    path = f"{fake.parent}:{os.environ['PATH']}"
+    home = tmp_path / "home"
+    url = f"http://127.0.0.1:{info.port}"
+    result = bitelab("console", "cora-1", url=url, path=path, home=home)
     assert result.returncode == 0, result.stderr
+    known = home / ".config" / "bitelab" / "known_hosts"
+    assert known.read_text() == f"lab-one {HOST_KEY}\n"
+    assert "recorded the SSH host key of lab lab-one" in one_line(result)
     seen = json.loads(result.stdout)
     assert seen["argv"][0] == "-o"
     assert seen["argv"][2:] == [
         "-o",
-        f"HostKeyAlias=bitelab-127.0.0.1-{info.port}",
+        "HostKeyAlias=lab-one",
+        "-o",
+        f"UserKnownHostsFile={known}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-T",
         "-l",
         "cora-1",
-        "bitelab",
+        "lab-one",
     ]
     assert seen["reply"] == "13:" + "hello console"[::-1]
+
+    other_key = HOST_KEY[:-6] + "AAAAAA"
+    other = info_server(serve, ssh.port, name="lab-one", ssh_host_key=other_key)
+    url = f"http://127.0.0.1:{other.port}"
+    result = bitelab("console", "cora-1", url=url, path=path, home=home)
+    assert result.returncode == 2
+    assert "has another SSH host key" in one_line(result)
+    assert known.read_text() == f"lab-one {HOST_KEY}\n"
 
 
 def test_console_without_ssh_exits_2(tmp_path):
@@ -947,7 +980,7 @@ def test_real_bad_token(real):
     result = bitelab("list", url=real.server.url, token="bl_not_a_real_token")
     assert result.returncode == 1
     line = one_line(result)
-    assert "(unauthorized)" in line and cli.TOKEN_COMMAND in line
+    assert "(unauthorized)" in line and "bitelab token" in line
 
 
 def test_real_bad_usage_reaches_no_server(real):
@@ -995,7 +1028,11 @@ def test_real_contssh_reaches_ssh_server(real):
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={"PATH": os.environ["PATH"], "BITELAB_URL": real.server.url},
+        env={
+            "PATH": os.environ["PATH"],
+            "PYTHONPATH": REPO,
+            "BITELAB_URL": real.server.url,
+        },
     )
     try:
         banner = proc.stdout.readline()
