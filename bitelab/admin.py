@@ -3,18 +3,27 @@
     bitelab-admin [--config .env] token USER     print a new API token
     bitelab-admin [--config .env] revoke USER    revoke every token of USER
     bitelab-admin [--config .env] check          validate the configuration
-    bitelab-admin [--config .env] events [-n N]  show the audit log
+    bitelab-admin [--config .env] events [-n N] [--board B] [--user U] [--json]
+                                                 show the audit log
 
 It works on the database directly (WAL mode lets it run beside the
 server), so an admin can mint the first token before any SSH key exists.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
 
-from bitelab.config import USER_RE, check_lab, load_boards, load_config
+import bitelab
+from bitelab.config import (
+    RESERVED_LOGIN,
+    USER_RE,
+    check_lab,
+    load_boards,
+    load_config,
+)
 from bitelab.errors import ConfigError
 
 
@@ -24,6 +33,10 @@ def _token(settings, args):
 
     if not USER_RE.match(args.user):
         raise ConfigError(f"{args.user!r} is not a valid user name")
+    if args.user == RESERVED_LOGIN:
+        raise ConfigError(
+            f"{RESERVED_LOGIN!r} is the SSH login that hands out tokens, not a user"
+        )
     conn = db.connect(settings.db_file)
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -71,20 +84,36 @@ def _check(settings, args):
 
 
 def _events(settings, args):
+    from datetime import UTC, datetime
+
     from bitelab import db
     from bitelab.boards import iso
+    from bitelab.client.render import show_time
 
+    clauses, values = [], []
+    for column in ("board", "user"):
+        if getattr(args, column) is not None:
+            clauses.append(f"{column} = ?")
+            values.append(getattr(args, column))
+    where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
     conn = db.connect(settings.db_file)
     try:
         rows = conn.execute(
-            "SELECT at, user, board, action, detail FROM events "
-            "ORDER BY id DESC LIMIT ?",
-            (args.n,),
+            "SELECT id, at, user, board, action, detail FROM events "
+            f"{where}ORDER BY id DESC LIMIT ?",
+            (*values, args.n),
         ).fetchall()
     finally:
         conn.close()
-    for at, user, board, action, detail in reversed(rows):
-        print(f"{iso(at)}  {user or '-':<12} {board or '-':<16} {action:<16} {detail}")
+    if args.json:
+        keys = ("id", "time", "user", "board", "action", "detail")
+        events = [dict(zip(keys, (r[0], iso(r[1]), *r[2:]), strict=True)) for r in rows]
+        print(json.dumps({"events": events}, indent=2))
+        return
+    tz = UTC if args.utc else None
+    for _, at, user, board, action, detail in reversed(rows):
+        when = show_time(datetime.fromtimestamp(at, UTC), tz)
+        print(f"{when}  {user or '-':<12} {board or '-':<16} {action:<16} {detail}")
 
 
 def _positive(text):
@@ -99,6 +128,9 @@ def main(argv=None):
         prog="bitelab-admin", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--config", "-c", default=".env", help="path of the .env file")
+    parser.add_argument(
+        "--version", action="version", version=f"bitelab-admin {bitelab.__version__}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     token = commands.add_parser("token", help="print a new API token for USER")
     token.add_argument("user")
@@ -110,6 +142,16 @@ def main(argv=None):
     check.set_defaults(func=_check)
     events = commands.add_parser("events", help="show the newest audit events")
     events.add_argument("-n", type=_positive, default=50, help="how many (default 50)")
+    events.add_argument("--board", help="only the events of this board")
+    events.add_argument("--user", help="only the events of this user")
+    events.add_argument(
+        "--json",
+        action="store_true",
+        help="print the API's JSON document, newest first",
+    )
+    events.add_argument(
+        "--utc", action="store_true", help="times in UTC instead of the local zone"
+    )
     events.set_defaults(func=_events)
     args = parser.parse_args(argv)
     try:

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import UTC
@@ -27,6 +28,7 @@ from treq.testing import StubTreq
 from twisted.internet import defer, error, task
 
 from bitelab.client import cli, render
+from bitelab.client import settings as settings_module
 from bitelab.client.http import LabAPI
 from bitelab.client.render import Moment
 from bitelab.client.settings import ConfigProblem, Settings, load_settings
@@ -47,6 +49,8 @@ class FakeLab:
     tokens: dict = attrs.Factory(lambda: {"tok-alice": "alice", "tok-root": "root"})
     boards: dict = attrs.Factory(dict)
     events: list = attrs.Factory(list)
+    #: action -> error code the server fails that action with (status 502)
+    failures: dict = attrs.Factory(dict)
     app = Klein()
 
     def __attrs_post_init__(self):
@@ -117,6 +121,9 @@ class FakeLab:
         if len(parts) == 2:
             return self._json(request, board)
         action = parts[2]
+        if action in self.failures:
+            code = self.failures[action]
+            return self._error(request, 502, code, f"{action} of {name} failed")
         if action == "reserve":
             if board["state"] != "free":
                 text = f"{name} is reserved by {board['holder']}"
@@ -289,6 +296,78 @@ def test_bad_usage_exits_2(argv, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("bitelab")
 
 
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("90", 90), ("45s", 45), ("30m", 1800), ("2h", 7200), ("1d", 86400)]
+    + [("1h30m", 5400), ("2min", 120), ("1w", 604800)],
+)
+def test_durations(text, seconds):
+    """Durations are seconds, or numbers with s, m/min, h, d or w, combined."""
+    assert cli.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "0m", "2x", "h", "1.5h", "-1h", "2h x"])
+def test_bad_durations(text):
+    """Anything else is refused with a message."""
+    with pytest.raises(ValueError):
+        cli.parse_duration(text)
+
+
+def test_reserve_and_extend_with_durations(lab):
+    """``reserve -t 2h`` and ``set timeout=30m`` send seconds."""
+    assert run_inprocess(lab, ["reserve", "-t", "2h", "cora-1"]).status == 0
+    assert lab.events[-1][3] == {"timeout": 7200}
+    assert run_inprocess(lab, ["set", "timeout=30m", "cora-1"]).status == 0
+    assert lab.events[-1][3] == {"timeout": 1800}
+
+
+@pytest.mark.parametrize(
+    "action, code, status",
+    [("reserve", "setup_failed", 4), ("attrs", "power_failed", 5)]
+    + [("release", "internal", 3)],
+)
+def test_setup_and_power_failures_have_their_own_status(lab, action, code, status):
+    """A failed setup script exits 4, a failed power operation 5, other server
+    failures 3, each with the server's message on one line."""
+    lab.failures[action] = code
+    argv = {"reserve": ["reserve", "cora-1"], "attrs": ["set", "power=on", "cora-1"]}
+    result = run_inprocess(lab, argv.get(action, ["release", "cora-1"]))
+    assert result.status == status
+    assert result.err == f"bitelab: server error ({code}): {action} of cora-1 failed\n"
+
+
+def test_times_in_local_zone_or_utc(lab):
+    """``info`` shows times in the local zone with its name, or UTC."""
+    from zoneinfo import ZoneInfo
+
+    lab.boards["cora-1"].update(state="reserved", holder="alice", expires_at=LATER)
+    paris = run_inprocess(lab, ["info", "cora-1"], tz=ZoneInfo("Europe/Paris"))
+    assert "expires:  2027-01-15 09:12:00 CET (in 12m)" in paris.out
+    utc = run_inprocess(lab, ["info", "cora-1"], tz=UTC)
+    assert "expires:  2027-01-15 08:12:00 UTC (in 12m)" in utc.out
+
+
+def test_list_marks_a_failed_power_operation(lab):
+    """A board whose last power operation failed is marked in ``list``."""
+    lab.boards["cora-2"]["attrs"]["power_error"] = "switch did not answer"
+    result = run_inprocess(lab, ["list"])
+    rows = {line.split()[0]: line for line in result.out.splitlines()}
+    assert rows["cora-2"].endswith("off (failed)")
+    assert rows["cora-1"].endswith("off")
+    assert "(failed): the last power operation failed" in result.out
+
+
+def test_forced_release_with_a_reason(lab):
+    """``release -f --reason TEXT`` sends the reason; without -f it is refused
+    locally."""
+    lab.boards["cora-1"].update(state="reserved", holder="bob")
+    result = run_inprocess(lab, ["release", "-f", "--reason", "bench move", "cora-1"])
+    assert result.status == 0
+    assert lab.events[-1][3] == {"force": True, "reason": "bench move"}
+    result = run_inprocess(lab, ["release", "--reason", "why", "cora-1"])
+    assert result.status == 2 and "--reason goes with -f" in result.err
+
+
 def test_refused_maps_to_1_with_api_message(lab):
     """A 409 becomes exit 1 and the API's message, and its JSON with --json."""
     lab.boards["cora-1"].update(state="reserved", holder="bob")
@@ -347,6 +426,33 @@ def test_settings_from_environment():
         load_settings({"BITELAB_URL": "http://lab"})
     settings = load_settings({"BITELAB_URL": "http://lab", "BITELAB_AUTH": " t\n"})
     assert settings == Settings(url="http://lab", token="t")
+
+
+def test_labs_file_settings(tmp_path):
+    """A named lab takes URL, token and CA file from the labs file and nothing
+    from BITELAB_*; BITELAB_LAB names it too; a lab without a token or an
+    unknown lab says what to run."""
+    environ = {"HOME": str(tmp_path), "BITELAB_AUTH": "env-token"}
+    cert = tmp_path / "ca.pem"
+    cert.write_text("x")
+    settings_module.add_lab(environ, "north", "https://north:8443", str(cert))
+    settings_module.add_lab(environ, "south", "http://south:8080")
+    settings_module.save_token(environ, "north", "north-token")
+    assert load_settings(environ, "north") == Settings(
+        "https://north:8443", "north-token", str(cert), "north"
+    )
+    with pytest.raises(ConfigProblem, match=r"bitelab --lab south token --save"):
+        load_settings(environ, "south")
+    assert load_settings({**environ, "BITELAB_LAB": "south"}, need_token=False) == (
+        Settings("http://south:8080", None, None, "south")
+    )
+    with pytest.raises(ConfigProblem, match="no lab named 'west'.*north, south"):
+        load_settings(environ, "west")
+    settings_module.add_lab(environ, "north", "https://elsewhere:8443")
+    assert settings_module.read_labs(environ)["north"]["token"] is None
+    path = settings_module.labs_file(environ)
+    assert path == tmp_path / ".config" / "bitelab" / "labs.ini"
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_api_urls_quote_names():
@@ -776,6 +882,49 @@ def test_console_runs_ssh_through_contssh_with_the_pinned_key(serve, tmp_path):
     assert result.returncode == 2
     assert "has another SSH host key" in one_line(result)
     assert known.read_text() == f"lab-one {HOST_KEY}\n"
+
+
+@pytest.mark.parametrize(
+    "command, module", [("bitelab", None), ("bitelab-admin", "bitelab.admin")]
+)
+def test_version(command, module):
+    """``--version`` prints the program's name and version."""
+    import bitelab as package
+
+    argv = [BITELAB, "--version"]
+    if module:
+        argv = [sys.executable, "-m", module, "--version"]
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": REPO}
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0
+    assert result.stdout == f"{command} {package.__version__}\n"
+
+
+def complete(line, env=None):
+    """What argcomplete offers for the command line ``line``."""
+    output = Path(tempfile.mkdtemp()) / "completions"
+    environment = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": REPO,
+        "_ARGCOMPLETE": "1",
+        "_ARGCOMPLETE_IFS": "\n",
+        "_ARGCOMPLETE_STDOUT_FILENAME": str(output),
+        "COMP_LINE": line,
+        "COMP_POINT": str(len(line)),
+        "COMP_TYPE": "9",
+        **(env or {}),
+    }
+    subprocess.run([BITELAB], env=environment, capture_output=True, check=False)
+    return [word.strip() for word in output.read_text().split("\n")]
+
+
+def test_completion_of_commands_and_boards(real):
+    """Shell completion offers commands, options and the lab's board names."""
+    assert {"reserve", "release"} <= set(complete("bitelab re"))
+    assert "--send" in complete("bitelab console --s")
+    env = {"BITELAB_URL": real.server.url, "BITELAB_AUTH": real.tokens["alice"]}
+    assert sorted(complete("bitelab info zy", env)) == ["zynq-1", "zynq-2"]
+    assert sorted(complete("bitelab reserve p", env)) == ["pine", "pine-1"]
 
 
 def test_console_without_ssh_exits_2(tmp_path):
