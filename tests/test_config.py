@@ -1,6 +1,7 @@
 """The ``.env`` and board-file loaders: values, defaults and one-line errors."""
 
 import os
+import shutil
 
 import pytest
 
@@ -302,10 +303,18 @@ def test_class_needs_arch(tmp_path):
         load_boards(path, OPTIONS)
 
 
-@pytest.mark.parametrize("name", [".env", "jail-demo.env"])
-def test_example_labs_are_valid(name):
-    """The shipped conf/ examples load, both files together."""
-    conf = os.path.join(os.path.dirname(__file__), "..", "conf")
+@pytest.mark.parametrize("name", [".env", "jail-demo.env", "tls.env"])
+def test_example_labs_are_valid(name, tmp_path):
+    """The shipped conf/ examples load, both files together (the TLS lab with
+    a certificate made as the README makes it)."""
+    conf = tmp_path / "conf"
+    shutil.copytree(
+        os.path.join(os.path.dirname(__file__), "..", "conf"),
+        conf,
+        ignore=shutil.ignore_patterns("state", "keys"),
+    )
+    (conf / "state").mkdir(exist_ok=True)
+    self_signed(conf / "state")
     cfg = load_config(os.path.join(conf, name))
     lab = load_boards(cfg.board_conf, OPTIONS)
     check_lab(cfg, lab)
