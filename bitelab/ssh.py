@@ -23,8 +23,10 @@ The keys directory holds one ``USER.pub`` file per user in authorized_keys
 format; a line with an options prefix (``from=...``) is logged and skipped
 rather than half honoured. Conch looks keys up synchronously, so ``KeysDirectory`` keeps an
 in-memory snapshot of it, polled for changes every few seconds and reloaded
-on demand (the server hooks SIGHUP to ``SSHService.reload``). Sessions that
-are already open are never affected by a reload.
+on demand (the server hooks SIGHUP to ``SSHService.reload``); a key it does
+not know makes it look at the directory again at once, so that a key file
+just added works at the first login. Sessions that are already open are
+never affected by a reload.
 """
 
 import os
@@ -330,6 +332,10 @@ class KeyOwnerChecker:
         except (keys.BadKeyError, ValueError, IndexError):
             raise UnauthorizedLogin("bad key") from None
         user = self.keys.user_for_key(key)
+        if user is None:
+            # a key file added since the last poll counts at once
+            self.keys.poll()
+            user = self.keys.user_for_key(key)
         if user is None:
             raise UnauthorizedLogin("unknown key")
         if not creds.signature:

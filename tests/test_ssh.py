@@ -540,6 +540,19 @@ async def test_reload_picks_up_new_key_and_keeps_sessions(
     assert await finished(viewer) == 0
 
 
+@pytest_twisted.ensureDeferred
+async def test_new_key_file_works_at_once(ssh, lab, keys_dir, tmp_path):
+    """A key file the admin just added lets its user in on the first try,
+    before the next poll: an unknown key makes the server look again."""
+    (keys_dir / "carol.pub").write_bytes(
+        (tmp_path / "client" / "carol.pub").read_bytes()
+    )
+    status, out, err = await run_ssh(ssh, "carol", "lab")
+    assert (status, out) == (0, TOKEN.encode() + b"\n"), err
+    status, out, err = await run_ssh(ssh, "mallory", "lab")
+    assert status == 255 and b"Permission denied" in err
+
+
 def write_keys(path, text):
     """Write ``text`` to ``path`` and make its mtime differ from before."""
     path.write_text(text)
