@@ -23,8 +23,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, HERE)
 
-from labgrid_peer import Coordinator  # noqa: E402
-from support.server import REPO, LabServer  # noqa: E402
+from labgrid_peer import Coordinator
+
+from support.server import REPO, LabServer
 
 
 def boards_file(count):

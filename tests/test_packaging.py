@@ -58,8 +58,10 @@ def test_editable_install_in_compat_mode_has_the_twistd_plugin(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, setuptools.build_meta as b; "
-            "print(b.build_editable(sys.argv[1], {'editable_mode': 'compat'}))",
+            (
+                "import sys, setuptools.build_meta as b; "
+                "print(b.build_editable(sys.argv[1], {'editable_mode': 'compat'}))"
+            ),
             str(wheels),
         ],
         cwd=source,
