@@ -831,6 +831,31 @@ def test_contssh_path_does_not_import_twisted(code):
     assert not {name for name in imported if name.split(".")[0] in ("twisted", "treq")}
 
 
+def test_reading_commands_do_not_import_twisted(real):
+    """``bitelab list`` (like every command that only reads) loads neither
+    twisted nor treq: their import is most of a command's time."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": REPO,
+        "BITELAB_URL": real.server.url,
+        "BITELAB_AUTH": real.tokens["alice"],
+    }
+    code = "import sys; from bitelab.client.cli import main; sys.exit(main(['list']))"
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "zynq-1" in result.stdout
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+    assert "bitelab.client.quick" in imported
+    assert not {name for name in imported if name.split(".")[0] in ("twisted", "treq")}
+
+
 FAKE_SSH = """#!{python}
 import json, subprocess, sys
 args = sys.argv[1:]
@@ -937,7 +962,7 @@ def test_console_without_ssh_exits_2(tmp_path):
 @pytest.mark.parametrize(
     "command",
     ["list", "classes", "info", "reserve", "release", "set", "console", "contssh"]
-    + ["whoami"],
+    + ["whoami", "log", "token", "labs", "logout", "maintenance"],
 )
 def test_every_command_has_help(command):
     """``bitelab COMMAND --help`` prints usage and exits 0."""

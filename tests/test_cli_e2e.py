@@ -255,6 +255,23 @@ def test_two_labs_from_the_labs_file(lab_server, tmp_path):
         assert saved.returncode == 0, saved.stderr
         assert f"token of lab {lab} saved" in saved.stderr
     assert alice.run("--lab", "n", "reserve", "zynq-1").returncode == 0
+    plain_ssh = subprocess.run(
+        ["ssh", "-F", "/dev/null", "-o", f"ProxyCommand={BIN}/bitelab --lab s contssh"]
+        + [
+            "-o",
+            "UserKnownHostsFile=" + str(alice.home / ".config/bitelab/known_hosts"),
+        ]
+        + ["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
+        + ["-i", second.key("alice"), "-l", "lab", "south"],
+        env=alice.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert plain_ssh.returncode == 0, plain_ssh.stderr
+    assert plain_ssh.stdout.startswith("bl_")
     listing = alice.run("list", BITELAB_LAB="s")
     assert listing.returncode == 0 and "zynq-1" in listing.stdout
     assert "alice" not in listing.stdout  # south's zynq-1 is free
