@@ -53,7 +53,6 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_SETUP_FAILED = 4
 EXIT_POWER_FAILED = 5
-EXIT_NO_MATCH = 6
 
 #: exit statuses of server failures that have one of their own
 FAILURE_STATUS = {"setup_failed": EXIT_SETUP_FAILED, "power_failed": EXIT_POWER_FAILED}

@@ -30,7 +30,6 @@ import time
 from bitelab.client.settings import ConfigProblem, config_dir
 
 EXIT_OK = 0
-EXIT_REFUSED = 1
 EXIT_UNREACHABLE = 3
 #: ``--expect`` did not see its pattern in time, or the console closed first
 EXIT_NO_MATCH = 6
