@@ -3,18 +3,27 @@
     bitelab-admin [--config .env] token USER     print a new API token
     bitelab-admin [--config .env] revoke USER    revoke every token of USER
     bitelab-admin [--config .env] check          validate the configuration
-    bitelab-admin [--config .env] events [-n N]  show the audit log
+    bitelab-admin [--config .env] events [-n N] [--board B] [--user U] [--json]
+                                                 show the audit log
 
 It works on the database directly (WAL mode lets it run beside the
 server), so an admin can mint the first token before any SSH key exists.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
 
-from bitelab.config import USER_RE, check_lab, load_boards, load_config
+import bitelab
+from bitelab.config import (
+    RESERVED_LOGIN,
+    USER_RE,
+    check_lab,
+    load_boards,
+    load_config,
+)
 from bitelab.errors import ConfigError
 
 
@@ -24,6 +33,10 @@ def _token(settings, args):
 
     if not USER_RE.match(args.user):
         raise ConfigError(f"{args.user!r} is not a valid user name")
+    if args.user == RESERVED_LOGIN:
+        raise ConfigError(
+            f"{RESERVED_LOGIN!r} is the SSH login that hands out tokens, not a user"
+        )
     conn = db.connect(settings.db_file)
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -61,18 +74,27 @@ def _check(settings, args):
 
 
 def _events(settings, args):
+    from datetime import UTC, datetime
+
     from bitelab import db
+    from bitelab.client.render import show_time
     from bitelab.store import read_events
-    from bitelab.views import iso
+    from bitelab.views import event_view
 
     conn = db.connect(settings.db_file)
     try:
-        rows = read_events(conn.cursor(), limit=args.n)
+        rows = read_events(conn.cursor(), limit=args.n, board=args.board, user=args.user)
     finally:
         conn.close()
+    if args.json:
+        events = [event_view(row) for row in rows]
+        print(json.dumps({"events": events}, indent=2))
+        return
+    tz = UTC if args.utc else None
     for e in reversed(rows):
+        when = show_time(datetime.fromtimestamp(e["at"], UTC), tz)
         print(
-            f"{iso(e['at'])}  {e['user'] or '-':<12} {e['board'] or '-':<16} "
+            f"{when}  {e['user'] or '-':<12} {e['board'] or '-':<16} "
             f"{e['action']:<16} {e['detail']}"
         )
 
@@ -89,6 +111,9 @@ def main(argv=None):
         prog="bitelab-admin", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--config", "-c", default=".env", help="path of the .env file")
+    parser.add_argument(
+        "--version", action="version", version=f"bitelab-admin {bitelab.__version__}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     token = commands.add_parser("token", help="print a new API token for USER")
     token.add_argument("user")
@@ -100,6 +125,16 @@ def main(argv=None):
     check.set_defaults(func=_check)
     events = commands.add_parser("events", help="show the newest audit events")
     events.add_argument("-n", type=_positive, default=50, help="how many (default 50)")
+    events.add_argument("--board", help="only the events of this board")
+    events.add_argument("--user", help="only the events of this user")
+    events.add_argument(
+        "--json",
+        action="store_true",
+        help="print the API's JSON document, newest first",
+    )
+    events.add_argument(
+        "--utc", action="store_true", help="times in UTC instead of the local zone"
+    )
     events.set_defaults(func=_events)
     args = parser.parse_args(argv)
     try:

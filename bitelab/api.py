@@ -119,6 +119,8 @@ class API:
     clock: object
     #: a callable giving the SSH service's port once it listens
     ssh_port: object = lambda: None
+    #: what ``/info`` says of the SSH host key (``ssh.host_key_facts``)
+    host_key: dict = attrs.Factory(dict)
     app = Klein()
     log = Logger()
 
@@ -190,6 +192,7 @@ class API:
                 "version": bitelab.__version__,
                 "ssh_port": self.ssh_port(),
                 "time": iso(self.clock.seconds()),
+                **self.host_key,
             },
         )
 

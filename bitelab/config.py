@@ -97,6 +97,58 @@ def _endpoint(value):
     return value
 
 
+#: arguments of an ``ssl:`` endpoint that name files
+_SSL_FILE_ARGS = ("privateKey", "certKey", "extraCertChain", "dhParameters")
+
+
+def _split_unescaped(text, separator):
+    """``text`` split at each ``separator`` that no backslash escapes."""
+    parts, current, chars = [], "", iter(text)
+    for char in chars:
+        if char == "\\":
+            current += char + next(chars, "")
+        elif char == separator:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return parts
+
+
+def _unescape(text):
+    out, chars = "", iter(text)
+    for char in chars:
+        out += next(chars, "") if char == "\\" else char
+    return out
+
+
+def _escape(text):
+    return "".join("\\" + c if c in ":=\\" else c for c in text)
+
+
+def resolve_endpoint_files(value, base):
+    """``value`` with the files of an ``ssl:`` endpoint made absolute.
+
+    Relative certificate and key paths are taken relative to ``base`` (the
+    ``.env`` directory), as every other path of the file is; so is the
+    ``server.pem`` Twisted reads when ``privateKey`` is not given.
+    """
+    parts = _split_unescaped(value, ":")
+    if parts[0] != "ssl":
+        return value
+    named = {}
+    for index, part in enumerate(parts[1:], 1):
+        key, sep, raw = part.partition("=")
+        if sep and key in _SSL_FILE_ARGS:
+            named[key] = index
+            path = os.path.join(base, _unescape(raw))
+            parts[index] = f"{key}={_escape(os.path.normpath(path))}"
+    if "privateKey" not in named:
+        parts.append("privateKey=" + _escape(os.path.join(base, "server.pem")))
+    return ":".join(parts)
+
+
 def _admins(value):
     names = frozenset(n.strip() for n in value.split(",") if n.strip())
     for name in names:
@@ -111,28 +163,31 @@ def _name(value):
     return value
 
 
-# key -> (parser, is a path relative to the .env directory)
+#: kinds of values that name files relative to the .env directory
+_PATH, _ENDPOINT = "path", "endpoint"
+
+# key -> (parser, _PATH, _ENDPOINT or None)
 _KEYS = {
-    "db_file": (_path, True),
-    "board_conf": (_path, True),
-    "http_endpoint": (_endpoint, False),
-    "ssh_endpoint": (_endpoint, False),
-    "ssh_host_key": (_path, True),
-    "ssh_keys_dir": (_path, True),
-    "admins": (_admins, False),
-    "console_log_dir": (_path, True),
-    "console_log_max_bytes": (_bytes, False),
-    "console_log_backups": (_count, False),
-    "default_timeout": (_seconds, False),
-    "max_timeout": (_seconds, False),
-    "setup_script_timeout": (_seconds, False),
-    "power_cycle_pause": (_pause, False),
-    "expiry_interval": (_interval, False),
-    "lab_name": (_name, False),
-    "http_access_log": (_path, True),
-    "release_concurrency": (_positive, False),
-    "max_setup_failures": (_count, False),
-    "db_busy_timeout": (_wait, False),
+    "db_file": (_path, _PATH),
+    "board_conf": (_path, _PATH),
+    "http_endpoint": (_endpoint, _ENDPOINT),
+    "ssh_endpoint": (_endpoint, _ENDPOINT),
+    "ssh_host_key": (_path, _PATH),
+    "ssh_keys_dir": (_path, _PATH),
+    "admins": (_admins, None),
+    "console_log_dir": (_path, _PATH),
+    "console_log_max_bytes": (_bytes, None),
+    "console_log_backups": (_count, None),
+    "default_timeout": (_seconds, None),
+    "max_timeout": (_seconds, None),
+    "setup_script_timeout": (_seconds, None),
+    "power_cycle_pause": (_pause, None),
+    "expiry_interval": (_interval, None),
+    "lab_name": (_name, None),
+    "http_access_log": (_path, _PATH),
+    "release_concurrency": (_positive, None),
+    "max_setup_failures": (_count, None),
+    "db_busy_timeout": (_wait, None),
 }
 _REQUIRED = ("db_file", "board_conf")
 
@@ -162,12 +217,14 @@ def load_config(path):
             raise ConfigError(f"{where}: unknown key {key!r} (known keys: {known})")
         if key in values:
             raise ConfigError(f"{where}: key {key!r} is set twice")
-        parse, is_path = _KEYS[key]
+        parse, kind = _KEYS[key]
+        if kind == _ENDPOINT:
+            value = resolve_endpoint_files(value, base)
         try:
             parsed = parse(value)
         except ValueError as e:
             raise ConfigError(f"{where}: {key}: {e}") from None
-        if is_path:
+        if kind == _PATH:
             parsed = os.path.normpath(os.path.join(base, parsed))
         values[key] = parsed
     for key in _REQUIRED:

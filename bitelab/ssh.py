@@ -12,7 +12,8 @@ service:
   reservation ends (or the client falls too far behind, or the server
   stops) the hub closes the viewer; the session then prints the reason on a
   line of its own and exits with status 0, since the session did what it
-  was asked until the console went away. A user who does not hold the board gets
+  was asked until the console went away. The end of the client's input
+  also ends the session with status 0. A user who does not hold the board gets
   one line on stderr and exit status 1.
 
 Any other login name, and any key not found in the keys directory, gets the
@@ -22,8 +23,10 @@ The keys directory holds one ``USER.pub`` file per user in authorized_keys
 format; a line with an options prefix (``from=...``) is logged and skipped
 rather than half honoured. Conch looks keys up synchronously, so ``KeysDirectory`` keeps an
 in-memory snapshot of it, polled for changes every few seconds and reloaded
-on demand (the server hooks SIGHUP to ``SSHService.reload``). Sessions that
-are already open are never affected by a reload.
+on demand (the server hooks SIGHUP to ``SSHService.reload``); a key it does
+not know makes it look at the directory again at once, so that a key file
+just added works at the first login. Sessions that are already open are
+never affected by a reload.
 """
 
 import os
@@ -95,6 +98,21 @@ def load_or_create_host_key(path):
     if key.isPublic():
         raise keys.BadKeyError(f"{path}: this is a public key, not a host key")
     return key
+
+
+def host_key_facts(key):
+    """What ``GET /info`` publishes of the host ``key``, for clients to pin it.
+
+    ``ssh_host_key`` is the public key as a ``known_hosts`` line would hold
+    it, ``ssh_host_key_fingerprint`` its SHA256 fingerprint as
+    ``ssh-keygen -l`` prints it.
+    """
+    public = key.public()
+    fingerprint = public.fingerprint(keys.FingerprintFormats.SHA256_BASE64)
+    return {
+        "ssh_host_key": public.toString("openssh").decode("ascii"),
+        "ssh_host_key_fingerprint": "SHA256:" + fingerprint.rstrip("="),
+    }
 
 
 def _parse_key_file(path):
@@ -315,6 +333,10 @@ class KeyOwnerChecker:
             raise UnauthorizedLogin("bad key") from None
         user = self.keys.user_for_key(key)
         if user is None:
+            # a key file added since the last poll counts at once
+            self.keys.poll()
+            user = self.keys.user_for_key(key)
+        if user is None:
             raise UnauthorizedLogin("unknown key")
         if not creds.signature:
             # Tells the client this key would do; it signs and asks again.
@@ -521,6 +543,8 @@ class ConsoleSession(_Session):
     """A board login: bridge the channel to the board's console hub.
 
     Input that arrives before the hub does is kept and sent once attached.
+    The end of the client's input ends the session (exit 0), so that
+    ``ssh ... </dev/null`` and the end of a pipe do not leave it hanging.
     """
 
     def __init__(self, avatar):
@@ -528,6 +552,7 @@ class ConsoleSession(_Session):
         self._hub = None
         self._viewer = None
         self._early_input = []
+        self._input_ended = False
 
     def start(self):
         """Ask the lab for the console and attach to it."""
@@ -555,6 +580,8 @@ class ConsoleSession(_Session):
         early, self._early_input = b"".join(self._early_input), []
         if early:
             hub.send(early)
+        if self._input_ended:
+            self._leave()
 
     def _refused(self, reason):
         if reason.check(Forbidden, NotFound, Unavailable, StorageError):
@@ -579,6 +606,17 @@ class ConsoleSession(_Session):
             self._early_input.append(data)
         else:
             self._hub.send(data)
+
+    def eofReceived(self):
+        """The client's input ended: leave the console once it is attached."""
+        self._input_ended = True
+        if self._hub is not None:
+            self._leave()
+
+    def _leave(self):
+        hub, self._hub = self._hub, None
+        hub.detach(self._viewer)
+        self.exit(0)
 
     def viewer_closed(self, reason):
         """The hub closed the viewer: print ``reason``, exit 0."""

@@ -131,12 +131,12 @@ def make_lab_service(settings, lab, reactor):
     from bitelab.options import Runtime, SerialConsole
     from bitelab.script import ScriptRunner
     from bitelab.snmp import SNMPClient
-    from bitelab.ssh import SSHService
+    from bitelab.ssh import SSHService, host_key_facts
     from bitelab.store import Store
     from bitelab.tokens import TokenStore
 
     top = LabService()
-    check_host_key(settings.ssh_host_key)
+    host_key = check_host_key(settings.ssh_host_key)
     os.makedirs(settings.ssh_keys_dir, exist_ok=True)
     held = sync_database(settings, lab, reactor.seconds())
     writer = db.make_pool(settings.db_file, settings.db_busy_timeout)
@@ -180,7 +180,13 @@ def make_lab_service(settings, lab, reactor):
     )
     ssh.setServiceParent(top)
 
-    api = API(manager, tokens, reactor, ssh_port=lambda: _port_number(ssh.port))
+    api = API(
+        manager,
+        tokens,
+        reactor,
+        ssh_port=lambda: _port_number(ssh.port),
+        host_key=host_key_facts(host_key),
+    )
     # a file of its own is cheaper per request than the server's log
     if settings.http_access_log:
         os.makedirs(os.path.dirname(settings.http_access_log), exist_ok=True)
@@ -196,13 +202,13 @@ def make_lab_service(settings, lab, reactor):
 
 
 def check_host_key(path):
-    """Create the SSH host key if missing; a broken one is a ConfigError."""
+    """The SSH host key, created if missing; a broken one is a ConfigError."""
     from twisted.conch.ssh.keys import BadKeyError
 
     from bitelab.ssh import load_or_create_host_key
 
     try:
-        load_or_create_host_key(path)
+        return load_or_create_host_key(path)
     except (BadKeyError, ValueError, OSError) as e:
         problem = getattr(e, "strerror", None) or e
         raise ConfigError(f"ssh_host_key {path}: {problem}") from None

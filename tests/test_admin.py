@@ -58,6 +58,49 @@ def test_admin_events_arguments_and_closed_pipe(lab_server):
     assert "Traceback" not in piped.stderr
 
 
+def test_admin_events_filters_and_json(lab_server):
+    """`events --board/--user` filter like the API; `--json` prints the API's
+    document; text times are local with the zone's name, or UTC with --utc."""
+    server = lab_server()
+    alice, bob = server.token("alice"), server.token("bob")
+    for token, board in ((alice, "zynq-1"), (bob, "zynq-2"), (alice, "pine-1")):
+        server.request("POST", f"/api/v1/boards/{board}/reserve", {}, token)
+    result = server.admin("events", "--user", "alice", "--json")
+    events = json.loads(result.stdout)["events"]
+    assert [(e["board"], e["action"]) for e in events] == [
+        ("pine-1", "reserve"),
+        ("zynq-1", "reserve"),
+        (None, "token_issue"),
+    ]
+    assert set(events[0]) == {"id", "time", "user", "board", "action", "detail"}
+    status, api = server.request(
+        "GET", "/api/v1/events?user=alice", token=server.token("root")
+    )
+    assert status == 200 and api["events"] == events
+    text = server.admin("events", "--board", "zynq-2").stdout.splitlines()
+    assert len(text) == 1 and " bob " in text[0] and "zynq-1" not in text[0]
+    paris = subprocess.run(
+        [sys.executable, "-m", "bitelab.admin", "--config", server.env_path]
+        + ["events", "--board", "zynq-2"],
+        capture_output=True,
+        text=True,
+        env=server.client_env(None) | {"TZ": "Europe/Paris"},
+        check=False,
+    ).stdout
+    assert paris.split()[2] in ("CET", "CEST")
+    utc = server.admin("events", "--board", "zynq-2", "--utc").stdout
+    assert utc.split()[2] == "UTC"
+
+
+def test_admin_token_for_lab_is_refused(lab_server):
+    """`token lab` is refused: lab is the SSH login for tokens, not a user."""
+    server = lab_server()
+    result = server.admin("token", "lab")
+    assert result.returncode == 2
+    assert result.stderr.startswith("bitelab-admin: 'lab' is the SSH login")
+    assert result.stdout == ""
+
+
 def test_logout_revokes_the_token(lab_server):
     """`bitelab logout` revokes BITELAB_AUTH; the next call is refused with exit 1."""
     server = lab_server()

@@ -65,6 +65,22 @@ def test_info_needs_no_token_but_everything_else_does(lab):
     assert states(lab)["zynq-1"] == ("free", None)
 
 
+def test_info_publishes_the_ssh_host_key(lab):
+    """/info carries the SSH host key and the fingerprint ssh-keygen prints for it."""
+    status, info = call(lab, "GET", "/info")
+    assert status == 200
+    key_file = os.path.join(lab.dir, "ssh_host_ed25519_key")
+    public = subprocess.run(
+        ["ssh-keygen", "-y", "-f", key_file], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert info["ssh_host_key"].split() == public[:2]
+    listed = subprocess.run(
+        ["ssh-keygen", "-l", "-f", key_file], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert info["ssh_host_key_fingerprint"] == listed[1]
+    assert listed[1].startswith("SHA256:")
+
+
 def test_whoami(lab):
     """/whoami names the token's user and whether they are an admin."""
     assert call(lab, "GET", "/whoami", "alice") == (

@@ -15,8 +15,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from datetime import UTC
 from pathlib import Path
 
 import attrs
@@ -25,9 +27,12 @@ from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet import defer, error, task
 
-from bitelab.client import cli
+from bitelab.client import cli, render
+from bitelab.client import settings as settings_module
 from bitelab.client.http import LabAPI
-from support.server import LabServer
+from bitelab.client.render import Moment
+from bitelab.client.settings import ConfigProblem, Settings, load_settings
+from support.server import REPO, LabServer
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 LATER = "2027-01-15T08:12:00+00:00"
@@ -44,6 +49,8 @@ class FakeLab:
     tokens: dict = attrs.Factory(lambda: {"tok-alice": "alice", "tok-root": "root"})
     boards: dict = attrs.Factory(dict)
     events: list = attrs.Factory(list)
+    #: action -> error code the server fails that action with (status 502)
+    failures: dict = attrs.Factory(dict)
     app = Klein()
 
     def __attrs_post_init__(self):
@@ -114,6 +121,9 @@ class FakeLab:
         if len(parts) == 2:
             return self._json(request, board)
         action = parts[2]
+        if action in self.failures:
+            code = self.failures[action]
+            return self._error(request, 502, code, f"{action} of {name} failed")
         if action == "reserve":
             if board["state"] != "free":
                 text = f"{name} is reserved by {board['holder']}"
@@ -143,17 +153,18 @@ class Run:
     err: str
 
 
-def run_inprocess(lab, argv, token="tok-alice", environ=None, client=None):
+def run_inprocess(lab, argv, token="tok-alice", environ=None, client=None, tz=UTC):
     """Parse ``argv`` like ``bitelab`` does and dispatch it to ``lab``."""
     args = cli.build_parser().parse_args(argv)
-    settings = cli.Settings(url="http://lab.test", token=token)
+    settings = Settings(url="http://lab.test", token=token)
     clock = task.Clock()
     clock.advance(NOW)
     stub = StubTreq(lab.app.resource()) if client is None else None
+    api = LabAPI(client or stub, settings.url, token, clock, args.http_timeout)
     out, err = io.StringIO(), io.StringIO()
     environ = {"HOME": "/nonexistent"} if environ is None else environ
     d = defer.Deferred.fromCoroutine(
-        cli.dispatch(clock, args, settings, client or stub, out, err, environ)
+        cli.dispatch(api, args, settings, out, err, environ, Moment(NOW, tz))
     )
     if stub is not None:
         stub.flush()
@@ -285,6 +296,78 @@ def test_bad_usage_exits_2(argv, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("bitelab")
 
 
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("90", 90), ("45s", 45), ("30m", 1800), ("2h", 7200), ("1d", 86400)]
+    + [("1h30m", 5400), ("2min", 120), ("1w", 604800)],
+)
+def test_durations(text, seconds):
+    """Durations are seconds, or numbers with s, m/min, h, d or w, combined."""
+    assert cli.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "0m", "2x", "h", "1.5h", "-1h", "2h x"])
+def test_bad_durations(text):
+    """Anything else is refused with a message."""
+    with pytest.raises(ValueError):
+        cli.parse_duration(text)
+
+
+def test_reserve_and_extend_with_durations(lab):
+    """``reserve -t 2h`` and ``set timeout=30m`` send seconds."""
+    assert run_inprocess(lab, ["reserve", "-t", "2h", "cora-1"]).status == 0
+    assert lab.events[-1][3] == {"timeout": 7200}
+    assert run_inprocess(lab, ["set", "timeout=30m", "cora-1"]).status == 0
+    assert lab.events[-1][3] == {"timeout": 1800}
+
+
+@pytest.mark.parametrize(
+    "action, code, status",
+    [("reserve", "setup_failed", 4), ("attrs", "power_failed", 5)]
+    + [("release", "internal", 3)],
+)
+def test_setup_and_power_failures_have_their_own_status(lab, action, code, status):
+    """A failed setup script exits 4, a failed power operation 5, other server
+    failures 3, each with the server's message on one line."""
+    lab.failures[action] = code
+    argv = {"reserve": ["reserve", "cora-1"], "attrs": ["set", "power=on", "cora-1"]}
+    result = run_inprocess(lab, argv.get(action, ["release", "cora-1"]))
+    assert result.status == status
+    assert result.err == f"bitelab: server error ({code}): {action} of cora-1 failed\n"
+
+
+def test_times_in_local_zone_or_utc(lab):
+    """``info`` shows times in the local zone with its name, or UTC."""
+    from zoneinfo import ZoneInfo
+
+    lab.boards["cora-1"].update(state="reserved", holder="alice", expires_at=LATER)
+    paris = run_inprocess(lab, ["info", "cora-1"], tz=ZoneInfo("Europe/Paris"))
+    assert "expires:  2027-01-15 09:12:00 CET (in 12m)" in paris.out
+    utc = run_inprocess(lab, ["info", "cora-1"], tz=UTC)
+    assert "expires:  2027-01-15 08:12:00 UTC (in 12m)" in utc.out
+
+
+def test_list_marks_a_failed_power_operation(lab):
+    """A board whose last power operation failed is marked in ``list``."""
+    lab.boards["cora-2"]["attrs"]["power_error"] = "switch did not answer"
+    result = run_inprocess(lab, ["list"])
+    rows = {line.split()[0]: line for line in result.out.splitlines()}
+    assert rows["cora-2"].endswith("off (failed)")
+    assert rows["cora-1"].endswith("off")
+    assert "(failed): the last power operation failed" in result.out
+
+
+def test_forced_release_with_a_reason(lab):
+    """``release -f --reason TEXT`` sends the reason; without -f it is refused
+    locally."""
+    lab.boards["cora-1"].update(state="reserved", holder="bob")
+    result = run_inprocess(lab, ["release", "-f", "--reason", "bench move", "cora-1"])
+    assert result.status == 0
+    assert lab.events[-1][3] == {"force": True, "reason": "bench move"}
+    result = run_inprocess(lab, ["release", "--reason", "why", "cora-1"])
+    assert result.status == 2 and "--reason goes with -f" in result.err
+
+
 def test_refused_maps_to_1_with_api_message(lab):
     """A 409 becomes exit 1 and the API's message, and its JSON with --json."""
     lab.boards["cora-1"].update(state="reserved", holder="bob")
@@ -299,7 +382,7 @@ def test_bad_token_hints_how_to_get_one(lab):
     """A 401 is exit 1 and tells how to get a new token."""
     result = run_inprocess(lab, ["whoami"], token="stale")
     assert result.status == 1
-    assert cli.TOKEN_COMMAND in result.err
+    assert "bitelab token" in result.err
     assert len(result.err.splitlines()) == 1
 
 
@@ -335,14 +418,41 @@ def test_network_failures_map_to_3(lab, outcome, text):
 
 def test_settings_from_environment():
     """Missing or malformed BITELAB_URL/BITELAB_AUTH say how to fix them."""
-    with pytest.raises(cli.ConfigProblem, match="export BITELAB_URL="):
-        cli.load_settings({})
-    with pytest.raises(cli.ConfigProblem, match="http:// or https://"):
-        cli.load_settings({"BITELAB_URL": "lab.example.org:8080"})
-    with pytest.raises(cli.ConfigProblem, match="-l lab bitelab"):
-        cli.load_settings({"BITELAB_URL": "http://lab"})
-    settings = cli.load_settings({"BITELAB_URL": "http://lab", "BITELAB_AUTH": " t\n"})
-    assert settings == cli.Settings(url="http://lab", token="t")
+    with pytest.raises(ConfigProblem, match="export BITELAB_URL="):
+        load_settings({})
+    with pytest.raises(ConfigProblem, match="http:// or https://"):
+        load_settings({"BITELAB_URL": "lab.example.org:8080"})
+    with pytest.raises(ConfigProblem, match=r"BITELAB_AUTH=\$\(bitelab token\)"):
+        load_settings({"BITELAB_URL": "http://lab"})
+    settings = load_settings({"BITELAB_URL": "http://lab", "BITELAB_AUTH": " t\n"})
+    assert settings == Settings(url="http://lab", token="t")
+
+
+def test_labs_file_settings(tmp_path):
+    """A named lab takes URL, token and CA file from the labs file and nothing
+    from BITELAB_*; BITELAB_LAB names it too; a lab without a token or an
+    unknown lab says what to run."""
+    environ = {"HOME": str(tmp_path), "BITELAB_AUTH": "env-token"}
+    cert = tmp_path / "ca.pem"
+    cert.write_text("x")
+    settings_module.add_lab(environ, "north", "https://north:8443", str(cert))
+    settings_module.add_lab(environ, "south", "http://south:8080")
+    settings_module.save_token(environ, "north", "north-token")
+    assert load_settings(environ, "north") == Settings(
+        "https://north:8443", "north-token", str(cert), "north"
+    )
+    with pytest.raises(ConfigProblem, match=r"bitelab --lab south token --save"):
+        load_settings(environ, "south")
+    assert load_settings({**environ, "BITELAB_LAB": "south"}, need_token=False) == (
+        Settings("http://south:8080", None, None, "south")
+    )
+    with pytest.raises(ConfigProblem, match="no lab named 'west'.*north, south"):
+        load_settings(environ, "west")
+    settings_module.add_lab(environ, "north", "https://elsewhere:8443")
+    assert settings_module.read_labs(environ)["north"]["token"] is None
+    path = settings_module.labs_file(environ)
+    assert path == tmp_path / ".config" / "bitelab" / "labs.ini"
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_api_urls_quote_names():
@@ -353,10 +463,11 @@ def test_api_urls_quote_names():
 
 def test_relative_times():
     """Expiry is shown relative to now, and past times as expired."""
-    assert cli.relative("2027-01-15T09:05:00Z", NOW) == "in 1h05m"
-    assert cli.relative("2027-01-15T08:00:30Z", NOW) == "in 30s"
-    assert cli.relative("2027-01-15T07:00:00Z", NOW) == "expired"
-    assert cli.absolute(LATER, NOW) == "2027-01-15 08:12:00Z (in 12m)"
+    assert render.relative("2027-01-15T09:05:00Z", NOW) == "in 1h05m"
+    assert render.relative("2027-01-15T08:00:30Z", NOW) == "in 30s"
+    assert render.relative("2027-01-15T07:00:00Z", NOW) == "expired"
+    moment = Moment(NOW, UTC)
+    assert render.absolute(LATER, moment) == "2027-01-15 08:12:00 UTC (in 12m)"
 
 
 # --- subprocess: the installed console script --------------------------------
@@ -364,10 +475,15 @@ def test_relative_times():
 BITELAB = shutil.which("bitelab", path=str(Path(sys.executable).parent)) or "bitelab"
 
 
-def bitelab(*argv, url=None, token=None, home=None, path=None, timeout=60):
-    """Run the ``bitelab`` console script; the ``CompletedProcess``."""
-    env = {"PATH": path or os.environ["PATH"], "HOME": str(home or "/nonexistent")}
-    env["LANG"] = "C.UTF-8"
+def bitelab(*argv, url=None, token=None, home=None, path=None, timeout=60, env=None):
+    """Run the ``bitelab`` console script of this tree; the ``CompletedProcess``."""
+    env = {
+        "PATH": path or os.environ["PATH"],
+        "HOME": str(home or "/nonexistent"),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": REPO,
+        **(env or {}),
+    }
     if url is not None:
         env["BITELAB_URL"] = url
     if token is not None:
@@ -516,7 +632,7 @@ def test_missing_environment_exits_2():
     assert "export BITELAB_URL=" in one_line(result)
     result = bitelab("whoami", url="http://127.0.0.1:9")
     assert result.returncode == 2
-    assert cli.TOKEN_COMMAND in one_line(result)
+    assert "bitelab token" in one_line(result)
 
 
 def test_silent_server_times_out_with_3(serve):
@@ -544,7 +660,7 @@ def test_interrupt_ends_quietly(serve):
         stopping.wait(30)
 
     server = serve(hold)
-    env = {"PATH": os.environ["PATH"], "BITELAB_AUTH": "t"}
+    env = {"PATH": os.environ["PATH"], "BITELAB_AUTH": "t", "PYTHONPATH": REPO}
     env["BITELAB_URL"] = f"http://127.0.0.1:{server.port}"
     proc = subprocess.Popen(
         [BITELAB, "list"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -610,10 +726,15 @@ def test_answers_that_are_not_the_api(serve, status, body, code, text):
 # --- contssh ---------------------------------------------------------------
 
 
-def info_server(serve, ssh_port):
-    """An HTTP server whose /api/v1/info names ``ssh_port``."""
-    body = json.dumps({"name": "t", "version": "0", "ssh_port": ssh_port}).encode()
-    return serve(http_answer(200, body))
+HOST_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHEVAjh15rLVH2azY03UX4diyl8NLfI/Xe8zN2VHBcMU"
+)
+
+
+def info_server(serve, ssh_port, **extra):
+    """An HTTP server whose /api/v1/info names ``ssh_port`` (and ``extra``)."""
+    info = {"name": "t", "version": "0", "ssh_port": ssh_port, **extra}
+    return serve(http_answer(200, json.dumps(info).encode()))
 
 
 def reply_after_eof(conn, stopping):
@@ -636,6 +757,7 @@ def test_contssh_pipes_both_ways_with_half_close(serve):
         capture_output=True,
         env={
             "PATH": os.environ["PATH"],
+            "PYTHONPATH": REPO,
             "BITELAB_URL": f"http://127.0.0.1:{info.port}",
         },
         timeout=60,
@@ -659,6 +781,7 @@ def test_contssh_exits_when_server_closes(serve):
         stderr=subprocess.PIPE,
         env={
             "PATH": os.environ["PATH"],
+            "PYTHONPATH": REPO,
             "BITELAB_URL": f"http://127.0.0.1:{info.port}",
         },
     )
@@ -708,6 +831,31 @@ def test_contssh_path_does_not_import_twisted(code):
     assert not {name for name in imported if name.split(".")[0] in ("twisted", "treq")}
 
 
+def test_reading_commands_do_not_import_twisted(real):
+    """``bitelab list`` (like every command that only reads) loads neither
+    twisted nor treq: their import is most of a command's time."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": REPO,
+        "BITELAB_URL": real.server.url,
+        "BITELAB_AUTH": real.tokens["alice"],
+    }
+    code = "import sys; from bitelab.client.cli import main; sys.exit(main(['list']))"
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "zynq-1" in result.stdout
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+    assert "bitelab.client.quick" in imported
+    assert not {name for name in imported if name.split(".")[0] in ("twisted", "treq")}
+
+
 FAKE_SSH = """#!{python}
 import json, subprocess, sys
 args = sys.argv[1:]
@@ -718,31 +866,90 @@ print(json.dumps({{"argv": args, "reply": reply.stdout.decode()}}))
 """
 
 
-def test_console_execs_ssh_through_contssh(serve, tmp_path):
-    """``console`` execs ssh with -l BOARD and a ProxyCommand that reaches the lab."""
+def test_console_runs_ssh_through_contssh_with_the_pinned_key(serve, tmp_path):
+    """``console`` runs ssh with -l BOARD, a ProxyCommand that reaches the lab,
+    and the host key from /info pinned under the lab's name in bitelab's own
+    known_hosts; a second lab of the same name with another key is refused."""
     ssh = serve(reply_after_eof)
-    info = info_server(serve, ssh.port)
+    info = info_server(serve, ssh.port, name="lab-one", ssh_host_key=HOST_KEY)
     fake = tmp_path / "bin" / "ssh"
     fake.parent.mkdir()
     fake.write_text(FAKE_SSH.format(python=sys.executable))
     fake.chmod(0o755)
-    result = bitelab(
-        "console",
-        "cora-1",
-        url=f"http://127.0.0.1:{info.port}",
-        path=f"{fake.parent}:{os.environ['PATH']}",
-    )
+    path = f"{fake.parent}:{os.environ['PATH']}"
+    home = tmp_path / "home"
+    url = f"http://127.0.0.1:{info.port}"
+    result = bitelab("console", "cora-1", url=url, path=path, home=home)
     assert result.returncode == 0, result.stderr
+    known = home / ".config" / "bitelab" / "known_hosts"
+    assert known.read_text() == f"lab-one {HOST_KEY}\n"
+    assert "recorded the SSH host key of lab lab-one" in one_line(result)
     seen = json.loads(result.stdout)
     assert seen["argv"][0] == "-o"
     assert seen["argv"][2:] == [
         "-o",
-        f"HostKeyAlias=bitelab-127.0.0.1-{info.port}",
+        "HostKeyAlias=lab-one",
+        "-o",
+        f"UserKnownHostsFile={known}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-T",
         "-l",
         "cora-1",
-        "bitelab",
+        "lab-one",
     ]
     assert seen["reply"] == "13:" + "hello console"[::-1]
+
+    other_key = HOST_KEY[:-6] + "AAAAAA"
+    other = info_server(serve, ssh.port, name="lab-one", ssh_host_key=other_key)
+    url = f"http://127.0.0.1:{other.port}"
+    result = bitelab("console", "cora-1", url=url, path=path, home=home)
+    assert result.returncode == 2
+    assert "has another SSH host key" in one_line(result)
+    assert known.read_text() == f"lab-one {HOST_KEY}\n"
+
+
+@pytest.mark.parametrize(
+    "command, module", [("bitelab", None), ("bitelab-admin", "bitelab.admin")]
+)
+def test_version(command, module):
+    """``--version`` prints the program's name and version."""
+    import bitelab as package
+
+    argv = [BITELAB, "--version"]
+    if module:
+        argv = [sys.executable, "-m", module, "--version"]
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": REPO}
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0
+    assert result.stdout == f"{command} {package.__version__}\n"
+
+
+def complete(line, env=None):
+    """What argcomplete offers for the command line ``line``."""
+    output = Path(tempfile.mkdtemp()) / "completions"
+    environment = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": REPO,
+        "_ARGCOMPLETE": "1",
+        "_ARGCOMPLETE_IFS": "\n",
+        "_ARGCOMPLETE_STDOUT_FILENAME": str(output),
+        "COMP_LINE": line,
+        "COMP_POINT": str(len(line)),
+        "COMP_TYPE": "9",
+        **(env or {}),
+    }
+    subprocess.run([BITELAB], env=environment, capture_output=True, check=False)
+    return [word.strip() for word in output.read_text().split("\n")]
+
+
+def test_completion_of_commands_and_boards(real):
+    """Shell completion offers commands, options and the lab's board names."""
+    assert {"reserve", "release"} <= set(complete("bitelab re"))
+    assert "--send" in complete("bitelab console --s")
+    env = {"BITELAB_URL": real.server.url, "BITELAB_AUTH": real.tokens["alice"]}
+    assert sorted(complete("bitelab info zy", env)) == ["zynq-1", "zynq-2"]
+    assert sorted(complete("bitelab reserve p", env)) == ["pine", "pine-1"]
 
 
 def test_console_without_ssh_exits_2(tmp_path):
@@ -755,7 +962,7 @@ def test_console_without_ssh_exits_2(tmp_path):
 @pytest.mark.parametrize(
     "command",
     ["list", "classes", "info", "reserve", "release", "set", "console", "contssh"]
-    + ["whoami"],
+    + ["whoami", "log", "token", "labs", "logout", "maintenance"],
 )
 def test_every_command_has_help(command):
     """``bitelab COMMAND --help`` prints usage and exits 0."""
@@ -947,7 +1154,7 @@ def test_real_bad_token(real):
     result = bitelab("list", url=real.server.url, token="bl_not_a_real_token")
     assert result.returncode == 1
     line = one_line(result)
-    assert "(unauthorized)" in line and cli.TOKEN_COMMAND in line
+    assert "(unauthorized)" in line and "bitelab token" in line
 
 
 def test_real_bad_usage_reaches_no_server(real):
@@ -995,7 +1202,11 @@ def test_real_contssh_reaches_ssh_server(real):
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={"PATH": os.environ["PATH"], "BITELAB_URL": real.server.url},
+        env={
+            "PATH": os.environ["PATH"],
+            "PYTHONPATH": REPO,
+            "BITELAB_URL": real.server.url,
+        },
     )
     try:
         banner = proc.stdout.readline()

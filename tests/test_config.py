@@ -1,6 +1,7 @@
 """The ``.env`` and board-file loaders: values, defaults and one-line errors."""
 
 import os
+import shutil
 
 import pytest
 
@@ -10,6 +11,7 @@ from bitelab.errors import ConfigError
 from bitelab.options import EtherIface, SerialConsole, Timeout
 from bitelab.power import CmdPower, SNMPPower
 from support.seed import SEED
+from support.tls import self_signed
 
 OPTIONS = option_map()
 
@@ -108,6 +110,41 @@ def test_env_errors_are_one_line(tmp_path, text, needle):
     assert needle in message
     assert path in message
     assert "\n" not in message
+
+
+def test_ssl_endpoint_files_are_relative_to_the_env_file(tmp_path, monkeypatch):
+    """Certificate and key of an ``ssl:`` endpoint are found beside ``.env``,
+    whatever the working directory; escaped colons in a path survive."""
+    conf = tmp_path / "conf"
+    (conf / "tls:a").mkdir(parents=True)
+    self_signed(conf / "tls:a")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(
+        env_file(
+            conf,
+            "db_file=db\nboard_conf=b.ucl\nhttp_endpoint=ssl:8443:interface=127.0.0.1"
+            ":privateKey=tls\\:a/tls.key:certKey=tls\\:a/tls.pem\n",
+        )
+    )
+    key = str(conf / "tls:a" / "tls.key").replace(":", "\\:")
+    cert = str(conf / "tls:a" / "tls.pem").replace(":", "\\:")
+    assert cfg.http_endpoint == (
+        f"ssl:8443:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    )
+
+
+def test_ssl_endpoint_default_key_file_is_beside_the_env_file(tmp_path, monkeypatch):
+    """``ssl:PORT`` alone reads ``server.pem`` beside ``.env``, not in the
+    working directory."""
+    key, cert = self_signed(tmp_path, "server")
+    (tmp_path / "server.pem").write_bytes(cert.read_bytes() + key.read_bytes())
+    monkeypatch.chdir("/")
+    cfg = load_config(
+        env_file(tmp_path, "db_file=db\nboard_conf=b\nhttp_endpoint=ssl:0\n")
+    )
+    assert cfg.http_endpoint == f"ssl:0:privateKey={tmp_path}/server.pem"
 
 
 def test_env_missing_file(tmp_path):
@@ -266,10 +303,18 @@ def test_class_needs_arch(tmp_path):
         load_boards(path, OPTIONS)
 
 
-@pytest.mark.parametrize("name", [".env", "jail-demo.env"])
-def test_example_labs_are_valid(name):
-    """The shipped conf/ examples load, both files together."""
-    conf = os.path.join(os.path.dirname(__file__), "..", "conf")
+@pytest.mark.parametrize("name", [".env", "jail-demo.env", "tls.env"])
+def test_example_labs_are_valid(name, tmp_path):
+    """The shipped conf/ examples load, both files together (the TLS lab with
+    a certificate made as the README makes it)."""
+    conf = tmp_path / "conf"
+    shutil.copytree(
+        os.path.join(os.path.dirname(__file__), "..", "conf"),
+        conf,
+        ignore=shutil.ignore_patterns("state", "keys"),
+    )
+    (conf / "state").mkdir(exist_ok=True)
+    self_signed(conf / "state")
     cfg = load_config(os.path.join(conf, name))
     lab = load_boards(cfg.board_conf, OPTIONS)
     check_lab(cfg, lab)

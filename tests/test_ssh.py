@@ -478,6 +478,36 @@ async def test_client_leaving_detaches_viewer(ssh, lab):
     assert hub.events == ["attach", "detach"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_end_of_input_ends_the_console_session(ssh, lab):
+    """An ssh client whose input ends (``</dev/null``, the end of a pipe) leaves
+    the console with exit 0 once its last input reached the board."""
+    hub = lab.hubs["cora-1"]
+    client = ssh("alice", "cora-1")
+    await until(lambda: len(hub.viewers) == 1, "the viewer to attach")
+    client.type(b"reset\r")
+    client.transport.closeStdin()
+    assert await finished(client) == 0
+    assert hub.sent == b"reset\r"
+    assert hub.viewers == [] and hub.events == ["attach", "detach"]
+
+
+def test_end_of_input_before_console_opens(lab):
+    """Input and end of input that arrive before the console opens: the input
+    reaches the board, then the session ends with exit 0 and no viewer stays."""
+    hub = lab.hubs["cora-1"]
+    pending = defer.Deferred()
+    lab.open_console = lambda user, board: pending
+    session, proto = open_session(lab, "alice", "cora-1")
+    proto.transport.write(b"boot\r")
+    session.eofReceived()
+    assert proto.exit_code is None
+    pending.callback(hub)
+    assert hub.sent == b"boot\r"
+    assert proto.exit_code == 0
+    assert hub.viewers == []
+
+
 # Keys directory
 
 
@@ -508,6 +538,19 @@ async def test_reload_picks_up_new_key_and_keeps_sessions(
     assert viewer.running
     hub.close_viewers("bitelab: reservation of cora-1 ended")
     assert await finished(viewer) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_key_file_works_at_once(ssh, lab, keys_dir, tmp_path):
+    """A key file the admin just added lets its user in on the first try,
+    before the next poll: an unknown key makes the server look again."""
+    (keys_dir / "carol.pub").write_bytes(
+        (tmp_path / "client" / "carol.pub").read_bytes()
+    )
+    status, out, err = await run_ssh(ssh, "carol", "lab")
+    assert (status, out) == (0, TOKEN.encode() + b"\n"), err
+    status, out, err = await run_ssh(ssh, "mallory", "lab")
+    assert status == 255 and b"Permission denied" in err
 
 
 def write_keys(path, text):

@@ -1,73 +1,94 @@
 """``bitelab``: the command-line client of a bitelab server.
 
-Configuration comes from the environment: ``BITELAB_URL`` (the server's base
-URL) and ``BITELAB_AUTH`` (an API token). Exit statuses: 0 done, 1 the server
-refused, 2 usage or local configuration error, 3 the server is unreachable or
-failing.
+The lab is named by ``--lab NAME`` (or ``BITELAB_LAB``) from the labs file,
+or given by ``BITELAB_URL``, ``BITELAB_AUTH`` and ``BITELAB_CACERT`` (see
+``settings``).  Exit statuses: 0 done, 1 the server refused, 2 usage or local
+configuration error, 3 the server is unreachable or failing, 4 the setup
+script failed, 5 a power operation failed, 6 a scripted console did not see
+what it expected.
 
-Twisted and treq are imported only once a command needs HTTP, so that
-``bitelab contssh``, which OpenSSH starts for every connection, stays quick.
+Commands that only read (``list``, ``info``, ``console``...) use the
+standard library's HTTP client (``quick``); the others import Twisted and
+treq, which take longer to load than such a command takes to run.
 """
 
 import argparse
 import json
 import os
-import shlex
-import shutil
+import re
 import signal
 import sys
-from datetime import UTC, datetime
+import time
+from datetime import UTC
 from pathlib import Path
-from typing import NamedTuple
-from urllib.parse import urlsplit
 
+from bitelab import __version__
 from bitelab.client import contssh
+from bitelab.client.errors import ClientError, Failed, Refused
+from bitelab.client.render import (
+    Moment,
+    render_board,
+    render_boards,
+    render_classes,
+    render_labs,
+    render_logout,
+    render_released,
+    render_reserved,
+    render_whoami,
+)
+from bitelab.client.settings import (
+    ConfigProblem,
+    add_lab,
+    labs_file,
+    load_settings,
+    read_labs,
+    remove_lab,
+    save_token,
+    token_command,
+)
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+EXIT_SETUP_FAILED = 4
+EXIT_POWER_FAILED = 5
 
-#: How to get a token: OpenSSH, through this very client, to the ``lab`` user.
-TOKEN_COMMAND = "ssh -o 'ProxyCommand bitelab contssh' -l lab bitelab"
+#: exit statuses of server failures that have one of their own
+FAILURE_STATUS = {"setup_failed": EXIT_SETUP_FAILED, "power_failed": EXIT_POWER_FAILED}
 
 DEFAULT_TIMEOUT = 30.0
+DEFAULT_EXPECT_TIMEOUT = 30.0
 DEFAULT_KEYS = ("id_ed25519.pub", "id_rsa.pub")
 POWER_VALUES = ("on", "off", "cycle")
+#: commands served by the quick (standard library) client or none at all
+QUICK_COMMANDS = {"list", "classes", "info", "whoami", "console", "log", "token"}
+
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_PART = re.compile(r"(\d+)(min|[smhdw])")
 
 
-class ConfigProblem(Exception):
-    """A usage or local configuration problem: exit status 2, one-line message."""
+def parse_duration(text):
+    """Seconds in ``text``: ``90``, ``30m``, ``2h``, ``1d``, ``1h30m`` (also
+    ``s``, ``min``, ``w``); ``ValueError`` if it is not a positive duration."""
+    text = text.strip()
+    if text.isdigit():
+        seconds = int(text)
+    else:
+        parts = _DURATION_PART.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValueError(f"not a duration: {text!r} (e.g. 90, 30m, 2h, 1d)")
+        seconds = sum(int(n) * _UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"must be more than 0: {text!r}")
+    return seconds
 
 
-class Settings(NamedTuple):
-    """Where the server is and the token to show it."""
-
-    url: str
-    token: str | None
-
-
-def load_settings(environ, need_token=True):
-    """Read ``BITELAB_URL`` and ``BITELAB_AUTH``; ``ConfigProblem`` if unusable."""
-    url = environ.get("BITELAB_URL", "").strip()
-    if not url:
-        raise ConfigProblem(
-            "BITELAB_URL is not set; set it to the lab server's address, "
-            "e.g. export BITELAB_URL=http://lab.example.org:8080"
-        )
-    scheme, _, rest = url.partition("://")
-    if scheme.lower() not in ("http", "https") or not rest.strip("/"):
-        raise ConfigProblem(
-            f"BITELAB_URL={url!r} is not an http:// or https:// URL; "
-            "set it to the lab server's address, e.g. http://lab.example.org:8080"
-        )
-    token = environ.get("BITELAB_AUTH", "").strip() or None
-    if need_token and token is None:
-        raise ConfigProblem(
-            f"BITELAB_AUTH is not set; get a token with: {TOKEN_COMMAND} "
-            "and then: export BITELAB_AUTH=TOKEN"
-        )
-    return Settings(url=url, token=token)
+def _duration(text):
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_seconds(text):
@@ -76,16 +97,6 @@ def _positive_seconds(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
-    return value
-
-
-def _whole_seconds(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}")
-    if value <= 0:
         raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
     return value
 
@@ -101,10 +112,32 @@ def _assignment(text):
             )
         return key, value
     if key == "timeout":
-        return key, _whole_seconds(value)
+        return key, _duration(value)
     raise argparse.ArgumentTypeError(
-        f"unknown setting {key!r}; use power=on|off|cycle or timeout=SECONDS"
+        f"unknown setting {key!r}; use power=on|off|cycle or timeout=DURATION"
     )
+
+
+def _pattern(text):
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"bad regular expression {text!r}: {exc}")
+
+
+class _Step(argparse.Action):
+    """Appends ``(kind, value)`` to ``steps``, keeping the order given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        steps = list(getattr(namespace, self.dest, None) or [])
+        steps.append((self.const, values))
+        setattr(namespace, self.dest, steps)
+
+
+def _send(text):
+    from bitelab.client.console import send_bytes
+
+    return send_bytes(text)
 
 
 def _common_options(default):
@@ -113,22 +146,58 @@ def _common_options(default):
     The sub-command copies default to SUPPRESS so that a value given before
     the command name is not overwritten by the sub-command's default.
     """
+
+    def value(given):
+        return given if default else argparse.SUPPRESS
+
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument(
         "--json",
         action="store_true",
-        default=False if default else argparse.SUPPRESS,
+        default=value(False),
         help="print the API's JSON document instead of text",
     )
     parser.add_argument(
         "--http-timeout",
         dest="http_timeout",
         type=_positive_seconds,
-        default=DEFAULT_TIMEOUT if default else argparse.SUPPRESS,
+        default=value(DEFAULT_TIMEOUT),
         metavar="SECONDS",
         help=f"give up on the server after this long (default: {DEFAULT_TIMEOUT:g})",
     )
+    parser.add_argument(
+        "--lab",
+        default=value(None),
+        metavar="NAME",
+        help="the lab NAME of the labs file (default: BITELAB_LAB, else "
+        "BITELAB_URL and BITELAB_AUTH)",
+    )
+    parser.add_argument(
+        "--utc",
+        action="store_true",
+        default=value(False),
+        help="show times in UTC instead of the local time zone",
+    )
     return parser
+
+
+def _complete_boards(prefix, parsed_args, **kwargs):
+    """Shell completion of board names (and class names for ``reserve``)."""
+    from bitelab.client.quick import QuickAPI, run_sync
+
+    try:
+        settings = load_settings(os.environ, getattr(parsed_args, "lab", None))
+        api = QuickAPI(settings.url, settings.token, 5.0, settings.cacert)
+        names = [b["name"] for b in run_sync(api.boards())["boards"]]
+        if getattr(parsed_args, "command", None) == "reserve":
+            names += [c["name"] for c in run_sync(api.classes())["classes"]]
+    except (ClientError, ConfigProblem, KeyError, TypeError):
+        return []
+    return [name for name in names if name.startswith(prefix)]
+
+
+def _board_argument(parser, metavar="BOARD"):
+    parser.add_argument("board", metavar=metavar).completer = _complete_boards
 
 
 def build_parser():
@@ -138,11 +207,16 @@ def build_parser():
         parents=[_common_options(True)],
         description=(
             "Reserve and use the boards of a bitelab lab. Needs BITELAB_URL "
-            f"(the server's address) and BITELAB_AUTH (a token: {TOKEN_COMMAND})."
+            "(the server's address) and BITELAB_AUTH (a token: export "
+            "BITELAB_AUTH=$(bitelab token)), or a lab of the labs file "
+            "(--lab NAME or BITELAB_LAB; see bitelab labs)."
         ),
         epilog="Exit status: 0 done, 1 refused by the server, 2 usage or "
-        "configuration error, 3 server unreachable or failing.",
+        "configuration error, 3 server unreachable or failing, 4 the setup "
+        "script failed, 5 a power operation failed, 6 a scripted console did "
+        "not see what it expected.",
     )
+    parser.add_argument("--version", action="version", version=f"bitelab {__version__}")
     common = [_common_options(False)]
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -153,7 +227,7 @@ def build_parser():
 
     add("list", "list the boards: class, state, holder, expiry and power")
     add("classes", "list the board classes with free and total boards")
-    add("info", "show one board").add_argument("board", metavar="BOARD")
+    _board_argument(add("info", "show one board"))
     reserve = add("reserve", "reserve a board, or any free board of a class")
     reserve.add_argument(
         "-i",
@@ -166,11 +240,12 @@ def build_parser():
         "-t",
         "--timeout",
         dest="seconds",
-        type=_whole_seconds,
-        metavar="SECONDS",
-        help="how long the reservation lasts (default: the board's)",
+        type=_duration,
+        metavar="DURATION",
+        help="how long the reservation lasts: seconds, or 30m, 2h, 1d "
+        "(default: the board's)",
     )
-    reserve.add_argument("board", metavar="BOARD|CLASS")
+    _board_argument(reserve, "BOARD|CLASS")
     release = add("release", "release a board you hold")
     release.add_argument(
         "-f",
@@ -178,27 +253,114 @@ def build_parser():
         action="store_true",
         help="release a board someone else holds (admins only)",
     )
-    release.add_argument("board", metavar="BOARD")
+    release.add_argument(
+        "--reason",
+        metavar="TEXT",
+        help="with -f: why, for the holder to see",
+    )
+    _board_argument(release)
     setter = add("set", "switch power or extend the reservation of a board")
     setter.add_argument(
         "settings",
         nargs="+",
         type=_assignment,
         metavar="KEY=VALUE",
-        help="power=on|off|cycle, timeout=SECONDS (extends from now)",
+        help="power=on|off|cycle, timeout=DURATION (extends from now)",
     )
-    setter.add_argument("board", metavar="BOARD")
-    console = add("console", "attach to a board's serial console over SSH")
+    _board_argument(setter)
+    console = add(
+        "console",
+        "attach to a board's serial console over SSH",
+        "Attach to a board's serial console over SSH. At a terminal, ~. at the "
+        "start of a line detaches. With --send and --expect (in the order "
+        "given) it runs without a terminal: it sends TEXT, waits for "
+        "REGEX in the output, and exits 0 when every step is done, 6 when an "
+        "expected pattern did not show within --timeout.",
+    )
     console.add_argument(
         "-i",
         dest="identity",
         metavar="KEY",
         help="private key for ssh (default: ssh's own choice)",
     )
-    console.add_argument("board", metavar="BOARD")
+    console.add_argument(
+        "--send",
+        dest="steps",
+        action=_Step,
+        const="send",
+        type=_send,
+        metavar="TEXT",
+        help="send TEXT; \\r, \\n, \\t, \\e, \\xHH and \\\\ are escapes",
+    )
+    console.add_argument(
+        "--expect",
+        dest="steps",
+        action=_Step,
+        const="expect",
+        type=_pattern,
+        metavar="REGEX",
+        help="wait until the output shows REGEX (a Python regular expression)",
+    )
+    console.add_argument(
+        "--timeout",
+        dest="expect_timeout",
+        type=_duration,
+        default=DEFAULT_EXPECT_TIMEOUT,
+        metavar="DURATION",
+        help=f"longest wait of each --expect (default: {DEFAULT_EXPECT_TIMEOUT:g}s)",
+    )
+    _board_argument(console)
+    log = add(
+        "log",
+        "print a board's console log",
+        "Print the console log of your reservation of a board (admins: of "
+        "anyone's).",
+    )
+    log.add_argument(
+        "-f",
+        dest="follow",
+        action="store_true",
+        help="keep printing what the board prints until the reservation ends",
+    )
+    log.add_argument(
+        "--reservation",
+        metavar="ID",
+        help="the log of an earlier reservation of yours, by its id",
+    )
+    _board_argument(log)
+    token = add(
+        "token",
+        "get an API token over SSH",
+        "Get a new API token from the lab over SSH (your public key must be "
+        "in the lab's keys directory) and print it, or keep it in the labs "
+        "file with --save.",
+    )
+    token.add_argument("-i", dest="identity", metavar="KEY", help="private key for ssh")
+    token.add_argument(
+        "--save",
+        action="store_true",
+        help="keep the token as the token of --lab NAME in the labs file",
+    )
+    labs = add(
+        "labs",
+        "list, add or remove the labs of the labs file",
+        "The labs file keeps the address, token and CA file of each lab you use, "
+        "under a name for --lab or BITELAB_LAB.",
+    )
+    labs_actions = labs.add_subparsers(dest="labs_action", metavar="ACTION")
+    labs_add = labs_actions.add_parser(
+        "add", help="add a lab (or change its address)", parents=common
+    )
+    labs_add.add_argument("name", metavar="NAME")
+    labs_add.add_argument("url", metavar="URL")
+    labs_add.add_argument(
+        "--cacert", metavar="FILE", help="CA certificates to check the lab's TLS with"
+    )
+    labs_remove = labs_actions.add_parser("remove", help="forget a lab", parents=common)
+    labs_remove.add_argument("name", metavar="NAME")
     add("contssh", "ProxyCommand for ssh to the lab", contssh.DESCRIPTION)
     add("whoami", "show the user the token belongs to")
-    add("logout", "revoke the token in BITELAB_AUTH")
+    add("logout", "revoke the token in use")
     maintenance = add(
         "maintenance",
         "take a board out of service, or put it back (admins)",
@@ -208,53 +370,9 @@ def build_parser():
         action="store_true",
         help="end the maintenance: power off and free the board",
     )
-    maintenance.add_argument("board", metavar="BOARD")
+    _board_argument(maintenance)
     maintenance.add_argument("reason", nargs="*", metavar="REASON")
     return parser
-
-
-def proxy_command():
-    """The ProxyCommand that runs this installation's ``contssh``.
-
-    Spelled with this interpreter so that it works from a virtualenv that is
-    not on ``PATH``; ``%`` is doubled because OpenSSH expands it.
-    """
-    command = shlex.join([sys.executable, "-m", "bitelab.client.contssh"])
-    return command.replace("%", "%%")
-
-
-def host_alias(url):
-    """The name this lab's host key is kept under in ``known_hosts``."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"bitelab-{parts.hostname}-{port}"
-
-
-def console_argv(board, url):
-    """The ``ssh`` command line that attaches to ``board``'s console."""
-    return [
-        "ssh",
-        "-o",
-        f"ProxyCommand={proxy_command()}",
-        "-o",
-        f"HostKeyAlias={host_alias(url)}",
-        "-l",
-        board,
-        "bitelab",
-    ]
-
-
-def exec_console(board, identity=None):
-    """Replace this process with ``ssh`` attached to ``board``'s console."""
-    argv = console_argv(board, os.environ.get("BITELAB_URL", ""))
-    if identity:
-        argv[1:1] = ["-i", identity]
-    if shutil.which(argv[0]) is None:
-        raise ConfigProblem("ssh not found on PATH; install the OpenSSH client")
-    try:
-        os.execvp(argv[0], argv)
-    except OSError as exc:
-        raise ConfigProblem(f"cannot run ssh: {exc.strerror or exc}") from exc
 
 
 def read_public_key(path, home):
@@ -279,194 +397,62 @@ def read_public_key(path, home):
     return text
 
 
-def parse_time(text):
-    """An ISO 8601 time from the API as an aware ``datetime``, or ``None``."""
-    if not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value
+def _binary(out):
+    return getattr(out, "buffer", out)
 
 
-def relative(text, now):
-    """``text`` (ISO time) relative to ``now`` (epoch seconds): ``in 1h05m``."""
-    value = parse_time(text)
-    if value is None:
-        return text or "-"
-    seconds = int(value.timestamp() - now)
-    if seconds <= 0:
-        return "expired"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours >= 48:
-        return f"in {hours // 24}d"
-    if hours:
-        return f"in {hours}h{minutes:02d}m"
-    if minutes:
-        return f"in {minutes}m"
-    return f"in {secs}s"
+async def _console(api, args, settings, environ, out, err):
+    from bitelab.client import console
 
-
-def absolute(text, now):
-    """``text`` (ISO time) as short UTC with the relative time: for details."""
-    value = parse_time(text)
-    if value is None:
-        return text or "-"
-    short = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    if text and value.timestamp() > now:
-        return f"{short} ({relative(text, now)})"
-    return short
-
-
-def table(headers, rows):
-    """Rows of text as aligned columns, with a header line."""
-    rows = [[str(cell) for cell in row] for row in rows]
-    widths = [
-        max(len(cell) for cell in column)
-        for column in zip(headers, *rows, strict=False)
-    ]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in [list(headers), *rows]
-    ]
-    return "\n".join(line.rstrip() for line in lines) + "\n"
-
-
-def _or_dash(value):
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return "-" if value in (None, "") else value
-
-
-def _count(value):
-    return len(value) if isinstance(value, list | tuple) else value
-
-
-def _state(board):
-    """The state column: maintenance with its reason, removed boards marked."""
-    state = _or_dash(board.get("state"))
-    reason = board.get("reason")
-    if reason:
-        # the table stays narrow; `info` shows the whole reason
-        state += f" ({reason[:37] + '...' if len(reason) > 40 else reason})"
-    if board.get("removed"):
-        state += " [removed from the board file]"
-    return state
-
-
-def render_boards(document, now):
-    """The ``list`` table."""
-    rows = [
-        [
-            board.get("name"),
-            _or_dash(board.get("class")),
-            _state(board),
-            _or_dash(board.get("holder")),
-            relative(board.get("expires_at"), now) if board.get("expires_at") else "-",
-            _or_dash((board.get("attrs") or {}).get("power")),
-        ]
-        for board in document.get("boards", [])
-    ]
-    if not rows:
-        return "no boards\n"
-    return table(["BOARD", "CLASS", "STATE", "HOLDER", "EXPIRES", "POWER"], rows)
-
-
-def render_classes(document, now):
-    """The ``classes`` table."""
-    known = {"name", "arch", "free", "boards"}
-    rows = [
-        [
-            cls.get("name"),
-            _or_dash(cls.get("arch")),
-            f"{_count(cls.get('free', 0))}/{_count(cls.get('boards', 0))}",
-            " ".join(
-                f"{key}={value}"
-                for key, value in sorted(cls.items())
-                if key not in known
+    console.check_ssh()
+    info = await api.info()
+    if settings.token:
+        board = await api.board(args.board)
+        if not (board.get("attrs") or {}).get("console"):
+            raise Refused(
+                409, "unavailable", f"board {args.board} has no serial console"
             )
-            or "-",
-        ]
-        for cls in document.get("classes", [])
-    ]
-    if not rows:
-        return "no classes\n"
-    return table(["CLASS", "ARCH", "FREE/TOTAL", "ATTRIBUTES"], rows)
-
-
-def render_board(board, now):
-    """One board's details, then its attributes."""
-    fields = [
-        ("board", board.get("name")),
-        ("class", _or_dash(board.get("class"))),
-        ("arch", _or_dash(board.get("arch"))),
-        ("state", _or_dash(board.get("state"))),
-        ("holder", _or_dash(board.get("holder"))),
-        ("reserved", absolute(board.get("reserved_at"), now)),
-        ("expires", absolute(board.get("expires_at"), now)),
-    ]
-    extra = [
-        (key, value)
-        for key, value in board.items()
-        if key not in {"name", "class", "arch", "state", "holder", "attrs"}
-        and key not in {"reserved_at", "expires_at", "removed"}
-        and value not in (None, "")
-    ]
-    if board.get("removed"):
-        extra.append(("removed", "yes: no longer in the board file; release it"))
-    attributes = sorted((board.get("attrs") or {}).items())
-    width = max(len(key) for key, _ in fields + extra + attributes) + 1
-    lines = [f"{key + ':':<{width}} {value}" for key, value in fields + extra]
-    if attributes:
-        lines.append("attributes:")
-        lines.extend(f"  {key}={_or_dash(value)}" for key, value in attributes)
-    return "\n".join(lines) + "\n"
-
-
-def render_reserved(board, now):
-    """What ``reserve`` got: the board, its expiry and the setup attributes."""
-    name = board.get("name")
-    head = f"reserved {name} (class {_or_dash(board.get('class'))})"
-    if board.get("expires_at"):
-        head += f" until {absolute(board['expires_at'], now)}"
-    lines = [head]
-    lines.extend(
-        f"  {key}={_or_dash(value)}"
-        for key, value in sorted((board.get("attrs") or {}).items())
+    target = console.SSHTarget(info, settings.url, environ, err)
+    return console.attach(
+        target,
+        args.board,
+        args.identity,
+        console.ssh_environment(settings, environ),
+        args.steps,
+        args.expect_timeout,
+        _binary(out),
+        err,
     )
-    if (board.get("attrs") or {}).get("console"):
-        lines.append(f"console: bitelab console {name}")
-    return "\n".join(lines) + "\n"
 
 
-def render_logout(document, now):
-    """What ``logout`` did."""
-    return f"token of {document.get('user')} revoked\n"
+async def _token(api, args, settings, environ, out, err):
+    from bitelab.client import console
+
+    if args.save and settings.lab is None:
+        raise ConfigProblem(
+            "--save keeps the token of a lab: bitelab --lab NAME token --save"
+        )
+    target = console.SSHTarget(await api.info(), settings.url, environ, err)
+    env = console.ssh_environment(settings, environ)
+    status, token = console.fetch_token(target, args.identity, env)
+    if token is None:
+        return status
+    if args.save:
+        path = save_token(environ, settings.lab, token)
+        err.write(f"bitelab: token of lab {settings.lab} saved in {path}\n")
+        document = {"lab": settings.lab, "saved": True}
+    else:
+        document = {"token": token}
+    if args.json:
+        write_json(document, out)
+    elif not args.save:
+        out.write(token + "\n")
+    return EXIT_OK
 
 
-def render_released(board, now):
-    """What ``release`` did; a board left in maintenance says why."""
-    text = f"released {board.get('name')}: now {_or_dash(board.get('state'))}"
-    if board.get("reason"):
-        text += f" ({board['reason']}; an admin ends it with: "
-        text += f"bitelab maintenance --end {board.get('name')})"
-    return text + "\n"
-
-
-def render_whoami(document, now):
-    """The token's user."""
-    suffix = " (admin)" if document.get("admin") else ""
-    return f"{document.get('user')}{suffix}\n"
-
-
-async def run_command(api, args, environ):
-    """Call the API for ``args.command``; ``(document, renderer)``."""
-    from bitelab.client.http import Refused
-
+async def run_command(api, args, settings, environ, out, err):
+    """Call the API for ``args.command``: ``(document, renderer)``, or the exit
+    status of a command that wrote its own output."""
     command = args.command
     if command == "list":
         return await api.boards(), render_boards
@@ -481,16 +467,19 @@ async def run_command(api, args, environ):
         board = await api.reserve(args.board, sshpubkey=key, timeout=args.seconds)
         return board, render_reserved
     if command == "release":
-        return await api.release(args.board, force=args.force), render_released
+        if args.reason is not None and not args.force:
+            raise ConfigProblem("--reason goes with -f (a forced release)")
+        board = await api.release(args.board, force=args.force, reason=args.reason)
+        return board, render_released
     if command == "set":
         return await api.set_attrs(args.board, dict(args.settings)), render_board
     if command == "console":
-        board = await api.board(args.board)
-        if not (board.get("attrs") or {}).get("console"):
-            raise Refused(
-                409, "unavailable", f"board {args.board} has no serial console"
-            )
-        exec_console(args.board, args.identity)  # does not return
+        return await _console(api, args, settings, environ, out, err)
+    if command == "log":
+        await api.console_log(args.board, _binary(out), args.follow, args.reservation)
+        return EXIT_OK
+    if command == "token":
+        return await _token(api, args, settings, environ, out, err)
     if command == "maintenance":
         if args.end:
             return await api.end_maintenance(args.board), render_board
@@ -512,18 +501,15 @@ def write_json(document, out):
     out.write(json.dumps(document, indent=2) + "\n")
 
 
-async def dispatch(reactor, args, settings, client, out, err, environ):
-    """Run one command against the API; the exit status.
+async def dispatch(api, args, settings, out, err, environ, moment):
+    """Run one command against ``api``; the exit status.
 
     Every failure a user can meet becomes one line on ``err``; with ``--json``
     an error document also goes to ``out`` (the API's own when there is one),
     so that ``out`` is always one JSON document.
     """
-    from bitelab.client.http import ClientError, Failed, LabAPI, Refused
-
-    api = LabAPI(client, settings.url, settings.token, reactor, args.http_timeout)
     try:
-        document, render = await run_command(api, args, environ)
+        result = await run_command(api, args, settings, environ, out, err)
     except ConfigProblem as exc:
         if args.json:
             write_json(error_document("usage", str(exc)), out)
@@ -533,45 +519,70 @@ async def dispatch(reactor, args, settings, client, out, err, environ):
         if args.json:
             write_json(exc.body or error_document(exc.code, exc.message), out)
         hint = ""
-        if exc.status == 401 and TOKEN_COMMAND not in exc.message:
-            hint = f"; get a new token with: {TOKEN_COMMAND}"
+        command = token_command(settings.lab)
+        if exc.status == 401 and command not in exc.message:
+            hint = f"; get a new token with: {command}"
         err.write(f"bitelab: {exc.message} ({exc.code}){hint}\n")
         return EXIT_REFUSED
     except Failed as exc:
         if args.json:
             write_json(exc.body or error_document("failed", str(exc)), out)
         err.write(f"bitelab: {exc}\n")
-        return EXIT_UNREACHABLE
+        return FAILURE_STATUS.get(exc.code, EXIT_UNREACHABLE)
     except ClientError as exc:
         if args.json:
             write_json(error_document("unreachable", str(exc)), out)
         err.write(f"bitelab: {exc}\n")
         return EXIT_UNREACHABLE
+    if isinstance(result, int):
+        return result
+    document, render = result
     if args.json:
         write_json(document, out)
     else:
-        out.write(render(document, reactor.seconds()))
+        out.write(render(document, moment))
     return EXIT_OK
 
 
-def make_client(reactor, timeout):
-    """A treq ``HTTPClient`` without persistent connections."""
-    from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
-
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    return HTTPClient(Agent(reactor, pool=pool, connectTimeout=timeout))
+def run_labs(args, environ, out):
+    """``bitelab labs [add|remove]``: the labs file; the exit status."""
+    if args.labs_action == "add":
+        path = add_lab(environ, args.name, args.url, args.cacert)
+        if not args.json:
+            out.write(f"lab {args.name} at {args.url} in {path}\n")
+    elif args.labs_action == "remove":
+        path = remove_lab(environ, args.name)
+        if not args.json:
+            out.write(f"lab {args.name} removed from {path}\n")
+    labs = read_labs(environ)
+    document = {
+        "file": str(labs_file(environ)),
+        "labs": [
+            {"name": name, "url": lab["url"], "token": bool(lab["token"])}
+            | ({"cacert": lab["cacert"]} if lab["cacert"] else {})
+            for name, lab in sorted(labs.items())
+        ],
+    }
+    if args.json:
+        write_json(document, out)
+    elif args.labs_action is None:
+        out.write(render_labs(document, None))
+    return EXIT_OK
 
 
 def _react_main(reactor, args, settings):
     from twisted.internet import defer
 
+    from bitelab.client.http import LabAPI, make_client
+
     # Ctrl-C should end a command at once, like any other Unix tool, not be
     # reported as a broken connection while the reactor shuts down.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    client = make_client(reactor, args.http_timeout)
+    client = make_client(reactor, args.http_timeout, settings.cacert)
+    api = LabAPI(client, settings.url, settings.token, reactor, args.http_timeout)
+    moment = Moment(reactor.seconds(), UTC if args.utc else None)
     coroutine = dispatch(
-        reactor, args, settings, client, sys.stdout, sys.stderr, os.environ
+        api, args, settings, sys.stdout, sys.stderr, os.environ, moment
     )
     d = defer.Deferred.fromCoroutine(coroutine)
 
@@ -590,26 +601,58 @@ def _react_main(reactor, args, settings):
     return d.addCallback(finish).addErrback(unexpected)
 
 
+def _run_quick(args, settings):
+    from bitelab.client.quick import QuickAPI, run_sync
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    api = QuickAPI(settings.url, settings.token, args.http_timeout, settings.cacert)
+    moment = Moment(time.time(), UTC if args.utc else None)
+    coroutine = dispatch(
+        api, args, settings, sys.stdout, sys.stderr, os.environ, moment
+    )
+    try:
+        return run_sync(coroutine)
+    except BrokenPipeError:
+        # the reader went away (| head): not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _usage_error(args, message):
+    if args.json:
+        write_json(error_document("usage", message), sys.stdout)
+    sys.stderr.write(f"bitelab: {message}\n")
+    sys.exit(EXIT_USAGE)
+
+
 def main(argv=None):
     """Entry point of the ``bitelab`` console script."""
     parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_usage(sys.stderr)
         sys.stderr.write("bitelab: error: a command is required; see bitelab --help\n")
         sys.exit(EXIT_USAGE)
-    if args.command == "contssh":
-        sys.exit(contssh.execute(args.http_timeout))
     try:
-        settings = load_settings(os.environ, need_token=args.command != "console")
-        if args.command == "console" and not settings.token:
-            # without a token the SSH server alone says whether it may be used
-            exec_console(args.board, args.identity)
+        if args.command == "labs":
+            sys.exit(run_labs(args, os.environ, sys.stdout))
+        if args.command == "contssh":
+            url = cacert = None
+            if args.lab or os.environ.get("BITELAB_LAB"):
+                settings = load_settings(os.environ, args.lab, need_token=False)
+                url, cacert = settings.url, settings.cacert
+            sys.exit(contssh.execute(args.http_timeout, url=url, cacert=cacert))
+        settings = load_settings(
+            os.environ, args.lab, need_token=args.command not in ("console", "token")
+        )
     except ConfigProblem as exc:
-        if args.json:
-            write_json(error_document("usage", str(exc)), sys.stdout)
-        sys.stderr.write(f"bitelab: {exc}\n")
-        sys.exit(EXIT_USAGE)
+        _usage_error(args, str(exc))
+    if args.command in QUICK_COMMANDS:
+        sys.exit(_run_quick(args, settings))
 
     from twisted.internet import task
 

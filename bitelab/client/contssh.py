@@ -1,20 +1,18 @@
 """``bitelab contssh``: an OpenSSH ProxyCommand that finds the lab's SSH server.
 
 Use it as ``ssh -o 'ProxyCommand bitelab contssh' -l lab bitelab``. It asks
-``$BITELAB_URL/api/v1/info`` for the SSH port, connects to that port on the
-host of ``BITELAB_URL`` and copies bytes between its stdin/stdout and the
-socket. OpenSSH starts it for every connection, so it imports only the
-standard library.
+``$BITELAB_URL/api/v1/info`` for the SSH port (checking an https server
+against ``BITELAB_CACERT`` when set), connects to that port on the host of
+``BITELAB_URL`` and copies bytes between its stdin/stdout and the socket.
+OpenSSH starts it for every connection, so it imports only the standard
+library.
 """
 
 import argparse
-import json
 import os
 import select
 import socket
 import sys
-import urllib.error
-import urllib.request
 from urllib.parse import urlsplit
 
 #: Exit statuses shared with the rest of the ``bitelab`` command.
@@ -36,7 +34,7 @@ class ContsshError(Exception):
 DESCRIPTION = (
     "Connect stdin/stdout to the lab's SSH server, for use as an OpenSSH "
     "ProxyCommand: ssh -o 'ProxyCommand bitelab contssh' -l lab bitelab. "
-    "The server is found from BITELAB_URL; no token is needed."
+    "The server is found from BITELAB_URL (or --lab); no token is needed."
 )
 
 
@@ -53,32 +51,33 @@ def build_parser():
     return parser
 
 
-def server_address(base_url, timeout):
-    """``(host, ssh_port)`` of the lab behind ``base_url``, from ``/api/v1/info``."""
+def server_address(base_url, timeout, cacert=None):
+    """``(host, ssh_port)`` of the lab behind ``base_url``, from ``/api/v1/info``.
+
+    ``cacert`` is a CA file to check an https server's certificate against.
+    """
+    from bitelab.client.errors import ClientError, Refused
+    from bitelab.client.quick import QuickAPI, run_sync
+
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ContsshError(
             f"BITELAB_URL={base_url!r} is not an http:// or https:// URL",
             EXIT_CONFIG,
         )
-    url = base_url.rstrip("/") + "/api/v1/info"
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    api = QuickAPI(base_url, None, timeout, cacert)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read()
-    except urllib.error.HTTPError as exc:
-        status = EXIT_REFUSED if 400 <= exc.code < 500 else EXIT_UNREACHABLE
-        raise ContsshError(f"{url}: HTTP {exc.code}", status) from exc
-    except urllib.error.URLError as exc:
-        reason = getattr(exc.reason, "strerror", None) or exc.reason
-        raise ContsshError(f"{url}: {reason}", EXIT_UNREACHABLE) from exc
-    except (OSError, ValueError) as exc:
-        raise ContsshError(f"{url}: {exc}", EXIT_UNREACHABLE) from exc
+        info = run_sync(api.info())
+    except Refused as exc:
+        raise ContsshError(f"{api.url('/info')}: {exc}", EXIT_REFUSED) from exc
+    except ClientError as exc:
+        raise ContsshError(str(exc), EXIT_UNREACHABLE) from exc
     try:
-        port = int(json.loads(raw.decode("utf-8"))["ssh_port"])
+        port = int(info["ssh_port"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ContsshError(
-            f"{url}: the answer has no ssh_port; is BITELAB_URL a bitelab server?",
+            f"{api.url('/info')}: the answer has no ssh_port; "
+            "is BITELAB_URL a bitelab server?",
             EXIT_UNREACHABLE,
         ) from exc
     return parts.hostname, port
@@ -127,16 +126,21 @@ def _write_all(fd, data):
         view = view[written:]
 
 
-def run(timeout, environ):
-    """Find the server, connect, and pipe until it closes; the exit status."""
-    base_url = environ.get("BITELAB_URL", "").strip()
+def run(timeout, environ, url=None, cacert=None):
+    """Find the server, connect, and pipe until it closes; the exit status.
+
+    The lab is at ``url`` (default ``BITELAB_URL``), its CA file ``cacert``
+    (default ``BITELAB_CACERT``).
+    """
+    base_url = (url or environ.get("BITELAB_URL", "")).strip()
     if not base_url:
         raise ContsshError(
             "BITELAB_URL is not set; set it to the lab's address, "
             "e.g. export BITELAB_URL=https://lab.example.org",
             EXIT_CONFIG,
         )
-    host, port = server_address(base_url, timeout)
+    cacert = cacert or environ.get("BITELAB_CACERT", "").strip() or None
+    host, port = server_address(base_url, timeout, cacert)
     sock = connect(host, port, timeout)
     with sock:
         try:
@@ -152,10 +156,10 @@ def run(timeout, environ):
     return 0
 
 
-def execute(timeout, environ=None):
+def execute(timeout, environ=None, url=None, cacert=None):
     """Run ``contssh`` and turn its errors into a message; the exit status."""
     try:
-        return run(timeout, os.environ if environ is None else environ)
+        return run(timeout, os.environ if environ is None else environ, url, cacert)
     except ContsshError as exc:
         print(f"bitelab contssh: {exc}", file=sys.stderr)
         return exc.status

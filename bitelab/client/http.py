@@ -1,46 +1,16 @@
-"""The bitelab HTTP API seen from the client: one method per call.
+"""The bitelab HTTP API over treq, for the calls that change the lab.
 
-Every failure leaves this module as one of three exceptions, so the command
-line can turn it into a one-line message and an exit status:
-``Refused`` (the server said no, 4xx), ``Failed`` (the server broke, 5xx or an
-answer that is not the API's JSON) and ``Unreachable`` (no answer at all).
+Connection-level failures become ``errors.Unreachable`` with one line that
+says what happened; answers are decoded by ``errors.decode_answer``.
 """
-
-import json
-from urllib.parse import quote
 
 import attrs
 from twisted.internet import defer, error
 from twisted.web import client as web_client
 from twisted.web._newclient import RequestNotSent
 
-
-class ClientError(Exception):
-    """Base of the errors a call can end with; ``str()`` is one line for a user."""
-
-
-class Refused(ClientError):
-    """The server refused the request (4xx); ``body`` is its JSON error, if any."""
-
-    def __init__(self, status, code, message, body=None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.body = body
-
-
-class Failed(ClientError):
-    """The server answered, but with a 5xx status or something that is not JSON."""
-
-    def __init__(self, message, body=None):
-        super().__init__(message)
-        self.body = body
-
-
-class Unreachable(ClientError):
-    """No answer: the connection failed, was cut, or the request timed out."""
-
+from bitelab.client.calls import Calls
+from bitelab.client.errors import ClientError, Unreachable, decode_answer
 
 #: Connection-level failures and what to tell the user about them.
 _NETWORK_ERRORS = (
@@ -73,7 +43,7 @@ def describe_network_error(exc):
 
 
 @attrs.define
-class LabAPI:
+class LabAPI(Calls):
     """A client of one bitelab server's ``/api/v1``.
 
     ``client`` is a ``treq.client.HTTPClient`` (or anything with its
@@ -85,10 +55,6 @@ class LabAPI:
     token: str | None
     clock: object
     timeout: float = 30.0
-
-    def url(self, path):
-        """The absolute URL of ``path`` under ``/api/v1``."""
-        return self.base_url.rstrip("/") + "/api/v1" + path
 
     def call(self, method, path, body=None, auth=True):
         """Run one request; a Deferred firing with the decoded JSON answer."""
@@ -110,8 +76,9 @@ class LabAPI:
         if body is not None:
             kwargs["json"] = body
         response = await self.client.request(method, url, **kwargs)
-        raw = await _read_body(response)
-        return _decode(method, url, response.code, raw)
+        chunks = []
+        await response.collect(chunks.append)
+        return decode_answer(method, url, response.code, b"".join(chunks))
 
     def _translate(self, failure):
         if failure.check(ClientError):
@@ -125,86 +92,29 @@ class LabAPI:
                 return failure
         raise Unreachable(f"{self.base_url}: {text}") from exc
 
-    def info(self):
-        """``GET /info``: server name, version, SSH port and time (no token)."""
-        return self.call("GET", "/info", auth=False)
 
-    def whoami(self):
-        """``GET /whoami``: the token's user and whether it is an admin."""
-        return self.call("GET", "/whoami")
+def trust_root(cacert):
+    """A Twisted trust root of the certificates in the PEM file ``cacert``."""
+    from twisted.internet import ssl
 
-    def revoke_token(self):
-        """``DELETE /tokens/current``: revoke the token in use."""
-        return self.call("DELETE", "/tokens/current")
-
-    def classes(self):
-        """``GET /classes``: the board classes with their free and total counts."""
-        return self.call("GET", "/classes")
-
-    def boards(self):
-        """``GET /boards``: every board."""
-        return self.call("GET", "/boards")
-
-    def board(self, name):
-        """``GET /boards/NAME``: one board."""
-        return self.call("GET", "/boards/" + _segment(name))
-
-    def reserve(self, name, sshpubkey=None, timeout=None):
-        """``POST /boards/NAME_OR_CLASS/reserve``: the board reserved."""
-        body = {}
-        if sshpubkey is not None:
-            body["sshpubkey"] = sshpubkey
-        if timeout is not None:
-            body["timeout"] = timeout
-        return self.call("POST", f"/boards/{_segment(name)}/reserve", body)
-
-    def release(self, name, force=False):
-        """``POST /boards/NAME/release``: the board after release."""
-        body = {"force": True} if force else {}
-        return self.call("POST", f"/boards/{_segment(name)}/release", body)
-
-    def maintenance(self, name, reason):
-        """``POST /boards/NAME/maintenance``: take a board out (admins)."""
-        return self.call(
-            "POST", f"/boards/{_segment(name)}/maintenance", {"reason": reason}
-        )
-
-    def end_maintenance(self, name):
-        """``DELETE /boards/NAME/maintenance``: back in service (admins)."""
-        return self.call("DELETE", f"/boards/{_segment(name)}/maintenance")
-
-    def set_attrs(self, name, values):
-        """``POST /boards/NAME/attrs``: change power or timeout; the board after."""
-        return self.call("POST", f"/boards/{_segment(name)}/attrs", values)
+    with open(cacert, "rb") as f:
+        pem = f.read()
+    marker = b"-----END CERTIFICATE-----"
+    blocks = [part + marker for part in pem.split(marker) if b"-----BEGIN" in part]
+    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
 
 
-def _segment(name):
-    return quote(name, safe="")
+def make_client(reactor, timeout, cacert=None):
+    """A treq ``HTTPClient`` without persistent connections.
 
+    With ``cacert``, HTTPS servers are checked against the certificates in
+    that file instead of the system's.
+    """
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-async def _read_body(response):
-    chunks = []
-    await response.collect(chunks.append)
-    return b"".join(chunks)
-
-
-def _decode(method, url, status, raw):
-    try:
-        document = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        document = None
-    where = f"{method} {url}"
-    if 200 <= status < 300:
-        if document is None:
-            raise Failed(f"{where}: HTTP {status} but the answer is not JSON")
-        return document
-    error_body = document.get("error") if isinstance(document, dict) else None
-    if isinstance(error_body, dict) and "message" in error_body:
-        code = str(error_body.get("code", status))
-        message = " ".join(str(error_body["message"]).split())
-    else:
-        code, message = str(status), f"{where}: HTTP {status} without an API error"
-        document = None
-    if 400 <= status < 500:
-        raise Refused(status, code, message, document)
-    raise Failed(f"server error ({code}): {message}", document)
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    kwargs = {"pool": pool, "connectTimeout": timeout}
+    if cacert:
+        kwargs["contextFactory"] = BrowserLikePolicyForHTTPS(trust_root(cacert))
+    return HTTPClient(Agent(reactor, **kwargs))

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -76,12 +77,16 @@ class LabServer:
         settings=None,
         users=(),
         admins=("root",),
+        cacert=None,
     ):
         self.dir = str(directory)
         os.makedirs(self.dir, exist_ok=True)
         self.http_port = free_port()
         self.ssh_port = free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
+        #: with a CA file, the settings serve HTTPS and requests check it so
+        self.cacert = cacert
+        scheme = "https" if cacert else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.http_port}"
         self.env_path = os.path.join(self.dir, ".env")
         self.keys_dir = os.path.join(self.dir, "keys")
         os.makedirs(self.keys_dir, exist_ok=True)
@@ -223,7 +228,10 @@ class LabServer:
         for key, value in (headers or {}).items():
             req.add_header(key, value)
         try:
-            with urllib.request.urlopen(req, timeout=30) as response:
+            context = None
+            if self.cacert:
+                context = ssl.create_default_context(cafile=self.cacert)
+            with urllib.request.urlopen(req, timeout=30, context=context) as response:
                 status, payload, kind = (
                     response.status,
                     response.read(),

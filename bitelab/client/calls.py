@@ -1,0 +1,88 @@
+"""The calls of the bitelab HTTP API, one method each, whatever the transport.
+
+A subclass provides ``call(method, path, body=None, auth=True)``, returning
+something to ``await`` for the decoded JSON answer: ``http.LabAPI`` does it
+with treq, ``quick.QuickAPI`` with the standard library.
+"""
+
+from urllib.parse import quote, urlencode
+
+
+def segment(name):
+    """``name`` quoted into one URL path segment."""
+    return quote(name, safe="")
+
+
+class Calls:
+    """``/api/v1`` of one lab; ``base_url`` is the lab's address."""
+
+    base_url: str
+
+    def url(self, path):
+        """The absolute URL of ``path`` under ``/api/v1``."""
+        return self.base_url.rstrip("/") + "/api/v1" + path
+
+    def info(self):
+        """``GET /info``: name, version, SSH port and host key (no token)."""
+        return self.call("GET", "/info", auth=False)
+
+    def whoami(self):
+        """``GET /whoami``: the token's user and whether it is an admin."""
+        return self.call("GET", "/whoami")
+
+    def revoke_token(self):
+        """``DELETE /tokens/current``: revoke the token in use."""
+        return self.call("DELETE", "/tokens/current")
+
+    def classes(self):
+        """``GET /classes``: the board classes with their free and total counts."""
+        return self.call("GET", "/classes")
+
+    def boards(self):
+        """``GET /boards``: every board."""
+        return self.call("GET", "/boards")
+
+    def board(self, name):
+        """``GET /boards/NAME``: one board."""
+        return self.call("GET", "/boards/" + segment(name))
+
+    def reserve(self, name, sshpubkey=None, timeout=None):
+        """``POST /boards/NAME_OR_CLASS/reserve``: the board reserved."""
+        body = {}
+        if sshpubkey is not None:
+            body["sshpubkey"] = sshpubkey
+        if timeout is not None:
+            body["timeout"] = timeout
+        return self.call("POST", f"/boards/{segment(name)}/reserve", body)
+
+    def release(self, name, force=False, reason=None):
+        """``POST /boards/NAME/release``: the board after release."""
+        body = {"force": True} if force else {}
+        if reason is not None:
+            body["reason"] = reason
+        return self.call("POST", f"/boards/{segment(name)}/release", body)
+
+    def maintenance(self, name, reason):
+        """``POST /boards/NAME/maintenance``: take a board out (admins)."""
+        return self.call(
+            "POST", f"/boards/{segment(name)}/maintenance", {"reason": reason}
+        )
+
+    def end_maintenance(self, name):
+        """``DELETE /boards/NAME/maintenance``: back in service (admins)."""
+        return self.call("DELETE", f"/boards/{segment(name)}/maintenance")
+
+    def set_attrs(self, name, values):
+        """``POST /boards/NAME/attrs``: change power or timeout; the board after."""
+        return self.call("POST", f"/boards/{segment(name)}/attrs", values)
+
+
+def console_path(name, follow=False, reservation=None):
+    """The path of ``GET /boards/NAME/console`` with its query."""
+    query = {}
+    if follow:
+        query["follow"] = "1"
+    if reservation is not None:
+        query["reservation"] = reservation
+    path = f"/boards/{segment(name)}/console"
+    return path + ("?" + urlencode(query) if query else "")
