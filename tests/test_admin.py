@@ -68,11 +68,11 @@ def test_admin_events_filters_and_json(lab_server):
     result = server.admin("events", "--user", "alice", "--json")
     events = json.loads(result.stdout)["events"]
     assert [(e["board"], e["action"]) for e in events] == [
-        ("pine-1", "reserve"),
-        ("zynq-1", "reserve"),
+        ("pine-1", "reserved"),
+        ("zynq-1", "reserved"),
         (None, "token_issue"),
     ]
-    assert set(events[0]) == {"id", "time", "user", "board", "action", "detail"}
+    assert set(events[0]) == {"id", "time", "user", "board", "action", "detail", "reservation"}
     status, api = server.request(
         "GET", "/api/v1/events?user=alice", token=server.token("root")
     )
