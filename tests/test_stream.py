@@ -43,7 +43,9 @@ def test_nothing_before_the_blank_line():
 def test_line_endings_and_split_crlf():
     """CRLF, CR and LF all end lines, a CRLF split between two pieces counts
     once, and a form feed inside data does not end a line."""
-    events = read_all(b"event: a\r\ndata: x\x0cy\r", b"\n\r\n", b"data: 2\r\rdata: 3\n\n")
+    events = read_all(
+        b"event: a\r\ndata: x\x0cy\r", b"\n\r\n", b"data: 2\r\rdata: 3\n\n"
+    )
     assert events == [
         ServerEvent("a", "x\x0cy"),
         ServerEvent("message", "2"),

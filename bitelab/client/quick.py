@@ -76,8 +76,14 @@ class QuickAPI(Calls):
             parts.hostname, parts.port, timeout=self.timeout
         )
 
-    def _request(self, method, path, auth, accept="application/json"):
-        """``(connection, response)`` of one request, the body still unread."""
+    def _request(
+        self, method, path, auth, accept="application/json", body_timeout=None
+    ):
+        """``(connection, response)`` of one request, the body still unread.
+
+        ``body_timeout``: the longest silence while reading the body, if not
+        the usual time-out.
+        """
         headers = {"Accept": accept}
         if auth:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -86,7 +92,12 @@ class QuickAPI(Calls):
         connection = self._connect()
         try:
             connection.request(method, target, headers=headers)
-            return connection, connection.getresponse()
+            # the response keeps the socket even where the connection lets go
+            sock = connection.sock
+            response = connection.getresponse()
+            if body_timeout is not None:
+                sock.settimeout(body_timeout)
+            return connection, response
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             raise self._unreachable(exc) from exc
@@ -140,7 +151,7 @@ class QuickAPI(Calls):
         ``silence`` seconds.
         """
         connection, response = self._request(
-            "GET", EVENTS_PATH, auth=True, accept="text/event-stream"
+            "GET", EVENTS_PATH, True, "text/event-stream", body_timeout=silence
         )
         try:
             if response.status != 200:
@@ -148,7 +159,6 @@ class QuickAPI(Calls):
                 decode_answer("GET", self.url(EVENTS_PATH), response.status, raw)
             if on_open is not None:
                 on_open()
-            connection.sock.settimeout(silence)
             reader = EventReader()
             while chunk := self._read_stream(response, silence):
                 for event in reader.feed(chunk):

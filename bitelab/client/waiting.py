@@ -89,7 +89,7 @@ class BoardWait:
     _pending: object = None
     _reopen: object = None
     _grace: object = None
-    #: waiters the stream named before our request went out: not ours
+    #: waiters the stream named while no request of ours was out: not ours
     _seen: set = attrs.Factory(set)
     _cancelling: bool = False
     _finished: bool = False
@@ -244,20 +244,18 @@ class BoardWait:
 
     def _on_event(self, event):
         data = event.document()
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or data.get("waiter") is None:
             return
-        waiter = data.get("waiter")
-        if (
-            event.kind == "queued"
-            and self.waiter is None
-            and self._post is not None
+        waiter = data["waiter"]
+        if self._post is None:
+            self._seen.add(waiter)
+        elif (
+            self.waiter is None
+            and event.kind == "queued"
             and data.get("target") == self.target
             and waiter not in self._seen
         ):
             self.waiter = waiter
-        if waiter is None:
-            return
-        self._seen.add(waiter)
         if waiter != self.waiter or self._cancelling:
             return
         if event.kind in ("queued", "position"):
