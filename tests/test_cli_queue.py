@@ -59,31 +59,37 @@ class Waiter:
 
 @attrs.define
 class QueueStandIn:
-    """A stand-in for the server's waiting queue, following the API contract.
+    """A stand-in for the server's waiting queue, following the API contract
+    and the shapes of the real server's answers and events.
 
-    Boards ``zynq-1`` and ``zynq-2`` (class ``zynq``) start held by carol.
-    Every call is recorded in ``calls`` as ``(method, path, user, body)``.
-    ``restart()`` drops every connection as a restarting server would and
-    refuses connections until ``up()``; waiters keep their place for
-    ``LEASE`` seconds unless their client sends its reserve again with
-    ``waiter``.  With ``slow_setup`` a board handed over is answered only
-    at ``finish_setup()``, as a setup script that takes its time.
+    Boards ``zynq-1`` and ``zynq-2`` (class ``zynq``) start held by carol;
+    root is an admin.  Every call is recorded in ``calls`` as ``(method,
+    path, user, body)``.  ``restart()`` drops every connection as a
+    restarting server would and refuses connections until ``up()``; waiters
+    keep their place for ``LEASE`` seconds unless their client sends its
+    reserve again with ``waiter``.  With ``slow_setup`` a board handed over
+    is answered only at ``finish_setup()``, as a setup script that takes its
+    time.  With ``twin`` set to a user, every request that joins the queue
+    has a wait of that user for the same target join just before it, in the
+    same step.
     """
 
     clock: task.Clock
     tokens: dict = attrs.Factory(
-        lambda: {"tok-alice": "alice", "tok-bob": "bob", "tok-carol": "carol"}
+        lambda: {f"tok-{u}": u for u in ("alice", "bob", "carol", "root")}
     )
     boards: dict = attrs.Factory(dict)
     waiters: list = attrs.Factory(list)
+    #: waiter id -> why it left (timed_out, cancelled, gone) or granted
+    ended: dict = attrs.Factory(dict)
     streams: list = attrs.Factory(list)
     calls: list = attrs.Factory(list)
     down: bool = False
-    #: send no events at all
-    quiet: bool = False
     slow_setup: bool = False
     setups: list = attrs.Factory(list)
+    twin: str | None = None
     next_id: int = 1
+    _shown: dict = attrs.Factory(dict)
     app = Klein()
 
     def __attrs_post_init__(self):
@@ -114,82 +120,94 @@ class QueueStandIn:
     def _refuse(self, waiter, message):
         answer, waiter.answer = waiter.answer, None
         if answer is not None:
-            request = answer.request
-            answer.callback(self._error(request, 409, "unavailable", message))
+            answer.callback(self._error(answer.request, 409, "unavailable", message))
 
     def emit(self, user, kind, data):
-        """Send an event to ``user``'s streams."""
-        if self.quiet:
-            return
+        """Send an event to ``user``'s streams and the admin's."""
         text = f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
         for owner, request in list(self.streams):
-            if owner == user:
+            if owner in (user, "root"):
                 request.write(text)
+
+    def _bus(self, kind, waiter, **fields):
+        data = {
+            "id": len(self.calls),
+            "kind": kind,
+            "board": None,
+            "reservation": None,
+            "waiter": waiter.id,
+            "user": waiter.user,
+            "holder": waiter.user,
+            "detail": "",
+            "time": iso(self.clock.seconds()),
+        }
+        data.update(fields)
+        self.emit(waiter.user, kind, data)
 
     def _places(self, target):
         queue = [w for w in self.waiters if w.target == target]
-        queue.sort(key=lambda w: (-w.priority, w.since, w.id))
+        queue.sort(key=lambda w: (-w.priority, w.id))
         return queue
 
-    def _announce(self, target, kind="position", only=None):
+    def _positions(self, target):
+        """Position notices to the waiters whose place changed."""
         queue = self._places(target)
         for position, waiter in enumerate(queue, 1):
-            if only is not None and waiter is not only:
+            place = (position, position - 1, len(queue))
+            if self._shown.get(waiter.id) == place:
                 continue
+            self._shown[waiter.id] = place
             self.emit(
                 waiter.user,
-                kind,
-                {
-                    "waiter": waiter.id,
-                    "target": target,
-                    "position": position,
-                    "ahead": position - 1,
-                    "total": len(queue),
-                },
+                "position",
+                dict(zip(("position", "ahead", "total"), place, strict=True))
+                | {"waiter": waiter.id, "target": target},
             )
 
     def _leave(self, waiter, why):
         if waiter not in self.waiters:
             return
         self.waiters.remove(waiter)
+        self.ended[waiter.id] = why
         for call in (waiter.timer, waiter.lease):
             if call is not None and call.active():
                 call.cancel()
-        self.emit(waiter.user, "left", {"waiter": waiter.id, "why": why})
-        self._announce(waiter.target)
+        self._bus("left", waiter, detail=why)
+        self._positions(waiter.target)
 
     def add_waiter(self, user, target, priority=0):
         """A waiter whose client is someone else's (it never answers)."""
+        waiter = self._join(user, target, priority)
+        self._positions(target)
+        return waiter
+
+    def _join(self, user, target, priority):
         waiter = Waiter(
             self.next_id, user, target, priority, self.clock.seconds(), NOW + 10**6
         )
         self.next_id += 1
         self.waiters.append(waiter)
-        self._announce(target, "queued", only=waiter)
+        why = f"no free board of class {target!r}"
+        self._bus("queued", waiter, detail=f"waits for {target}: {why}")
         return waiter
 
     def release(self, name):
-        """Free board ``name``: it goes to the first waiter of its class."""
+        """Free board ``name``: it goes to the first connected waiter of its class."""
         board = self.boards[name]
         board.update(state="free", holder=None, expires_at=None)
-        queue = [
-            w
-            for w in self._places(board["class"])
-            if w.answer is not None or w.lease is None
-        ]
+        queue = [w for w in self._places(board["class"]) if w.lease is None]
         if not queue:
             return
         waiter = queue[0]
         board.update(state="reserved", holder=waiter.user, expires_at=iso(NOW + 600))
         self.waiters.remove(waiter)
+        self.ended[waiter.id] = "granted"
         if waiter.timer is not None and waiter.timer.active():
             waiter.timer.cancel()
-        self.emit(
-            waiter.user,
-            "granted",
-            {"waiter": waiter.id, "board": name, "reservation": 9},
+        self._bus(
+            "granted", waiter, board=name, reservation=9, detail=f"waiter {waiter.id}"
         )
-        self._announce(board["class"])
+        self._positions(board["class"])
         if waiter.answer is None:
             return
         answer, waiter.answer = waiter.answer, None
@@ -207,19 +225,15 @@ class QueueStandIn:
     def restart(self):
         """Drop every connection; waiters keep their places for ``LEASE``."""
         self.down = True
+        self._shown.clear()
         for waiter in self.waiters:
             answer, waiter.answer = waiter.answer, None
             if answer is not None:
                 answer.request.channel.transport.abortConnection()
-                self._lease(waiter)
+                waiter.lease = self.clock.callLater(LEASE, self._leave, waiter, "gone")
         for _, request in self.streams:
             request.channel.transport.abortConnection()
         self.streams.clear()
-
-    def _lease(self, waiter):
-        if waiter.lease is not None and waiter.lease.active():
-            waiter.lease.cancel()
-        waiter.lease = self.clock.callLater(LEASE, self._leave, waiter, "gone")
 
     def up(self):
         """Accept connections again."""
@@ -231,36 +245,38 @@ class QueueStandIn:
         header = request.getHeader("Authorization") or ""
         return self.tokens.get(header.removeprefix("Bearer "))
 
-    def _refuse_connection(self, request):
-        request.channel.transport.abortConnection()
-        return defer.Deferred()
+    def _record(self, request, path, body=None):
+        user = self._user(request)
+        self.calls.append((request.method.decode(), path, user, body))
+        if self.down:
+            request.channel.transport.abortConnection()
+        return user
 
-    @app.route("/api/v1/info", methods=["GET"])
-    def info(self, request):
-        """Server facts."""
-        return self._json(request, {"name": "standin", "max_wait": MAX_WAIT})
+    @app.route("/api/v1/whoami", methods=["GET"])
+    def whoami(self, request):
+        """The token's user."""
+        user = self._record(request, "whoami")
+        if self.down:
+            return defer.Deferred()
+        return self._json(request, {"user": user, "admin": user == "root"})
 
     @app.route("/api/v1/events/stream", methods=["GET"])
     def stream(self, request):
         """The event stream of the caller."""
-        user = self._user(request)
-        self.calls.append(("GET", "events/stream", user, None))
+        user = self._record(request, "events/stream")
         if self.down:
-            return self._refuse_connection(request)
-        if user is None:
-            return self._error(request, 401, "unauthorized", "bad token")
-        request.setHeader("Content-Type", "text/event-stream")
-        request.write(b": hello\n\n")
+            return defer.Deferred()
+        request.setHeader("Content-Type", "text/event-stream; charset=utf-8")
+        request.write(b": bitelab events\n\n")
         entry = (user, request)
         self.streams.append(entry)
-        done = defer.Deferred()
 
         def gone(_):
             if entry in self.streams:
                 self.streams.remove(entry)
 
         request.notifyFinish().addBoth(gone)
-        return done
+        return defer.Deferred()
 
     def close_streams(self):
         """End every event stream (the reserves go on)."""
@@ -271,39 +287,50 @@ class QueueStandIn:
     @app.route("/api/v1/boards/<name>/reserve", methods=["POST"])
     def reserve(self, request, name):
         """A reserve that may wait."""
-        user = self._user(request)
         body = json.loads(request.content.read() or b"{}")
-        self.calls.append(("POST", f"boards/{name}/reserve", user, body))
+        user = self._record(request, f"boards/{name}/reserve", body)
         if self.down:
-            return self._refuse_connection(request)
+            return defer.Deferred()
+        wait, priority = body.get("wait", 0), body.get("priority")
+        if not isinstance(wait, int) or not 0 <= wait <= MAX_WAIT:
+            message = f"wait must be between 0 and {MAX_WAIT} seconds"
+            return self._error(request, 400, "invalid", message)
+        if priority is not None and user != "root":
+            return self._error(
+                request, 403, "forbidden", "only admins may set a priority"
+            )
         free = [
             b
             for b in self.boards.values()
             if b["state"] == "free" and name in (b["name"], b["class"])
         ]
-        if free:
+        if free and "waiter" not in body:
             free[0].update(state="reserved", holder=user, expires_at=iso(NOW + 600))
             return self._json(request, dict(free[0]))
-        wait = body.get("wait", 0)
-        if not wait:
+        if not wait and "waiter" not in body:
             return self._error(request, 409, "unavailable", f"no {name} is free")
         if "waiter" in body:
-            known = [w for w in self.waiters if w.id == body["waiter"]]
+            wid = body["waiter"]
+            known = [w for w in self.waiters if w.id == wid and w.user == user]
+            if not known and wid in self.ended:
+                message = f"waiter {wid} is no longer waiting ({self.ended[wid]})"
+                return self._error(request, 409, "unavailable", message)
             if not known:
-                message = f"no waiter {body['waiter']} in the queue"
+                message = f"no waiter {wid} of yours"
                 return self._error(request, 404, "not_found", message)
             waiter = known[0]
-            waiter.lease.cancel()
-            waiter.lease = None
-            self._announce(name, "queued", only=waiter)
+            if waiter.lease is not None:
+                waiter.lease.cancel()
+                waiter.lease = None
         else:
-            waiter = self.add_waiter(user, name, body.get("priority", 0))
-        waiter.timer = self.clock.callLater(
-            wait, self._timed_out, waiter, self.clock.seconds(), wait
-        )
+            if self.twin is not None:
+                self._join(self.twin, name, 0)
+            waiter = self._join(user, name, priority or 0)
+        waiter.timer = self.clock.callLater(wait, self._timed_out, waiter, wait)
         answer = defer.Deferred()
         answer.request = request
         waiter.answer = answer
+        self._positions(name)
 
         def gone(failure):
             if waiter.answer is answer:
@@ -313,15 +340,15 @@ class QueueStandIn:
         request.notifyFinish().addErrback(gone)
         return answer
 
-    def _timed_out(self, waiter, started, wait):
-        self._refuse(waiter, f"no {waiter.target} was free after waiting {wait:g}s")
+    def _timed_out(self, waiter, wait):
+        message = f"no board for {waiter.target} became free: waited {wait} s"
+        self._refuse(waiter, message)
         self._leave(waiter, "timed_out")
 
     @app.route("/api/v1/boards/<name>/release", methods=["POST"])
     def release_route(self, request, name):
         """A holder releases a board."""
-        user = self._user(request)
-        self.calls.append(("POST", f"boards/{name}/release", user, None))
+        user = self._record(request, f"boards/{name}/release")
         if self.boards[name]["holder"] != user:
             return self._error(request, 403, "forbidden", f"you do not hold {name}")
         self.release(name)
@@ -330,8 +357,7 @@ class QueueStandIn:
     @app.route("/api/v1/queue", methods=["GET"])
     def queue(self, request):
         """The queue: the caller's waiters, and the total."""
-        user = self._user(request)
-        self.calls.append(("GET", "queue", user, None))
+        user = self._record(request, "queue")
         entries = []
         for target in sorted({w.target for w in self.waiters}):
             for position, waiter in enumerate(self._places(target), 1):
@@ -353,14 +379,16 @@ class QueueStandIn:
     @app.route("/api/v1/queue/<wid>", methods=["DELETE"])
     def cancel(self, request, wid):
         """Cancel a waiter of the caller's."""
-        user = self._user(request)
-        self.calls.append(("DELETE", f"queue/{wid}", user, None))
+        user = self._record(request, f"queue/{wid}")
         if self.down:
-            return self._refuse_connection(request)
+            return defer.Deferred()
+        if self.ended.get(int(wid)) == "granted":
+            message = f"waiter {wid} was handed a board already"
+            return self._error(request, 409, "unavailable", message)
         known = [w for w in self.waiters if str(w.id) == wid and w.user == user]
         if not known:
-            return self._error(request, 404, "not_found", f"no waiter {wid} of yours")
-        self._refuse(known[0], "the wait was cancelled")
+            return self._error(request, 404, "not_found", f"no waiter {wid}")
+        self._refuse(known[0], f"the wait was cancelled by {user}")
         self._leave(known[0], "cancelled")
         return self._json(request, {"id": known[0].id, "state": "cancelled"})
 
@@ -445,19 +473,23 @@ def test_waits_then_gets_the_board_a_release_frees(lab):
     polls in between."""
     command = start(lab, ["reserve", "--wait=1h", "zynq"])
     assert [c[:2] for c in lab.calls] == [
+        ("GET", "whoami"),
         ("GET", "events/stream"),
         ("POST", "boards/zynq/reserve"),
     ]
-    assert lab.calls[1][3]["wait"] == 3600
+    assert lab.calls[2][3] == {"wait": 3600}
     assert not command.done.called
-    assert command.err.getvalue() == "waiting for zynq: position 1 (0 ahead)\n"
+    assert command.err.getvalue().splitlines() == [
+        "waiting for zynq: queued",
+        "waiting for zynq: position 1 (0 ahead)",
+    ]
     command.pump(600)
     assert not command.done.called
     lab.release("zynq-2")
     command.pump()
     assert command.status() == 0
     assert command.out.getvalue().startswith("reserved zynq-2 (class zynq)")
-    assert len(lab.calls) == 2
+    assert len(lab.calls) == 3
     assert lab.streams == []
 
 
@@ -483,18 +515,46 @@ def test_position_follows_the_queue(lab):
     assert "reserved zynq-2" in command.out.getvalue()
 
 
-def test_other_waiters_of_the_same_user_are_not_ours(lab):
-    """A wait of the same user that was queued before this one is not taken
-    for this one: its position events do not show."""
-    earlier = lab.add_waiter("bob", "zynq")
+def test_other_waits_are_not_taken_for_this_one(lab):
+    """Waits queued before this one (the same user's, for the same class) and,
+    for an admin who sees every event, other users' waits queued meanwhile,
+    are not taken for this one."""
+    lab.add_waiter("bob", "zynq")
     command = start(lab, ["reserve", "--wait=1h", "zynq"])
-    lab._announce("zynq")
-    command.pump()
-    assert "position 1" not in command.err.getvalue()
     assert command.err.getvalue().splitlines()[-1] == (
         "waiting for zynq: position 2 (1 ahead)"
     )
-    assert earlier.id != lab.waiters[1].id
+    lab.add_waiter("alice", "zynq")
+    root = start(lab, ["reserve", "--wait=1h", "zynq"], token="tok-root")
+    lab.add_waiter("carol", "zynq")
+    root.pump()
+    assert root.err.getvalue().splitlines()[-1] == (
+        "waiting for zynq: position 4 (3 ahead)"
+    )
+    assert "position 5" not in root.err.getvalue()
+
+
+def test_simultaneous_waits_of_one_user_are_told_apart_or_not_guessed(lab):
+    """When another wait of the same user for the same class joins in the
+    same step, the client cannot know which place is its own: it shows no
+    position, and Ctrl-C just closes the request (taking its place out)
+    instead of cancelling a place that may be the other's."""
+    lab.twin = "bob"
+    command = start(lab, ["reserve", "--wait=1h", "zynq"])
+    assert command.err.getvalue().splitlines() == [
+        "waiting for zynq: queued",
+        "waiting for zynq",
+    ]
+    twin, mine = lab.waiters
+    command.interrupted.callback(None)
+    command.pump()
+    assert command.status() == cli.EXIT_INTERRUPTED
+    assert command.calls("DELETE") == []
+    assert lab.waiters == [twin]
+    assert lab.ended[mine.id] == "gone"
+    assert command.err.getvalue().splitlines()[-1] == (
+        "bitelab: stopped waiting for zynq"
+    )
 
 
 def test_wait_runs_out_with_the_servers_message(lab):
@@ -505,7 +565,7 @@ def test_wait_runs_out_with_the_servers_message(lab):
     command.pump(1)
     assert command.status() == 1
     assert command.err.getvalue().splitlines()[-1] == (
-        "bitelab: no zynq was free after waiting 90s (unavailable)"
+        "bitelab: no board for zynq became free: waited 90 s (unavailable)"
     )
     assert lab.waiters == []
 
@@ -532,8 +592,9 @@ def test_ctrl_c_leaves_the_queue(lab):
     command.interrupted.callback(None)
     command.pump()
     assert command.status() == cli.EXIT_INTERRUPTED
-    assert ("DELETE", f"queue/{mine}", "bob", None) in lab.calls
+    assert command.calls("DELETE") == [("DELETE", f"queue/{mine}", "bob", None)]
     assert [w.user for w in lab.waiters] == ["alice"]
+    assert lab.ended[mine] == "cancelled"
     assert command.err.getvalue().splitlines()[-1] == (
         f"bitelab: stopped waiting for zynq; waiter {mine} left the queue"
     )
@@ -559,20 +620,13 @@ def test_ctrl_c_as_the_board_is_handed_over_gives_it_back(lab):
     assert "zynq-1, handed over at that moment, was released" in command.err.getvalue()
 
 
-def test_ctrl_c_before_the_place_is_known_closes_the_request(lab):
-    """Ctrl-C before the stream named the place: the request's connection is
-    closed, which takes the waiter out."""
+def test_lab_unreachable_at_the_start_is_exit_3(lab):
+    """A lab that cannot be reached at the start is exit 3, without retries."""
     lab.down = True
     command = start(lab, ["reserve", "--wait=1h", "zynq"])
     assert command.status() == cli.EXIT_UNREACHABLE
-    lab.down = False
-    lab.quiet = True
-    command = start(lab, ["reserve", "--wait=1h", "zynq"])
-    command.interrupted.callback(None)
-    command.pump()
-    assert command.status() == cli.EXIT_INTERRUPTED
-    assert lab.waiters == []
-    assert command.calls("DELETE") == []
+    assert len(lab.calls) == 1
+    assert "the connection closed before an answer" in command.err.getvalue()
 
 
 def test_restart_mid_wait_keeps_the_place(lab):
@@ -593,11 +647,11 @@ def test_restart_mid_wait_keeps_the_place(lab):
     lab.up()
     command.pump(1)
     resent = command.calls("POST")[-1]
-    assert resent[3]["waiter"] == mine
-    assert resent[3]["wait"] == pytest.approx(3600 - 100 - 1.75)
-    assert command.err.getvalue().splitlines()[-1] == (
-        "waiting for zynq: position 2 (1 ahead)"
-    )
+    assert resent[3] == {"wait": int(3600 - 100 - 1.75), "waiter": mine}
+    assert command.err.getvalue().splitlines()[-2:] == [
+        "bitelab: reached the lab again",
+        "waiting for zynq: position 2 (1 ahead)",
+    ]
     lab.release("zynq-1")
     lab.release("zynq-2")
     command.pump()
@@ -607,7 +661,7 @@ def test_restart_mid_wait_keeps_the_place(lab):
 
 
 def test_place_lost_after_the_lease_queues_again(lab):
-    """Back after the lease ran out, the server no longer knows the waiter:
+    """Back after the lease ran out, the server no longer keeps the waiter:
     the client says so and queues again, at the end."""
     command = start(lab, ["reserve", "--wait=1h", "zynq"])
     lab.restart()
@@ -616,13 +670,28 @@ def test_place_lost_after_the_lease_queues_again(lab):
         command.pump(4)
     lab.up()
     command.pump(4)
-    text = command.err.getvalue()
-    assert "no waiter 1 in the queue; queueing again" in text
-    assert command.calls("POST")[-1][3].get("waiter") is None
+    assert (
+        "bitelab: waiter 1 is no longer waiting (gone); queueing again"
+        in command.err.getvalue()
+    )
+    assert command.calls("POST")[-1][3] == {"wait": 3600 - 52}
     assert [w.user for w in lab.waiters] == ["bob"]
     lab.release("zynq-1")
     command.pump()
     assert command.status() == 0
+
+
+def test_restart_with_an_uncertain_place_queues_again(lab):
+    """After a restart, a wait that could not tell its place from another's
+    queues again rather than take up a place that may be the other's."""
+    lab.twin = "bob"
+    command = start(lab, ["reserve", "--wait=1h", "zynq"])
+    lab.twin = None
+    lab.restart()
+    lab.up()
+    command.pump(BACKOFF_FIRST)
+    assert "waiter" not in command.calls("POST")[-1][3]
+    assert "cannot be told apart from another wait of yours" in command.err.getvalue()
 
 
 def test_stream_cut_alone_is_followed_again(lab):
@@ -632,7 +701,7 @@ def test_stream_cut_alone_is_followed_again(lab):
     command = start(lab, ["reserve", "--wait=1h", "zynq"])
     lab.close_streams()
     command.pump(BACKOFF_FIRST)
-    assert len(command.calls("GET")) == 2
+    assert [c[1] for c in lab.calls].count("events/stream") == 2
     assert len(command.calls("POST")) == 1
     lab.release("zynq-1")
     command.pump()
@@ -642,9 +711,13 @@ def test_stream_cut_alone_is_followed_again(lab):
 
 
 def test_wait_without_a_value_is_the_labs_longest(lab):
-    """``--wait`` before the class name takes no value: the lab's longest wait."""
+    """``--wait`` without a value asks for a week; a lab that allows less says
+    how long it allows, and the client waits that long."""
     command = start(lab, ["reserve", "--wait", "zynq"])
-    assert command.calls("POST")[0][3]["wait"] == MAX_WAIT
+    assert [c[3]["wait"] for c in command.calls("POST")] == [7 * 24 * 3600, MAX_WAIT]
+    command.pump(MAX_WAIT)
+    assert command.status() == 1
+    assert f"waited {MAX_WAIT} s" in command.err.getvalue()
 
 
 @pytest.mark.parametrize(
@@ -682,10 +755,14 @@ def test_bad_wait_usage_exits_2(argv, text, capsys):
 
 
 def test_priority_is_sent(lab):
-    """``--priority`` goes with the waiting reserve."""
-    start(lab, ["reserve", "--wait=1h", "--priority", "5", "zynq"])
-    assert lab.calls[-1][3]["priority"] == 5
-    assert lab.waiters[0].priority == 5
+    """``--priority`` goes with the waiting reserve; only admins may use it."""
+    command = start(lab, ["reserve", "--wait=1h", "--priority", "5", "zynq"])
+    assert command.status() == 1
+    assert "only admins may set a priority" in command.err.getvalue()
+    lab.add_waiter("alice", "zynq")
+    start(lab, ["reserve", "--wait=1h", "--priority", "5", "zynq"], token="tok-root")
+    assert lab.calls[-1][3] == {"wait": 3600, "priority": 5}
+    assert [w.user for w in lab._places("zynq")] == ["root", "alice"]
 
 
 # --- queue -------------------------------------------------------------------

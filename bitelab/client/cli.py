@@ -539,17 +539,10 @@ async def _token(api, args, settings, environ, out, err):
     return EXIT_OK
 
 
-async def _longest_wait(api):
-    info = await api.info()
-    return info["max_wait"]
-
-
 async def _reserve_waiting(api, args, key, err, interrupted):
     from bitelab.client.waiting import BoardWait, Progress
 
-    wait = args.wait
-    if wait == WAIT_LONGEST:
-        wait = await _longest_wait(api)
+    wait = None if args.wait == WAIT_LONGEST else args.wait
     request = {"sshpubkey": key, "timeout": args.seconds, "priority": args.priority}
     waiting = BoardWait(api, args.board, request, wait, Progress(err, _is_tty(err)))
     if interrupted is not None:

@@ -305,6 +305,8 @@ def _place(data):
 def _expiring(data, moment):
     line = f"{data.get('board')}: reservation {data.get('reservation')} ends"
     seconds = data.get("seconds_left")
+    if seconds is None and str(data.get("detail") or "").isdigit():
+        seconds = int(data["detail"])
     if isinstance(seconds, int | float):
         line += f" in {relative_seconds(seconds)}"
     if data.get("expires_at"):
@@ -344,15 +346,20 @@ def describe_event(kind, data, moment):
     """What an event of the stream says, in words (without time and kind)."""
     if not isinstance(data, dict):
         return str(data)
-    if kind in ("queued", "position"):
+    if "position" in data:
         return _place(data)
+    if kind == "queued":
+        return (
+            f"waiter {data.get('waiter')} of {data.get('holder')} {data.get('detail')}"
+        )
     if kind == "granted":
         return (
             f"waiter {data.get('waiter')} gets {data.get('board')} "
             f"(reservation {data.get('reservation')})"
         )
     if kind == "left":
-        return f"waiter {data.get('waiter')} left the queue: {data.get('why')}"
+        why = data.get("why") or data.get("detail")
+        return f"waiter {data.get('waiter')} left the queue: {why}"
     if kind == "expiring":
         return _expiring(data, moment)
     return _board_change(data)
