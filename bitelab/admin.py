@@ -83,9 +83,7 @@ def _events(settings, args):
 
     conn = db.connect(settings.db_file)
     try:
-        rows = read_events(
-            conn.cursor(), limit=args.n, board=args.board, user=args.user
-        )
+        rows = read_events(conn.cursor(), limit=args.n, board=args.board, user=args.user)
     finally:
         conn.close()
     if args.json:

@@ -203,9 +203,7 @@ class BoardManager(service.Service):
     @defer.inlineCallbacks
     def events(self, limit=100, board=None, user=None, before=None):
         """Deferred[list]: audit events, newest first."""
-        rows = yield self.store.events(
-            limit=limit, board=board, user=user, before=before
-        )
+        rows = yield self.store.events(limit=limit, board=board, user=user, before=before)
         return [event_view(row) for row in rows]
 
     @defer.inlineCallbacks
@@ -260,12 +258,7 @@ class BoardManager(service.Service):
         while True:
             try:
                 row = yield self.store.claim(
-                    target,
-                    is_class,
-                    user,
-                    sshpubkey,
-                    timeout_for,
-                    self._direct,
+                    target, is_class, user, sshpubkey, timeout_for, self._direct,
                     tried,
                 )
             except Unavailable:
@@ -302,9 +295,7 @@ class BoardManager(service.Service):
             try:
                 result = yield self._reserve_script(row)
             except SetupFailed as e:
-                ending = yield self._retrying(
-                    self.store.fail_setup, name, rid, e.message
-                )
+                ending = yield self._retrying(self.store.fail_setup, name, rid, e.message)
                 if ending is not None:
                     handed_on = True
                     yield self._wind_down(ending)

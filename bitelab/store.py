@@ -84,9 +84,7 @@ class Txn:
 
     def board(self, name):
         """One board's row (joined with its reservation) as a dict, or None."""
-        return _board(
-            self.execute(_BOARD_SELECT + " WHERE b.name = ?", (name,)).fetchone()
-        )
+        return _board(self.execute(_BOARD_SELECT + " WHERE b.name = ?", (name,)).fetchone())
 
     def event(self, kind, board, user=None, detail="", reservation=None, holder=None):
         """Append to the audit log; the ``Event`` is published after commit."""
@@ -400,7 +398,9 @@ class Store:
         ).lastrowid
         if not txn.set_board(name, rules.FREE, None, state=state, reservation_id=rid):
             raise Unavailable(f"board {name} was taken")
-        txn.event(state, name, user, f"timeout={timeout}", reservation=rid, holder=user)
+        txn.event(
+            state, name, user, f"timeout={timeout}", reservation=rid, holder=user
+        )
         return txn.board(name)
 
     def confirm(self, name, rid, script_attrs):
@@ -420,10 +420,7 @@ class Store:
                 rid, state=rules.RESERVED, script_attrs=json.dumps(script_attrs)
             )
             txn.event(
-                rules.RESERVED,
-                name,
-                board["holder"],
-                reservation=rid,
+                rules.RESERVED, name, board["holder"], reservation=rid,
                 holder=board["holder"],
             )
             return txn.board(name)
@@ -485,11 +482,7 @@ class Store:
             rid, state=rules.RELEASING, cause=cause, actor=actor, detail=detail
         )
         txn.event(
-            rules.RELEASING,
-            name,
-            actor,
-            f"{cause}: {detail}",
-            reservation=rid,
+            rules.RELEASING, name, actor, f"{cause}: {detail}", reservation=rid,
             holder=board["holder"],
         )
 
@@ -508,11 +501,7 @@ class Store:
                 (name,),
             )
             txn.event(
-                rules.SETUP_FAILED,
-                name,
-                board["holder"],
-                message,
-                reservation=rid,
+                rules.SETUP_FAILED, name, board["holder"], message, reservation=rid,
                 holder=board["holder"],
             )
             self._start_ending(txn, board, rules.SETUP_FAILED, None, message)
@@ -601,11 +590,7 @@ class Store:
                 (txn.now + timeout, rid, rules.RESERVED),
             )
             txn.event(
-                "extended",
-                name,
-                user,
-                f"timeout={timeout}",
-                reservation=rid,
+                "extended", name, user, f"timeout={timeout}", reservation=rid,
                 holder=board["holder"],
             )
             return txn.board(name)
@@ -622,9 +607,7 @@ class Store:
             if board is None:
                 raise NotFound(f"no board named {name!r}")
             rules.check_maintenance_start(board)
-            txn.set_board(
-                name, board["state"], None, state=rules.MAINTENANCE, reason=reason
-            )
+            txn.set_board(name, board["state"], None, state=rules.MAINTENANCE, reason=reason)
             txn.event(rules.MAINTENANCE, name, user, reason)
             return txn.board(name)
 
@@ -639,13 +622,8 @@ class Store:
                 raise NotFound(f"no board named {name!r}")
             rules.check_maintenance_end(board)
             txn.set_board(
-                name,
-                rules.MAINTENANCE,
-                None,
-                state=rules.FREE,
-                reason=None,
-                released_at=txn.now,
-                setup_failures=0,
+                name, rules.MAINTENANCE, None, state=rules.FREE, reason=None,
+                released_at=txn.now, setup_failures=0,
             )
             txn.event("maintenance_end", name, user)
             if not board["configured"]:
@@ -676,9 +654,7 @@ class Store:
 
     def add_token(self, user, token_hash):
         """Deferred: store a new token's hash."""
-        return self.write(
-            lambda txn: insert_token(txn.cursor, user, token_hash, txn.now)
-        )
+        return self.write(lambda txn: insert_token(txn.cursor, user, token_hash, txn.now))
 
     def revoke_token(self, token_hash):
         """Deferred: revoke one token; ``Unauthorized`` if it is not valid."""
