@@ -115,9 +115,7 @@ class LibUCL:
         parser = lib.ucl_parser_new(0)
         try:
             for name, value in (variables or {}).items():
-                lib.ucl_parser_register_variable(
-                    parser, name.encode(), value.encode()
-                )
+                lib.ucl_parser_register_variable(parser, name.encode(), value.encode())
             feed(parser)
             error = lib.ucl_parser_get_error(parser)
             if error is not None:

@@ -117,7 +117,7 @@ def main():
             elif args.verbose:
                 print(f"  {label}: {path.name} differs: {detail}")
         print(f"against {label}: {len(agree)} of {len(files)} files agree")
-        print(f"  differ: {sorted(set(p.name for p in files) - set(agree))}")
+        print(f"  differ: {sorted({p.name for p in files} - set(agree))}")
 
 
 if __name__ == "__main__":
