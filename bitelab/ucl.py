@@ -267,34 +267,25 @@ def _place_code_units(out, units):
 def _unescape_squoted(s):
     """libucl's unescaping of a single-quoted string: ``\\'`` is a quote,
     backslash-newline vanishes, any other backslash stays."""
-    if len(s) <= 1:
-        return s
     out = []
-    h = 0
-    left = len(s)
-    while left:
-        if s[h] == "\\":
-            h += 1
-            if left == 1:
-                left -= 1
-                out.append("\\")
-                continue
-            e = s[h]
-            if e == "'":
-                out.append("'")
-            elif e == "\r":
-                if left > 1 and s.startswith("\n", h + 1):
-                    h += 1
-                    left -= 1
-            elif e != "\n":
-                out.append("\\" + e)
-            h += 1
-            left -= 1
-        else:
-            out.append(s[h])
-            h += 1
-        if left > 0:
-            left -= 1
+    i = 0
+    n = len(s)
+    while i < n:
+        c = s[i]
+        # The lexer leaves no backslash last.
+        if c != "\\":
+            out.append(c)
+            i += 1
+            continue
+        e = s[i + 1]
+        i += 2
+        if e == "'":
+            out.append("'")
+        elif e == "\r":
+            if s.startswith("\n", i):
+                i += 1
+        elif e != "\n":
+            out.append("\\" + e)
     return "".join(out)
 
 
@@ -386,18 +377,16 @@ class _Chunk:
         "next_key",
         "pos",
         "priority",
-        "real",
         "strategy",
         "text",
         "variables",
     )
 
-    def __init__(self, text, filename, real, variables, includes):
+    def __init__(self, text, filename, variables, includes):
         self.text = text
         self.end = len(text)
         self.pos = 0
         self.filename = filename
-        self.real = real
         self.base_dir = dict(variables)["CURDIR"]
         # libucl's variable list: FILENAME, CURDIR, then the user's, in order.
         self.variables = variables
@@ -461,6 +450,7 @@ class _Parser:
         self.top = None
         self.cur = None
         self.state = _KEY
+        self.key_name = None
         self.stale_nested = None
         self.include_paths = None
         self.chunk = None
@@ -471,7 +461,7 @@ class _Parser:
         variables += [(k, v) for k, v in self.user_vars if k not in file_vars]
         if includes is None:
             includes = (real,) if real else ()
-        return _Chunk(text, filename, real, variables, includes)
+        return _Chunk(text, filename, variables, includes)
 
     def error(self, reason, pos=None):
         """A ``UCLError`` at ``pos`` (default: the current position)."""
@@ -672,6 +662,7 @@ class _Parser:
             raise self.error(f"missing value for key {key!r}", p)
         if not key:
             raise self.error("empty keys are not allowed", key_pos)
+        self.key_name = key
         if got_sep is None:
             chunk.next_key = self.nested_key_follows(chunk, p)
         chunk.pos = p
@@ -874,7 +865,7 @@ class _Parser:
             stop -= 1
         raw = text[p:stop]
         if not raw:
-            raise self.error(self.missing_value(text[p] if p < end else ""), p)
+            raise self.error(self.missing_value(text[p]), p)
         chunk.pos = q
         if raw == "null":
             value = None
@@ -889,20 +880,11 @@ class _Parser:
         self.set_value(node, value)
 
     def missing_value(self, c):
-        key = self.last_key()
-        where = f"for key {key!r}" if key is not None else "in the array"
-        if c:
-            return f"missing value {where}, found {_describe(c)}"
-        return f"missing value {where}"
-
-    def last_key(self):
-        top = self.stack[-1].node
-        if top.kind != _OBJECT:
-            return None
-        for key, chain in reversed(top.value.items()):
-            if self.cur in chain:
-                return key
-        return None
+        if self.stack[-1].node.kind == _ARRAY:
+            where = "in the array"
+        else:
+            where = f"for key {self.key_name!r}"
+        return f"missing value {where}, found {_describe(c)}"
 
     def number(self, chunk, start):
         """libucl's number: (value, end) or None when the word is not one.
@@ -1308,7 +1290,7 @@ class _Parser:
         else:
             raise self.error(f"'(' after .{name} is never closed; add ')'", open_pos)
         sub = _Parser(self.user_vars)
-        args = _Chunk(text, chunk.filename, chunk.real, chunk.variables, chunk.includes)
+        args = _Chunk(text, chunk.filename, chunk.variables, chunk.includes)
         args.pos = open_pos + 1
         args.end = p
         sub.read(args)

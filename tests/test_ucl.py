@@ -488,6 +488,19 @@ def test_include_loop_is_an_error(tmp_path):
         load(tmp_path / "a.ucl")
 
 
+def test_include_depth_limit(tmp_path):
+    """As in libucl, 15 nested includes work and a 16th is refused."""
+    for i in range(17):
+        (tmp_path / f"{i}.ucl").write_text(f'k{i} = {i}\n.include "{i + 1}.ucl"')
+    (tmp_path / "16.ucl").write_text("k16 = 16")
+    (tmp_path / "15.ucl").write_text("k15 = 15")
+    assert len(load(tmp_path / "0.ucl")) == 16
+    (tmp_path / "15.ucl").write_text('k15 = 15\n.include "16.ucl"')
+    with pytest.raises(UCLError, match="nested more than 15 deep") as info:
+        load(tmp_path / "0.ucl")
+    assert info.value.filename.endswith("15.ucl")
+
+
 def test_include_of_directory_is_an_error(tmp_path):
     """Including something that is not a regular file raises UCLError."""
     with pytest.raises(UCLError, match="not a regular file"):

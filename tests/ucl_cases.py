@@ -92,6 +92,11 @@ VALUES = [
         "float-forms", "a = 5.; b = 1e3; c = -0.25", {"a": 5.0, "b": 1000.0, "c": -0.25}
     ),
     Case(
+        "not-numbers-either",
+        "a = 0x1.5; b = -.5; c = 1e5e; d = 1.5.; e = 1kb5; f = 1ms5",
+        {"a": "0x1.5", "b": "-.5", "c": "1e5e", "d": "1.5.", "e": "1kb5", "f": "1ms5"},
+    ),
+    Case(
         "not-numbers",
         "a = 1.2.3; b = 1e; c = -x; d = 10abc",
         {"a": "1.2.3", "b": "1e", "c": "-x", "d": "10abc"},
@@ -111,6 +116,11 @@ VALUES = [
     Case("bare-word-keeps-inner-blanks", "a = hello  world  ;", {"a": "hello  world"}),
     Case("bare-word-balanced-brackets", "a = x[1]{y}", {"a": "x[1]{y}"}),
     Case("bare-word-escapes", r"a = x\;y\n", {"a": "x;y\n"}),
+    Case(
+        "bare-word-short-unicode-escapes",
+        r"a = \u12zz; b = x\u1",
+        {"a": "\u0120", "b": "xu"},
+    ),
     Case("bare-word-final-backslash", "a = slash\\", {"a": "slash\\"}),
     # Strings.
     Case(
@@ -120,6 +130,7 @@ VALUES = [
     ),
     Case("single-quoted", "a = 'it\\'s \\n'", {"a": "it's \\n"}),
     Case("single-quoted-line-join", "a = 'jo\\\nined'", {"a": "joined"}),
+    Case("single-quoted-crlf-join", "a = 'jo\\\r\nined'", {"a": "joined"}),
     Case(
         "heredoc",
         "a = <<EOD\nline 1\nline 2\nEOD\nb = 1",
@@ -128,6 +139,7 @@ VALUES = [
     Case(
         "heredoc-terminator-then-separator", "a = [<<END\nx\nEND,\n2]", {"a": ["x", 2]}
     ),
+    Case("heredoc-too-short-is-a-word", "a = <<E", {"a": "<<E"}),
     Case("heredoc-lowercase-is-a-word", "a = <<eod", {"a": "<<eod"}),
     # Keys and separators.
     Case("separators", "a = 1; b: 2, c 3\nd = 4;;", {"a": 1, "b": 2, "c": 3, "d": 4}),
@@ -160,6 +172,7 @@ VALUES = [
     Case("value-with-blanks-is-not-shorthand", "a b c", {"a": "b c"}),
     # Top level.
     Case("braced-top-level", "{ a = 1 }", {"a": 1}),
+    Case("comment-before-closing-brace", "a { # c\n}", {"a": {}}),
     Case("text-after-top-level-braces-is-ignored", "{ a = 1 } b = 2 }", {"a": 1}),
     Case("top-level-array", "[1, 2] x", [1, 2]),
     Case("empty-text", "", {}),
@@ -190,8 +203,8 @@ VALUES = [
     ),
     Case(
         "unknown-variable-stays",
-        "a = ${NOPE}$HOST",
-        {"a": "${NOPE}poe"},
+        "a = ${NOPE}$NOPE $HOST",
+        {"a": "${NOPE}$NOPE poe"},
         variables=HOST,
     ),
     Case("keys-are-not-expanded", '"$HOST" = 1', {"$HOST": 1}, variables=HOST),
@@ -281,6 +294,12 @@ VALUES = [
         files={"a.ucl": "a = 1"},
     ),
     Case(
+        "include-key-array-over-object",
+        'k { z = 0 }\n.include(key="k", target="array") "a.ucl"',
+        {"k": [{"z": 0}, {"a": 1}]},
+        files={"a.ucl": "a = 1"},
+    ),
+    Case(
         "include-key-into-existing-object",
         'k { z = 0 }\n.include(key="k") "a.ucl"',
         {"k": {"z": 0, "a": 1}},
@@ -322,6 +341,21 @@ VALUES = [
         files={"d/a.ucl": "a = 1", "d/b.ucl": "b = 2"},
     ),
     Case(
+        "macro-value-in-braces", ".include {a.ucl}", {"a": 1}, files={"a.ucl": "a = 1"}
+    ),
+    Case(
+        "macro-arguments-not-an-object",
+        '.include([1]) "a.ucl"',
+        {"a": 1},
+        files={"a.ucl": "a = 1"},
+    ),
+    Case(
+        "macro-arguments-quoted-parens",
+        '.include(key="a(b)") "a.ucl"',
+        {"a(b)": {"a": 1}},
+        files={"a.ucl": "a = 1"},
+    ),
+    Case(
         "try-include",
         '.try_include "a.ucl"\nb = 2',
         {"a": 1, "b": 2},
@@ -352,10 +386,24 @@ VALUES = [
     ),
     Case("priority-masked-to-four-bits", "a = 1\n.priority 16\na = 2", {"a": [1, 2]}),
     Case("priority-invalid", ".priority x", Refused("invalid priority", 1, 1)),
+    Case("priority-empty", '.priority ""', Refused("missing priority", 1, 1)),
     Case(
         "inherit",
         'd { a = 1; b = 2 }\nm { .inherit "d"\nb = 3 }',
         {"d": {"a": 1, "b": 2}, "m": {"a": 1, "b": 3}},
+    ),
+    Case(
+        "inherit-nested",
+        'd { o { x = 1 }; l = [1, { y = 2 }]; a = 1; a = 2; m { p = 1 }; m { q = 2 } }\nc { .inherit "d" }',
+        {
+            "d": {
+                "o": {"x": 1},
+                "l": [1, {"y": 2}],
+                "a": [1, 2],
+                "m": [{"p": 1}, {"q": 2}],
+            },
+            "c": {"o": {"x": 1}, "l": [1, {"y": 2}], "a": [1, 2], "m": {"p": 1}},
+        },
     ),
     Case(
         "inherit-keeps-own-keys",
@@ -394,6 +442,8 @@ VALUES = [
         {},
         files={"f.txt": ""},
     ),
+    Case("load-missing", '.load(key="k") "nope.txt"', Refused("cannot load", 1, 1)),
+    Case("load-empty-name", '.load(key="k") ""', Refused("missing file name", 1, 1)),
     Case("load-needs-key", '.load "f.txt"', Refused("key"), files={"f.txt": "x"}),
     Case(
         "load-existing-key",
@@ -448,6 +498,10 @@ REFUSALS = [
         '/* " */ a = 1',
         Refused("unterminated comment", 1, 1),
     ),
+    Case("heredoc-opener-at-end", "a = <<EOD", Refused("never closed", 1, 5)),
+    Case(
+        "escape-at-end-of-text", 'a = "x\\', Refused("unterminated double-quoted", 1, 5)
+    ),
     Case("unclosed-brace", "a {\n  b = 1\n", Refused("'{' is never closed", 1, 3)),
     Case("unclosed-bracket", "a = [1, 2", Refused("'[' is never closed", 1, 5)),
     Case("stray-brace", "a = 1\n}", Refused("without a matching", 2, 1)),
@@ -477,6 +531,26 @@ REFUSALS = [
         'a { x = 1 }\n.include(duplicate="merge") "a.ucl"',
         Refused("cannot merge an array", 1, 3),
         files={"a.ucl": "a [1]"},
+    ),
+    Case(
+        "include-path-missing",
+        '.include(path=["d"]) "nope.ucl"',
+        Refused("cannot find 'nope.ucl'", 1, 1),
+    ),
+    Case(
+        "included-file-closes-includer",
+        'o { .include "a.ucl"\nx = 1 }',
+        Refused("closes nothing opened in this file", 1, 7),
+        files={"a.ucl": "a = 1 }"},
+    ),
+    Case(
+        "included-file-unclosed-brace",
+        '.include "a.ucl"\nb = 2',
+        Refused("'{' is never closed", 1, 1),
+        files={"a.ucl": "{ a = 1"},
+    ),
+    Case(
+        "macro-value-braces-unclosed", ".include {a.ucl", Refused("never closed", 1, 10)
     ),
     Case("includes-itself", '.include "main.ucl"', Refused("includes itself", 1, 1)),
 ]
