@@ -690,6 +690,14 @@ DIFFERENCES = [
         Refused("out of range", 1, 5),
     ),
     Case(
+        "macro-arguments-see-the-variables",
+        '.include(key="$HOST") "a.ucl"',
+        {"$HOST": {"a": 1}},
+        {"poe": {"a": 1}},
+        files={"a.ucl": "a = 1"},
+        variables=HOST,
+    ),
+    Case(
         "included-array",
         '.include "a.ucl"',
         Refused("unexpected terminating symbol"),
