@@ -164,7 +164,7 @@ def test_seed_board_file(tmp_path):
     script = executable(tmp_path / "board_script")
     text = SEED.replace("/ztank/prog/board_script", script).replace(
         "{ cls = snmppower, host = poe, port = 3 },",
-        "{ cls = snmppower, host = poe, port = 3 }, { cls = timeout, val = 2h },",
+        "{ cls = snmppower, host = poe, port = 3 }, { cls = timeout, val = 2h; },",
     )
     lab = load_boards(write(tmp_path / "b.ucl", text), OPTIONS)
     assert lab.setup_script == script
