@@ -119,6 +119,8 @@ class API:
     clock: object
     #: a callable giving the SSH service's port once it listens
     ssh_port: object = lambda: None
+    #: the open event streams (``bitelab.stream.EventStreams``)
+    streams: object = None
     #: what ``/info`` says of the SSH host key (``ssh.host_key_facts``)
     host_key: dict = attrs.Factory(dict)
     app = Klein()
@@ -227,11 +229,23 @@ class API:
     @defer.inlineCallbacks
     def reserve(self, request, name):
         user = yield self._user(request)
-        body = _read_body(request, ("sshpubkey", "timeout"))
+        body = _read_body(
+            request, ("sshpubkey", "timeout", "wait", "waiter", "priority")
+        )
         if body.get("sshpubkey") is not None and not isinstance(body["sshpubkey"], str):
             raise Invalid("sshpubkey must be a string")
+        waiter = body.get("waiter")
+        if waiter is not None and (isinstance(waiter, bool) or not isinstance(waiter, int)):
+            raise Invalid("waiter must be the id of a place in the queue")
         result = yield self.manager.reserve(
-            user, _board_name(name), body.get("sshpubkey"), body.get("timeout")
+            user,
+            _board_name(name),
+            body.get("sshpubkey"),
+            body.get("timeout"),
+            wait=body.get("wait", 0),
+            waiter=waiter,
+            priority=body.get("priority"),
+            gone=request.notifyFinish(),
         )
         return _json(request, result)
 
@@ -321,6 +335,31 @@ class API:
         args["limit"] = min(args["limit"], 1000)
         result = yield self.manager.events(**args)
         return _json(request, {"events": result})
+
+    @app.route("/api/v1/queue", methods=["GET"])
+    @defer.inlineCallbacks
+    def queue(self, request):
+        user = yield self._user(request)
+        result = yield self.manager.queue(user)
+        return _json(request, result)
+
+    @app.route("/api/v1/queue/<wid>", methods=["DELETE"])
+    @defer.inlineCallbacks
+    def cancel_wait(self, request, wid):
+        user = yield self._user(request)
+        if not wid.isdigit() or len(wid) > 18:
+            raise NotFound(f"no waiter {wid!r}")
+        result = yield self.manager.room.cancel(user, int(wid))
+        return _json(request, result)
+
+    @app.route("/api/v1/events/stream", methods=["GET"])
+    @defer.inlineCallbacks
+    def event_stream(self, request):
+        user = yield self._user(request)
+        if self.streams is None:
+            raise NotFound("no event stream here")
+        yield self.streams.open(request, user, self.manager.is_admin(user))
+        return b""
 
     @app.route("/api/v1/reservations", methods=["GET"])
     @defer.inlineCallbacks

@@ -47,6 +47,14 @@ class Config:
     max_setup_failures: int = 3
     #: seconds a write waits for a database another process holds
     db_busy_timeout: float = 5.0
+    #: boards one user may hold in the whole lab (0: no limit)
+    user_board_limit: int = 0
+    #: seconds a waiter whose connection the server lost keeps its place
+    queue_lease: float = 30.0
+    #: longest wait a reserve request may ask for, in seconds
+    max_wait: int = 7 * 24 * 3600
+    #: seconds before the end of a reservation at which its holder is told
+    expiry_notices: tuple = (600, 120)
 
 
 def _path(value):
@@ -78,6 +86,20 @@ _pause = _number(float, "a number of seconds", 0, 600)
 _interval = _number(float, "a number of seconds", 0.01, 600)
 _positive = _number(int, "a whole number", 1, 10000)
 _wait = _number(float, "a number of seconds", 0, 600)
+
+
+def _notices(value):
+    seconds = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or int(part) == 0:
+            raise ValueError(
+                f"must be whole numbers of seconds separated by commas, not {value!r}"
+            )
+        seconds.append(int(part))
+    return tuple(sorted(set(seconds), reverse=True))
 
 
 def _endpoint(value):
@@ -188,6 +210,10 @@ _KEYS = {
     "release_concurrency": (_positive, None),
     "max_setup_failures": (_count, None),
     "db_busy_timeout": (_wait, None),
+    "user_board_limit": (_count, None),
+    "queue_lease": (_wait, None),
+    "max_wait": (_seconds, None),
+    "expiry_notices": (_notices, None),
 }
 _REQUIRED = ("db_file", "board_conf")
 

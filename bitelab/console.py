@@ -608,6 +608,11 @@ class ConsoleService(Service):
             self.hub.close_viewers(f"reservation of {self.board} ended: {why}")
             self.mark_released(user, when_iso, why)
 
+    def notice(self, reservation, text):
+        """Show the sessions of ``reservation`` one line (not logged)."""
+        if self.reservation == reservation:
+            self.hub.deliver(f"\r\nbitelab: {_one_line(text)}\r\n".encode())
+
     def resume(self, reservation):
         """At start: belong to ``reservation``, which was already under way."""
         self.reservation = reservation

@@ -81,6 +81,21 @@ class PoolService(service.Service):
             pool.close()
 
 
+class StreamsService(service.Service):
+    """Keeps the event streams alive, and ends them when the server stops."""
+
+    def __init__(self, streams):
+        self.streams = streams
+
+    def startService(self):
+        super().startService()
+        self.streams.start()
+
+    def stopService(self):
+        super().stopService()
+        self.streams.stop()
+
+
 class SNMPService(service.Service):
     """Owns the shared SNMP client's UDP port."""
 
@@ -133,6 +148,7 @@ def make_lab_service(settings, lab, reactor):
     from bitelab.snmp import SNMPClient
     from bitelab.ssh import SSHService, host_key_facts
     from bitelab.store import Store
+    from bitelab.stream import EventStreams
     from bitelab.tokens import TokenStore
 
     top = LabService()
@@ -180,12 +196,17 @@ def make_lab_service(settings, lab, reactor):
     )
     ssh.setServiceParent(top)
 
+    streams = EventStreams(reactor)
+    store.bus.subscribe(streams.publish)
+    manager.room.notify = streams.notify
+    StreamsService(streams).setServiceParent(top)
     api = API(
         manager,
         tokens,
         reactor,
         ssh_port=lambda: _port_number(ssh.port),
         host_key=host_key_facts(host_key),
+        streams=streams,
     )
     # a file of its own is cheaper per request than the server's log
     if settings.http_access_log:
