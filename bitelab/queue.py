@@ -34,6 +34,8 @@ class Waiting:
     timer: object = None
     #: the client went away while its board was being set up
     gone: bool = False
+    #: answered (or given up)
+    done: bool = False
 
 
 class WaitingRoom:
@@ -68,7 +70,9 @@ class WaitingRoom:
         ``gone`` fires (or fails) when the client's connection ends: then
         the waiter leaves the queue at once.
         """
-        d = defer.Deferred()
+        # the HTTP layer cancels the request's Deferred when its client
+        # disconnects: that, too, means the client has gone
+        d = defer.Deferred(canceller=lambda _: self._client_gone(waiting))
         waiting = Waiting(wid, user, target, self.clock.seconds(), deadline, d)
         self.waiting[wid] = waiting
         self._start_timer(waiting)
@@ -83,6 +87,7 @@ class WaitingRoom:
         )
 
     def _finish(self, waiting, result=None, error=None):
+        waiting.done = True
         self.waiting.pop(waiting.wid, None)
         self.serving.pop(waiting.wid, None)
         if waiting.timer is not None and waiting.timer.active():
@@ -113,7 +118,7 @@ class WaitingRoom:
 
     @defer.inlineCallbacks
     def _client_gone(self, waiting):
-        if waiting.deferred.called:
+        if waiting.done:
             return
         if waiting.wid in self.serving:
             waiting.gone = True
