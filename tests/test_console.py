@@ -1,5 +1,6 @@
 """Serial consoles: the log, the viewer hub and the service on real ptys."""
 
+import io
 import os
 
 import pytest
@@ -205,7 +206,7 @@ def test_markers_and_reservation_log(tmp_path):
         + RELEASED_MARKER
         + b"alice at 2026-01-02T04:00:00Z (released) ===\nbetween\n"
     ) in full
-    assert console.reservation_log() == (
+    assert console.reservation_log().read() == (
         b"=== bitelab: reserved by bob at 2026-01-02T05:00:00Z ===\nbob's \x00\xff output"
     )
 
@@ -216,7 +217,7 @@ def test_marker_text_cannot_be_faked_mid_line_or_break_lines(tmp_path):
     console.console_log.open()
     console.mark_reserved("eve\nmallory", "now")
     console.received(b"x " + RESERVED_MARKER + b"nobody ===\nmine\n")
-    log = console.reservation_log()
+    log = console.reservation_log().read()
     assert log.startswith(RESERVED_MARKER + b"eve?mallory at now ===\n")
     assert log.endswith(b"mine\n")
 
@@ -230,7 +231,10 @@ def test_reservation_log_across_rotation(tmp_path):
     after = bytes(range(100))
     console.received(after)
     assert len(console.console_log.files()) >= 3
-    assert console.reservation_log() == RESERVED_MARKER + b"alice at T1 ===\n" + after
+    assert (
+        console.reservation_log().read()
+        == RESERVED_MARKER + b"alice at T1 ===\n" + after
+    )
 
 
 def test_reservation_log_when_marker_rotated_out(tmp_path):
@@ -240,7 +244,7 @@ def test_reservation_log_when_marker_rotated_out(tmp_path):
     console.mark_reserved("alice", "T1")
     out = b"".join(b"line %03d\n" % i for i in range(40))
     console.received(out)
-    log = console.reservation_log()
+    log = console.reservation_log().read()
     assert RESERVED_MARKER not in log
     assert 50 < len(log) <= 100
     assert out.endswith(log)
@@ -272,7 +276,7 @@ def test_hub_history_then_live_output():
     """A long history is sent first and only live output counts as slowness."""
     hub = ConsoleHub(max_backlog=10)
     viewer = PendingViewer()
-    hub.attach(viewer, history=b"h" * 100)
+    hub.attach(viewer, history=io.BytesIO(b"h" * 100))
     assert viewer.closed is None
     assert viewer.data == b"h" * 100
     hub.deliver(b"0123456789")
@@ -286,7 +290,7 @@ def test_hub_history_allowance_ends_once_caught_up():
     """After draining the history a viewer gets the normal bound again."""
     hub = ConsoleHub(max_backlog=10)
     viewer = PendingViewer()
-    hub.attach(viewer, history=b"h" * 100)
+    hub.attach(viewer, history=io.BytesIO(b"h" * 100))
     viewer.data.clear()
     hub.deliver(b"0123456789")
     assert viewer.closed is None
@@ -540,7 +544,7 @@ def test_pty_bytes_both_ways_and_log(reactor, tmp_path, boards, services, log_ev
             b"before second\n=== bitelab: reserved by alice at 2026-01-01T00:00:00Z"
             b" ===\n" + ALL_BYTES * 4
         )
-    assert console.reservation_log().endswith(b" ===\n" + ALL_BYTES * 4)
+    assert console.reservation_log().read().endswith(b" ===\n" + ALL_BYTES * 4)
     console.stopService()
     assert first.closed == "console of b1 closed: server stopping"
     with pytest.raises(OSError):

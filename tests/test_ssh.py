@@ -78,7 +78,7 @@ class FakeHub(ConsoleHub):
         self.sent = b""
         self.events = []
 
-    def attach(self, viewer, history=b""):
+    def attach(self, viewer, history=None):
         """Add a viewer."""
         self.events.append("attach")
         super().attach(viewer, history)
