@@ -529,8 +529,11 @@ class TokenSession(_Session):
         self.exit(0)
 
     def _failed(self, reason, user):
-        log.failure("Issuing an API token for {user} failed", reason, user=user)
-        self.send_err("could not issue a token; try again or ask the lab admin")
+        if reason.check(Forbidden):
+            self.send_err(reason.value.message)
+        else:
+            log.failure("Issuing an API token for {user} failed", reason, user=user)
+            self.send_err("could not issue a token; try again or ask the lab admin")
         self.exit(1)
 
 

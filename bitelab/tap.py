@@ -170,7 +170,7 @@ def make_lab_service(settings, lab, reactor):
     from bitelab.options import Runtime, SerialConsole
     from bitelab.script import ScriptRunner
     from bitelab.snmp import SNMPClient
-    from bitelab.ssh import SSHLimits, SSHService
+    from bitelab.ssh import SSHService
     from bitelab.tokens import TokenStore
 
     problem = raise_file_limit(files_needed(settings))
@@ -214,12 +214,7 @@ def make_lab_service(settings, lab, reactor):
         settings.ssh_host_key,
         settings.ssh_keys_dir,
         SSHLab(manager, tokens),
-        limits=SSHLimits(
-            login_grace_time=settings.ssh_login_grace_time,
-            max_unauthenticated=settings.ssh_max_unauthenticated,
-            max_unauthenticated_per_source=settings.ssh_max_unauthenticated_per_source,
-            max_auth_tries=settings.ssh_max_auth_tries,
-        ),
+        limits=ssh_limits(settings),
     )
     ssh.setServiceParent(top)
 
@@ -248,6 +243,18 @@ def make_lab_service(settings, lab, reactor):
     top.manager, top.tokens, top.ssh, top.api = manager, tokens, ssh, api
     top.http = http
     return top
+
+
+def ssh_limits(settings):
+    """The ``SSHLimits`` of ``settings``."""
+    from bitelab.ssh import SSHLimits
+
+    return SSHLimits(
+        login_grace_time=settings.ssh_login_grace_time,
+        max_unauthenticated=settings.ssh_max_unauthenticated,
+        max_unauthenticated_per_source=settings.ssh_max_unauthenticated_per_source,
+        max_auth_tries=settings.ssh_max_auth_tries,
+    )
 
 
 def check_host_key(path):

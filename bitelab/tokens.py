@@ -8,7 +8,7 @@ import attrs
 from twisted.internet import defer
 
 from bitelab.db import add_event
-from bitelab.errors import Unauthorized
+from bitelab.errors import Forbidden, Unauthorized
 
 TOKEN_PREFIX = "bl_"
 TOKEN_BYTES = 32
@@ -27,8 +27,23 @@ def new_token():
     return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
 
 
+def user_locked(txn, user):
+    """Whether ``user`` is locked out: the last ``user_lock`` or
+    ``user_unlock`` of theirs in the audit log is a lock."""
+    txn.execute(
+        "SELECT action FROM events WHERE user = ? "
+        "AND action IN ('user_lock', 'user_unlock') ORDER BY id DESC LIMIT 1",
+        (user,),
+    )
+    row = txn.fetchone()
+    return row is not None and row[0] == "user_lock"
+
+
 def insert_token(txn, user, now):
-    """Store a new token's hash and audit it; returns the token (inside a transaction)."""
+    """Store a new token's hash and audit it; returns the token (inside a
+    transaction).  ``Forbidden`` for a user who is locked out."""
+    if user_locked(txn, user):
+        raise Forbidden(f"{user} is locked out of this lab; ask the lab admin")
     token = new_token()
     txn.execute(
         "INSERT INTO tokens (hash, user, created_at) VALUES (?, ?, ?)",
