@@ -36,6 +36,7 @@ consumer viewer attached with a replay reads the log from disk only as fast
 as it sends it on, so however long the log, it never sits in memory.
 """
 
+import errno
 import os
 from collections import deque
 
@@ -86,6 +87,9 @@ class ConsoleLog:
         self._size = 0
         self._ends_with_newline = True
         self._failing = False
+        # how many times the log was rotated: the file that was current
+        # after N rotations is ``path.K`` after N + K
+        self.rotations = 0
 
     def open(self):
         """Open (or create) the current file for appending."""
@@ -169,7 +173,7 @@ class ConsoleLog:
         The oldest backup beyond ``backups`` is deleted.
         """
         self.close()
-        names = [self.path] + [f"{self.path}.{i}" for i in range(1, self.backups + 1)]
+        names = self._names()
         try:
             os.unlink(names[-1])
         except FileNotFoundError:
@@ -179,12 +183,21 @@ class ConsoleLog:
                 os.replace(newer, older)
             except FileNotFoundError:
                 pass
+        self.rotations += 1
         self.open()
+
+    def _names(self):
+        return [self.path] + [f"{self.path}.{i}" for i in range(1, self.backups + 1)]
 
     def files(self):
         """The existing log files, newest first."""
-        names = [self.path] + [f"{self.path}.{i}" for i in range(1, self.backups + 1)]
-        return [name for name in names if os.path.exists(name)]
+        return [name for name in self._names() if os.path.exists(name)]
+
+    def name_of(self, number):
+        """The name now of the file that was current after ``number``
+        rotations, or None if it has been rotated away."""
+        age = self.rotations - number
+        return self._names()[age] if 0 <= age <= self.backups else None
 
     def since_last(self, marker):
         """A ``LogReader`` of the logged bytes from the last line starting
@@ -194,17 +207,17 @@ class ConsoleLog:
         marker is in none of the kept files, everything kept is read.
         """
         parts = []
-        for name in self.files():
+        for age, name in enumerate(self._names()):
             try:
                 fd = os.open(name, os.O_RDONLY)
             except FileNotFoundError:
                 continue
             try:
-                st = os.fstat(fd)
-                found = _last_line_at(fd, st.st_size, marker)
+                size = os.fstat(fd).st_size
+                found = _last_line_at(fd, size, marker)
             finally:
                 os.close(fd)
-            parts.insert(0, ((st.st_dev, st.st_ino), max(found, 0), st.st_size))
+            parts.insert(0, (self.rotations - age, max(found, 0), size))
             if found >= 0:
                 break
         return LogReader(self, parts)
@@ -239,11 +252,13 @@ def _last_line_at(fd, size, marker, chunk=READ_CHUNK):
 class LogReader:
     """Part of a console log, read like a file, from disk a chunk at a time.
 
-    ``parts`` are ``(file identity, start, end)``, oldest first, fixed when
-    the reader is made: later output is not included.  Each file is found
-    by its identity (device and inode) among the log's current names when
-    its turn comes, so a rotation meanwhile changes nothing; a part whose
-    file was rotated away is skipped.  One file is open at a time.
+    ``parts`` are ``(file number, start, end)``, oldest first, fixed when
+    the reader is made: later output is not included.  A file is opened
+    when its turn comes, under the name ``ConsoleLog.name_of`` gives its
+    number then, so rotations meanwhile change nothing; a part whose file
+    was rotated away before its turn is skipped.  One file is open at a
+    time, and an open file is read to its part's end whatever happens to
+    its name.
     """
 
     log = Logger()
@@ -261,9 +276,9 @@ class LogReader:
             size if size >= 0 else sum(end - start for _, start, end in self._parts)
         )
         while wanted > 0 and self._parts:
-            identity, start, end = self._parts[0]
+            number, start, end = self._parts[0]
             if self._fd is None:
-                self._fd = self._open(identity)
+                self._fd = self._open(number)
                 self._offset = start
                 if self._fd is None:
                     self._parts.pop(0)
@@ -296,17 +311,20 @@ class LogReader:
         if self._parts:
             self._parts.pop(0)
 
-    def _open(self, identity):
-        for name in self._log.files():
-            try:
-                fd = os.open(name, os.O_RDONLY)
-            except OSError:
-                continue
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) == identity:
-                return fd
-            os.close(fd)
-        return None
+    def _open(self, number):
+        name = self._log.name_of(number)
+        if name is None:
+            return None
+        try:
+            return os.open(name, os.O_RDONLY)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                self.log.error(
+                    "cannot read console log {path}: {error}",
+                    path=name,
+                    error=e.strerror,
+                )
+            return None
 
 
 @implementer(IPushProducer)
