@@ -109,8 +109,9 @@ def _endpoint(value):
     port = address[2] if address is not None else "0"
     if not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
         raise ValueError(
-            f"{value!r}: the port must be a number from 0 to 65535, "
-            f"not {port!r}; e.g. tcp:8080:interface=127.0.0.1"
+            f"{value!r} is not a usable endpoint description (the port must "
+            f"be a number from 0 to 65535, not {port!r}); "
+            "e.g. tcp:8080:interface=127.0.0.1"
         )
     try:
         # parsing needs no reactor; ssl: descriptions load their files here
