@@ -76,8 +76,11 @@ class LabServer:
         settings=None,
         users=(),
         admins=("root",),
+        max_files=None,
     ):
         self.dir = str(directory)
+        # the server's open-file limit (soft and hard), if not inherited
+        self.max_files = max_files
         os.makedirs(self.dir, exist_ok=True)
         self.http_port = free_port()
         self.ssh_port = free_port()
@@ -134,8 +137,13 @@ class LabServer:
     def start(self, timeout=30.0):
         """Start twistd and wait until ``/api/v1/info`` answers."""
         assert self.process is None or self.process.poll() is not None
+        # prlimit (util-linux) sets the limit and execs the server in its place
+        limit = (
+            ["prlimit", f"--nofile={self.max_files}", "--"] if self.max_files else []
+        )
         self.process = subprocess.Popen(
-            twistd_command(
+            limit
+            + twistd_command(
                 "--nodaemon",
                 "--pidfile=",
                 f"--logfile={self.log_path}",
