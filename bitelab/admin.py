@@ -36,6 +36,20 @@ from bitelab.errors import BitelabError, ConfigError
 LOCKED_SUFFIX = ".pub.locked"
 
 
+class _Unusable(Exception):
+    """The database could not be opened; the message is one line."""
+
+
+def _connect(settings):
+    """A connection to the database, or ``_Unusable``."""
+    from bitelab import db
+
+    try:
+        return db.connect(settings.db_file)
+    except ConfigError as e:
+        raise _Unusable(str(e)) from None
+
+
 def _user(name):
     if not USER_RE.fullmatch(name):
         raise ConfigError(f"{name!r} is not a valid user name")
@@ -43,11 +57,10 @@ def _user(name):
 
 
 def _token(settings, args):
-    from bitelab import db
     from bitelab.tokens import insert_token
 
     user = _user(args.user)
-    conn = db.connect(settings.db_file)
+    conn = _connect(settings)
     try:
         conn.execute("BEGIN IMMEDIATE")
         token = insert_token(conn.cursor(), user, time.time())
@@ -71,10 +84,9 @@ def _revoke_txn(conn, user, action, detail):
 
 
 def _revoke(settings, args):
-    from bitelab import db
 
     user = _user(args.user)
-    conn = db.connect(settings.db_file)
+    conn = _connect(settings)
     try:
         conn.execute("BEGIN IMMEDIATE")
         count = _revoke_txn(conn, user, "token_revoke", ", by bitelab-admin")
@@ -87,10 +99,9 @@ def _revoke(settings, args):
 def _lock(settings, args):
     """Lock a user out: no token of theirs works or can be issued, and their
     key file is set aside so that their key no longer logs in."""
-    from bitelab import db
 
     user = _user(args.user)
-    conn = db.connect(settings.db_file)
+    conn = _connect(settings)
     try:
         conn.execute("BEGIN IMMEDIATE")
         # from this commit on, the running server issues them no token
@@ -123,7 +134,7 @@ def _unlock(settings, args):
     from bitelab import db
 
     user = _user(args.user)
-    conn = db.connect(settings.db_file)
+    conn = _connect(settings)
     try:
         conn.execute("BEGIN IMMEDIATE")
         db.add_event(conn, time.time(), user, None, "user_unlock", "by bitelab-admin")
@@ -286,26 +297,27 @@ def _key_problems(settings):
 
 def _database_problems(settings):
     """A database that exists but is damaged."""
+    from bitelab.tap import database_damage
+
     if not os.path.exists(settings.db_file):
         return
     try:
         conn = sqlite3.connect(settings.db_file)
         try:
-            problems = conn.execute("PRAGMA quick_check").fetchall()
+            damage = database_damage(conn)
         finally:
             conn.close()
     except sqlite3.Error as e:
         yield f"{settings.db_file}: cannot check the database: {e}"
         return
-    if problems != [("ok",)]:
-        yield f"{settings.db_file}: the database is damaged ({problems[0][0]})"
+    if damage is not None:
+        yield f"{settings.db_file}: the database is damaged ({damage})"
 
 
 def _events(settings, args):
-    from bitelab import db
     from bitelab.boards import iso
 
-    conn = db.connect(settings.db_file)
+    conn = _connect(settings)
     try:
         rows = conn.execute(
             "SELECT at, user, board, action, detail FROM events "
@@ -324,14 +336,16 @@ def _positive(text):
     return int(text)
 
 
-def _database_error(error):
+def _database_error(settings, error):
     """One line for an SQLite error met while the database was in use."""
     text = str(error)
     if "locked" in text or "busy" in text:
-        return "the database is locked by another process; try again"
-    if "full" in text:
-        return "the disk holding the database is full; free some space"
-    return f"the database could not be used: {text}"
+        problem = "the database is locked by another process; try again"
+    elif "full" in text:
+        problem = "the disk holding the database is full; free some space"
+    else:
+        problem = f"the database could not be used: {text}"
+    return f"{settings.db_file}: {problem}"
 
 
 def main(argv=None):
@@ -365,11 +379,9 @@ def main(argv=None):
     except BitelabError as e:
         sys.stderr.write(f"bitelab-admin: {e.message}\n")
         return 1
-    except sqlite3.Error as e:
-        sys.stderr.write(
-            f"bitelab-admin: {settings.db_file}: {_database_error(e)}; "
-            "nothing was changed\n"
-        )
+    except (sqlite3.Error, _Unusable) as e:
+        problem = e if isinstance(e, _Unusable) else _database_error(settings, e)
+        sys.stderr.write(f"bitelab-admin: {problem}; nothing was changed\n")
         return 3
     except BrokenPipeError:
         # the reader went away (| head): not an error worth a traceback

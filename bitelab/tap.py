@@ -138,10 +138,10 @@ def sync_database(settings, lab, manager):
 
     conn = db.connect(settings.db_file)
     try:
-        problems = conn.execute("PRAGMA quick_check").fetchall()
-        if problems != [("ok",)]:
+        damage = database_damage(conn)
+        if damage is not None:
             raise ConfigError(
-                f"{settings.db_file}: the database is damaged ({problems[0][0]}); "
+                f"{settings.db_file}: the database is damaged ({damage}); "
                 "restore it from a backup or move it away to start afresh"
             )
         cursor = conn.cursor()
@@ -155,6 +155,18 @@ def sync_database(settings, lab, manager):
         raise ConfigError(f"{settings.db_file}: cannot use the database: {e}") from None
     finally:
         conn.close()
+
+
+def database_damage(conn):
+    """What SQLite finds wrong with the database of ``conn`` (one line), or
+    None if nothing."""
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.OperationalError:
+        raise  # locked, full: not damage
+    except sqlite3.DatabaseError as e:
+        return str(e)
+    return None if rows == [("ok",)] else rows[0][0]
 
 
 def make_lab_service(settings, lab, reactor):
