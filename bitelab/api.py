@@ -26,6 +26,7 @@ from bitelab.errors import (
     Forbidden,
     Invalid,
     NotFound,
+    TooLarge,
     Unauthorized,
     Unavailable,
 )
@@ -43,10 +44,10 @@ def _read_body(request, allowed):
     """The request's JSON object, refusing fields not in ``allowed`` (unless None)."""
     length = request.getHeader(b"Content-Length")
     if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-        raise Invalid(f"request body must be at most {MAX_BODY} bytes")
+        raise TooLarge(f"request body must be at most {MAX_BODY} bytes")
     raw = request.content.read(MAX_BODY + 1) if request.content else b""
     if len(raw) > MAX_BODY:
-        raise Invalid(f"request body must be at most {MAX_BODY} bytes")
+        raise TooLarge(f"request body must be at most {MAX_BODY} bytes")
     if not raw.strip():
         return {}
     try:

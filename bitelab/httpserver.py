@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.web import server
 
-from bitelab.errors import Invalid, Unauthorized
+from bitelab.errors import TooLarge, Unauthorized
 from bitelab.limits import ConnectionLimiter
 
 #: largest request body accepted, in bytes
@@ -74,13 +74,13 @@ class LabRequest(server.Request):
         self._receiving = True
         site = self.channel.site
         if length is not None and length > site.max_body:
-            self._refuse(413, Invalid(_too_large(site.max_body)))
+            self._refuse(TooLarge(_too_large(site.max_body)))
             return
         header = self.getHeader(b"Authorization") or b""
         match = BEARER_RE.fullmatch(header.decode("latin-1"))
         if match is None:
             self._refuse(
-                401, Unauthorized("a request body needs Authorization: Bearer TOKEN")
+                Unauthorized("a request body needs Authorization: Bearer TOKEN")
             )
             return
         site.authenticate(match.group(1)).addErrback(self._bad_token)
@@ -88,7 +88,7 @@ class LabRequest(server.Request):
     def _bad_token(self, reason):
         # Other failures (the database) are for the resource to report.
         if reason.check(Unauthorized) and self._receiving:
-            self._refuse(401, reason.value)
+            self._refuse(reason.value)
 
     def handleContentChunk(self, data):
         """Keep ``data`` unless the body grows beyond ``max_body``."""
@@ -96,7 +96,7 @@ class LabRequest(server.Request):
             return
         limit = self.channel.site.max_body
         if self.content.tell() + len(data) > limit:
-            self._refuse(413, Invalid(_too_large(limit)))
+            self._refuse(TooLarge(_too_large(limit)))
             return
         self.content.write(data)
 
@@ -112,8 +112,9 @@ class LabRequest(server.Request):
         self.notifyFinish().addBoth(lambda _: site.connection_busy(connection, False))
         super().requestReceived(command, path, version)
 
-    def _refuse(self, status, error):
+    def _refuse(self, error):
         """Answer ``error`` before the body is read and close the connection."""
+        status = error.status
         self._refused = True
         self._receiving = False
         # no "100 Continue" after the answer
