@@ -22,9 +22,11 @@ import json
 import re
 
 from twisted.internet import protocol
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.web import server
+from zope.interface import implementer
 
 from bitelab.errors import TooLarge, Unauthorized
 from bitelab.limits import ConnectionLimiter
@@ -183,6 +185,7 @@ class _Busy(protocol.Protocol):
         self.transport.loseConnection()
 
 
+@implementer(IProtocolNegotiationFactory)
 class LimitedHTTPFactory(policies.WrappingFactory):
     """Listens for ``site``, holding at most ``max_connections`` (see module)."""
 
@@ -192,6 +195,10 @@ class LimitedHTTPFactory(policies.WrappingFactory):
         site.limiter = self.limiter
         # whether the limit was met since the count was last low: log once
         self._full = False
+
+    def acceptableProtocols(self):
+        """The site's protocols, for TLS's protocol negotiation (ALPN)."""
+        return self.wrappedFactory.acceptableProtocols()
 
     def buildProtocol(self, addr):
         """A tracked HTTP connection, after making room; or a 503 answer."""

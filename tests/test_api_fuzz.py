@@ -6,6 +6,7 @@ encoded slash names nothing."""
 import json
 import re
 import socket
+import ssl
 import string
 
 import pytest
@@ -239,3 +240,28 @@ def test_encoded_slash_is_not_found(lab, method, path):
     status, body = lab.request(method, path, raw=b"{}", token=lab.alice)
     assert status == 404 and body["error"]["code"] == "not_found"
     assert snapshot(lab)["zynq-1"][0] == "free"
+
+
+def test_tls_endpoint_serves_and_refuses_bodies_early(tmp_path):
+    """Behind an ssl: endpoint the API answers (the connection cap keeps
+    TLS's protocol negotiation working), and bodies are still judged by
+    their headers."""
+    server = LabServer(tmp_path, tls=True).start()
+    try:
+        assert server.get("/api/v1/info")["name"] == "bitelab"
+        token = server.token("alice")
+        context = ssl._create_unverified_context()
+        with (
+            socket.create_connection(
+                ("127.0.0.1", server.http_port), timeout=10
+            ) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            tls.sendall(post_head(token, "Content-Length: 100000000000"))
+            assert tls.recv(12) == b"HTTP/1.1 413"
+        status, body = server.request(
+            "POST", "/api/v1/boards/zynq-1/reserve", {}, token
+        )
+        assert status == 200 and body["holder"] == "alice"
+    finally:
+        server.stop()
