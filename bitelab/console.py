@@ -90,6 +90,8 @@ class ConsoleLog:
         # how many times the log was rotated: the file that was current
         # after N rotations is ``path.K`` after N + K
         self.rotations = 0
+        # line written by ``mark`` -> (file number, offset) of its start
+        self._marks = {}
 
     def open(self):
         """Open (or create) the current file for appending."""
@@ -157,15 +159,28 @@ class ConsoleLog:
     def mark(self, line):
         """Write ``line`` (bytes, ending in a newline) on a line of its own.
 
-        The line is never split by a rotation, so it can always be found.
+        The line is never split by a rotation, so it can always be found;
+        where it went is remembered, so ``since_last`` need not search.
         """
+        text = line
         if not self._ends_with_newline:
             line = b"\n" + line
         if self._file is None:
             self.open()
         if self._size + len(line) > self.max_bytes and self._size:
             self.rotate()
+        where = (self.rotations, self._size + len(line) - len(text))
         self.write(line)
+        # forget marks rotated away, and any whose place is now uncertain
+        self._marks = {
+            known: at
+            for known, at in self._marks.items()
+            if self.name_of(at[0]) is not None
+        }
+        if self._failing or self.rotations != where[0]:
+            self._marks.clear()
+        else:
+            self._marks[text] = where
 
     def rotate(self):
         """Shift ``path`` to ``path.1``, ``path.1`` to ``path.2`` and so on.
@@ -193,6 +208,15 @@ class ConsoleLog:
         """The existing log files, newest first."""
         return [name for name in self._names() if os.path.exists(name)]
 
+    def _end_of(self, number):
+        """The size of the file that was current after ``number`` rotations."""
+        if number == self.rotations and self._file is not None:
+            return self._size
+        try:
+            return os.stat(self.name_of(number)).st_size
+        except (OSError, TypeError):
+            return 0
+
     def name_of(self, number):
         """The name now of the file that was current after ``number``
         rotations, or None if it has been rotated away."""
@@ -203,9 +227,18 @@ class ConsoleLog:
         """A ``LogReader`` of the logged bytes from the last line starting
         with ``marker`` up to now.
 
-        Looks back through the backups if needed, a chunk at a time; if the
-        marker is in none of the kept files, everything kept is read.
+        A line this object marked is found from memory; otherwise the files
+        are searched backwards a chunk at a time.  If the marker is in none
+        of the kept files, everything kept is read.
         """
+        marks = [at for line, at in self._marks.items() if line.startswith(marker)]
+        if marks:
+            number, offset = max(marks)
+            parts = [(number, offset, self._end_of(number))]
+            parts += [
+                (n, 0, self._end_of(n)) for n in range(number + 1, self.rotations + 1)
+            ]
+            return LogReader(self, parts)
         parts = []
         for age, name in enumerate(self._names()):
             try:

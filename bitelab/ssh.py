@@ -72,7 +72,8 @@ STOP_GRACE = 5.0
 _USER_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _KEY_SUFFIX = ".pub"
 
-#: errors that say the system is short of something, not that a file is bad
+#: errors that say the system is short of something or failing, not that a
+#: key file is bad
 _SHORTAGE = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EIO, errno.EAGAIN}
 )

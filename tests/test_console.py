@@ -232,10 +232,24 @@ def test_reservation_log_across_rotation(tmp_path):
     after = bytes(range(100))
     console.received(after)
     assert len(console.console_log.files()) >= 3
-    assert (
-        console.reservation_log().read()
-        == RESERVED_MARKER + b"alice at T1 ===\n" + after
-    )
+    expected = RESERVED_MARKER + b"alice at T1 ===\n" + after
+    assert console.reservation_log().read() == expected
+    # after a restart the marker is searched for, with the same result
+    console.console_log.close()
+    again = service_for_markers(tmp_path, max_log_bytes=64, backups=3)
+    assert again.reservation_log().read() == expected
+
+
+def test_marker_printed_by_the_board_does_not_move_the_start(tmp_path):
+    """A line the board prints that looks like a marker is output of the
+    reservation, not its start, while the server remembers the real one."""
+    console = service_for_markers(tmp_path)
+    console.console_log.open()
+    console.mark_reserved("alice", "T1")
+    console.received(b"boot\n" + RESERVED_MARKER + b"mallory at T2 ===\nmore\n")
+    log = console.reservation_log().read()
+    assert log.startswith(RESERVED_MARKER + b"alice at T1 ===\nboot\n")
+    assert log.endswith(b"mallory at T2 ===\nmore\n")
 
 
 def test_reservation_log_when_marker_rotated_out(tmp_path):
