@@ -210,11 +210,16 @@ def test_followers_per_user_are_limited(lab_server, serial, settings, limit):
         status, _ = server.request("GET", "/api/v1/boards/con-1/console", token=alice)
         assert status == 200
         streams.pop(0).close()
-        wait_for(
-            lambda: status_of(fresh := open_stream(server, alice)) == 200
-            and streams.append(fresh) is None,
-            what="a follower slot to come free",
-        )
+
+        def follow_again():
+            sock = open_stream(server, alice)
+            if status_of(sock) == 200:
+                streams.append(sock)
+                return True
+            sock.close()
+            return False
+
+        wait_for(follow_again, what="a follower slot to come free")
     finally:
         for sock in streams:
             sock.close()
