@@ -16,7 +16,13 @@ import json
 
 from bitelab import events, rules
 from bitelab.db import file_identity, storage_problem
-from bitelab.errors import NotFound, StorageError, Unauthorized, Unavailable
+from bitelab.errors import (
+    Forbidden,
+    NotFound,
+    StorageError,
+    Unauthorized,
+    Unavailable,
+)
 from bitelab.events import Event
 
 _BOARD_COLUMNS = (
@@ -162,8 +168,30 @@ def sync_boards(cursor, lab, now):
     return held
 
 
+def user_locked(cursor, user):
+    """Whether ``user`` is locked out: the last ``user_lock`` or
+    ``user_unlock`` of theirs in the audit log is a lock."""
+    cursor.execute(
+        "SELECT action FROM events WHERE user = ? "
+        "AND action IN ('user_lock', 'user_unlock') ORDER BY id DESC LIMIT 1",
+        (user,),
+    )
+    row = cursor.fetchone()
+    return row is not None and row[0] == "user_lock"
+
+
+def audit(cursor, now, user, board, action, detail=""):
+    """One audit entry, inside the caller's transaction (``bitelab-admin``)."""
+    Txn(cursor, now).event(action, board, user, detail)
+
+
 def insert_token(cursor, user, token_hash, now):
-    """Store a new token's hash and audit it (inside the caller's transaction)."""
+    """Store a new token's hash and audit it (inside the caller's transaction).
+
+    ``Forbidden`` for a user who is locked out.
+    """
+    if user_locked(cursor, user):
+        raise Forbidden(f"{user} is locked out of this lab; ask the lab admin")
     txn = Txn(cursor, now)
     txn.execute(
         "INSERT INTO tokens (hash, user, created_at) VALUES (?, ?, ?)",
@@ -172,14 +200,15 @@ def insert_token(cursor, user, token_hash, now):
     txn.event("token_issue", None, user)
 
 
-def revoke_user_tokens(cursor, user, now, detail):
-    """Revoke every token of ``user``; how many (inside a transaction)."""
+def revoke_user_tokens(cursor, user, now, detail, action="token_revoke"):
+    """Revoke every token of ``user`` and audit ``action``; how many (inside
+    a transaction)."""
     txn = Txn(cursor, now)
     count = txn.execute(
         "UPDATE tokens SET revoked_at = ? WHERE user = ? AND revoked_at IS NULL",
         (now, user),
     ).rowcount
-    txn.event("token_revoke", None, user, f"{count} tokens, {detail}")
+    txn.event(action, None, user, f"{count} tokens, {detail}")
     return count
 
 
