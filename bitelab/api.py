@@ -337,10 +337,11 @@ class API:
         request.setHeader(b"Cache-Control", b"no-store")
         if not follow:
             return _LogResource(hub.reservation_log())
-        self._followers[user] += 1
         done = defer.Deferred()
         viewer = _HTTPViewer(request, done)
+        # refused once the reservation is over (nothing to count then)
         hub.attach(viewer, replay=True)
+        self._followers[user] += 1
 
         def gone(_):
             hub.detach(viewer)
