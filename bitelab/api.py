@@ -326,6 +326,16 @@ class API:
     @defer.inlineCallbacks
     def console(self, request, name):
         user = yield self._user(request)
+        past = request.args.get(b"reservation", [None])[0]
+        if past is not None:
+            if not past.isdigit() or len(past) > 18:
+                raise NotFound(f"no reservation {past.decode('latin-1')!r}")
+            log = yield self.manager.past_console_log(
+                user, _board_name(name), int(past)
+            )
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            request.setHeader(b"Cache-Control", b"no-store")
+            return _LogResource(log)
         hub = yield self.manager.open_console(user, _board_name(name))
         follow = request.args.get(b"follow", [b"0"])[0] in (b"1", b"true", b"yes")
         if follow and self._followers[user] >= self.max_followers:

@@ -57,6 +57,8 @@ class Config:
     max_wait: int = 7 * 24 * 3600
     #: seconds before the end of a reservation at which its holder is told
     expiry_notices: tuple = (600, 120)
+    #: days each reservation's console log is kept for its holder
+    console_log_retention: int = 30
     #: open HTTP connections at once; when full, a new one pushes out the
     #: oldest idle connection of the busiest source
     http_max_connections: int = 512
@@ -250,6 +252,7 @@ _KEYS = {
     "queue_lease": (_wait, None),
     "max_wait": (_seconds, None),
     "expiry_notices": (_notices, None),
+    "console_log_retention": (_seconds, None),
     "http_max_connections": (_limit, None),
     "ssh_login_grace_time": (_seconds, None),
     "ssh_max_unauthenticated": (_limit, None),

@@ -579,6 +579,91 @@ def _serial_port(proto, device, reactor, baudrate):
     return SerialPort(proto, device, reactor, baudrate=baudrate)
 
 
+class ReservationLogs:
+    """Each reservation's console output, kept in a file of its own.
+
+    ``DIR/BOARD/RESERVATION.log`` holds what the board printed during that
+    reservation, up to ``max_bytes`` (beyond that a line says the rest was
+    cut).  The holder can read it after the reservation, when the board's
+    own log has long rotated; ``prune`` deletes the files older than the
+    retention period.
+    """
+
+    log = Logger()
+
+    def __init__(self, directory, board, max_bytes):
+        self.directory = os.path.join(directory, board)
+        self.max_bytes = max_bytes
+        self._file = None
+        self._size = 0
+        self._failing = False
+
+    def path(self, reservation):
+        """The file of ``reservation``."""
+        return os.path.join(self.directory, f"{int(reservation)}.log")
+
+    def start(self, reservation):
+        """Write to ``reservation``'s file from now on (appending)."""
+        self.stop()
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            fd = os.open(
+                self.path(reservation), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
+            )
+        except OSError as e:
+            self.log.error(
+                "cannot keep the console log of reservation {rid}: {error}",
+                rid=reservation,
+                error=e.strerror,
+            )
+            return
+        self._file = fd
+        self._size = os.lseek(fd, 0, os.SEEK_END)
+
+    def stop(self):
+        """Close the current reservation's file."""
+        if self._file is not None:
+            os.close(self._file)
+            self._file = None
+
+    def write(self, data):
+        """Append ``data`` to the current reservation's file, if any."""
+        if self._file is None or self._size >= self.max_bytes:
+            return
+        room = self.max_bytes - self._size
+        chunk = data[:room]
+        if len(data) > room:
+            chunk += b"\n=== bitelab: the rest of this reservation's output is in "
+            chunk += b"the board's log only ===\n"
+        try:
+            os.write(self._file, chunk)
+        except OSError as e:
+            if not self._failing:
+                self.log.error("cannot write a reservation log: {error}", error=e.strerror)
+            self._failing = True
+            return
+        self._failing = False
+        self._size += len(chunk)
+
+    def open(self, reservation):
+        """The file of ``reservation`` opened for reading; OSError if none."""
+        return open(self.path(reservation), "rb")
+
+    def prune(self, older_than):
+        """Delete the files last written before ``older_than`` (POSIX time)."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = os.path.join(self.directory, name)
+            try:
+                if os.stat(path).st_mtime < older_than:
+                    os.unlink(path)
+            except OSError:
+                continue
+
+
 class ConsoleService(Service):
     """The serial console of one board: port, log, viewers and reconnection.
 
@@ -611,6 +696,9 @@ class ConsoleService(Service):
         port_factory=_serial_port,
     ):
         self.reactor = reactor
+        self.reservation_logs = ReservationLogs(
+            os.path.join(log_dir, "reservations"), board, max_log_bytes * (backups + 1)
+        )
         self.board = board
         self.name = f"console-{board}"
         self.device = device
@@ -655,6 +743,7 @@ class ConsoleService(Service):
             port.connectionLost(Failure(ConnectionDone("console service stopped")))
         self.hub.close_viewers(f"console of {self.board} closed: server stopping")
         self.console_log.close()
+        self.reservation_logs.stop()
 
     def _open(self):
         self._retry = None
@@ -734,8 +823,9 @@ class ConsoleService(Service):
         self._schedule_retry()
 
     def received(self, data):
-        """Record ``data`` printed by the board: log first, then viewers."""
+        """Record ``data`` printed by the board: logs first, then viewers."""
         self.console_log.write(data)
+        self.reservation_logs.write(data)
         self.hub.deliver(data)
 
     def send(self, data):
@@ -777,6 +867,7 @@ class ConsoleService(Service):
         self.hub.close_viewers(NEW_RESERVATION)
         self.reservation = reservation
         self.mark_reserved(user, when_iso, reservation)
+        self.reservation_logs.start(reservation)
 
     def end(self, reservation, user, when_iso, why):
         """A reservation starts to end: cut every one of its sessions first.
@@ -787,6 +878,7 @@ class ConsoleService(Service):
         if self.reservation == reservation:
             self.reservation = None
             self.hub.close_viewers(f"reservation of {self.board} ended: {why}")
+            self.reservation_logs.stop()
             self.mark_released(user, when_iso, why)
 
     def notice(self, reservation, text):
@@ -797,6 +889,7 @@ class ConsoleService(Service):
     def resume(self, reservation):
         """At start: belong to ``reservation``, which was already under way."""
         self.reservation = reservation
+        self.reservation_logs.start(reservation)
 
     def mark_reserved(self, user, when_iso, reservation=None):
         """Write the reservation-start marker for ``user`` at ``when_iso``."""

@@ -43,6 +43,8 @@ from bitelab.views import (
 MAX_PUBKEY = 16 * 1024
 #: longest wait between two tries of a commit that met a failing database
 MAX_RETRY_DELAY = 30.0
+#: seconds between two looks for reservation console logs past retention
+PRUNE_INTERVAL = 3600.0
 
 
 def check_public_key(line):
@@ -78,6 +80,7 @@ class BoardManager(service.Service):
         self._pending = set()
         self._slots = defer.DeferredSemaphore(config.release_concurrency)
         self._loop = None
+        self._next_prune = 0
         self.store.bus.subscribe(self._cut_consoles)
         self.store.policy = self
         self.room = WaitingRoom(self)
@@ -115,6 +118,9 @@ class BoardManager(service.Service):
             if self.config.expiry_notices:
                 yield self.store.due_notices(self.config.expiry_notices)
             yield self.store.match()
+            if self.now() >= self._next_prune:
+                self._next_prune = self.now() + PRUNE_INTERVAL
+                self.prune_console_logs()
         except Exception:  # noqa: BLE001 - the periodic check must survive anything
             self.log.failure("periodic reservation check failed")
 
@@ -644,6 +650,29 @@ class BoardManager(service.Service):
             raise NotFound(f"board {name} has no serial console")
         rid = rules.check_console(row, user, self.is_admin(user))
         return ConsoleAccess(console, rid)
+
+    @defer.inlineCallbacks
+    def past_console_log(self, user, name, rid):
+        """Deferred[file]: the console output of reservation ``rid`` of ``name``,
+        for its holder or an admin, kept ``console_log_retention`` days."""
+        console = self.consoles.get(name)
+        if console is None:
+            raise NotFound(f"board {name} has no serial console")
+        row = yield self.store.reservation(rid)
+        if row["board"] != name or (row["user"] != user and not self.is_admin(user)):
+            raise NotFound(f"no reservation {rid} of yours on board {name}")
+        try:
+            return console.reservation_logs.open(rid)
+        except OSError:
+            raise NotFound(
+                f"the console log of reservation {rid} is no longer kept"
+            ) from None
+
+    def prune_console_logs(self):
+        """Delete reservation console logs past their retention."""
+        older_than = self.now() - self.config.console_log_retention * 86400
+        for console in self.consoles.values():
+            console.reservation_logs.prune(older_than)
 
     def _cut_consoles(self, event):
         """Event subscriber: consoles follow their board's reservations."""

@@ -383,10 +383,15 @@ class Response:
     def __init__(self):
         self.status = None
         self.body = None
+        self.raw = None
         self.error = None
 
     def set_body(self, raw):
-        self.body = json.loads(raw) if raw else None
+        self.raw = raw
+        try:
+            self.body = json.loads(raw) if raw else None
+        except ValueError:
+            self.body = None
 
     def failed(self, failure):
         self.error = failure
