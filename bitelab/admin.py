@@ -2,17 +2,26 @@
 
     bitelab-admin [--config .env] token USER     print a new API token
     bitelab-admin [--config .env] revoke USER    revoke every token of USER
+    bitelab-admin [--config .env] lock USER      revoke USER's tokens, disable the key
+    bitelab-admin [--config .env] unlock USER    let USER in again
     bitelab-admin [--config .env] check          validate the configuration
     bitelab-admin [--config .env] events [-n N] [--board B] [--user U] [--json]
                                                  show the audit log
 
 It works on the database directly (WAL mode lets it run beside the
 server), so an admin can mint the first token before any SSH key exists.
+Exit status: 0 done; 1 refused, or ``check`` found what would stop the
+server (warnings alone do not count); 2 usage or configuration error; 3 the
+database could not be used (locked by another process, disk full,
+damaged), and nothing was changed.
 """
 
 import argparse
+import errno
 import json
 import os
+import socket
+import sqlite3
 import sys
 import time
 
@@ -21,46 +30,136 @@ from bitelab.config import (
     RESERVED_LOGIN,
     USER_RE,
     check_lab,
+    endpoint_address,
     load_boards,
     load_config,
 )
-from bitelab.errors import ConfigError
+from bitelab.errors import BitelabError, ConfigError
+
+#: what a disabled key file is renamed to, in the keys directory
+LOCKED_SUFFIX = ".pub.locked"
+
+
+class _Unusable(Exception):
+    """The database could not be opened; the message is one line."""
+
+
+def _connect(settings):
+    """A connection to the database, or ``_Unusable``."""
+    from bitelab import db
+
+    try:
+        return db.connect(settings.db_file)
+    except ConfigError as e:
+        raise _Unusable(str(e)) from None
+
+
+def _user(name):
+    if not USER_RE.fullmatch(name):
+        raise ConfigError(f"{name!r} is not a valid user name")
+    return name
 
 
 def _token(settings, args):
-    from bitelab import db
     from bitelab.tokens import insert_token
 
-    if not USER_RE.match(args.user):
-        raise ConfigError(f"{args.user!r} is not a valid user name")
-    if args.user == RESERVED_LOGIN:
+    user = _user(args.user)
+    if user == RESERVED_LOGIN:
         raise ConfigError(
             f"{RESERVED_LOGIN!r} is the SSH login that hands out tokens, not a user"
         )
-    conn = db.connect(settings.db_file)
+    conn = _connect(settings)
     try:
         conn.execute("BEGIN IMMEDIATE")
-        token = insert_token(conn.cursor(), args.user, time.time())
+        token = insert_token(conn.cursor(), user, time.time())
         conn.commit()
     finally:
         conn.close()
     print(token)
 
 
-def _revoke(settings, args):
-    from bitelab import db
+def _revoke_txn(conn, user, action, detail):
+    """Revoke every token of ``user`` and audit ``action``; the count."""
     from bitelab.store import revoke_user_tokens
 
-    conn = db.connect(settings.db_file)
+    return revoke_user_tokens(conn.cursor(), user, time.time(), detail, action)
+
+
+def _revoke(settings, args):
+
+    user = _user(args.user)
+    conn = _connect(settings)
     try:
         conn.execute("BEGIN IMMEDIATE")
-        count = revoke_user_tokens(
-            conn.cursor(), args.user, time.time(), "by bitelab-admin"
-        )
+        count = _revoke_txn(conn, user, "token_revoke", "by bitelab-admin")
         conn.commit()
     finally:
         conn.close()
-    print(f"revoked {count} tokens of {args.user}")
+    print(f"revoked {count} tokens of {user}")
+
+
+def _lock(settings, args):
+    """Lock a user out: no token of theirs works or can be issued, and their
+    key file is set aside so that their key no longer logs in."""
+
+    user = _user(args.user)
+    conn = _connect(settings)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        # from this commit on, the running server issues them no token
+        count = _revoke_txn(conn, user, "user_lock", "revoked, by bitelab-admin")
+        conn.commit()
+    finally:
+        conn.close()
+    key = os.path.join(settings.ssh_keys_dir, f"{user}.pub")
+    locked = os.path.join(settings.ssh_keys_dir, f"{user}{LOCKED_SUFFIX}")
+    try:
+        with open(key, "rb") as f:
+            keys = f.read()
+        # after keys set aside by an earlier lock, if any
+        with open(locked, "ab") as f:
+            f.write(keys)
+        os.unlink(key)
+    except FileNotFoundError:
+        what = "no key file"
+    except OSError as e:
+        raise ConfigError(
+            f"revoked {count} tokens of {user}, but cannot set {key} aside: "
+            f"{e.strerror}; move it away by hand"
+        ) from None
+    else:
+        what = f"key file set aside as {locked}"
+    print(f"locked out {user}: revoked {count} tokens, {what}")
+
+
+def _unlock(settings, args):
+    from bitelab.store import audit
+
+    user = _user(args.user)
+    conn = _connect(settings)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        audit(conn.cursor(), time.time(), user, None, "user_unlock", "by bitelab-admin")
+        conn.commit()
+    finally:
+        conn.close()
+    key = os.path.join(settings.ssh_keys_dir, f"{user}.pub")
+    locked = os.path.join(settings.ssh_keys_dir, f"{user}{LOCKED_SUFFIX}")
+    if os.path.exists(key):
+        what = f"key file {key} in place"
+        if os.path.exists(locked):
+            what += f"; {locked} left as it is"
+    elif os.path.exists(locked):
+        try:
+            os.rename(locked, key)
+        except OSError as e:
+            raise ConfigError(
+                f"unlocked {user}, but cannot restore {key}: {e.strerror}"
+            ) from None
+        what = f"key file {key} restored"
+    else:
+        what = f"no key file; add {key} to let them log in over SSH"
+    print(f"unlocked {user}: {what}")
 
 
 def _check(settings, args):
@@ -70,7 +169,150 @@ def _check(settings, args):
     check_lab(settings, lab)
     if os.path.exists(settings.ssh_host_key):
         check_host_key(settings.ssh_host_key)
-    print(f"{settings.path}: ok ({len(lab.classes)} classes, {len(lab.boards)} boards)")
+    # what stops the server from starting, then what it would meet later
+    errors = [
+        *_limit_problems(settings),
+        *_listen_problems(settings),
+        *_database_problems(settings),
+    ]
+    warnings = [
+        *_privacy_problems(settings),
+        *_device_problems(lab),
+        *_key_problems(settings),
+    ]
+    for problem in errors:
+        sys.stderr.write(f"bitelab-admin: {problem}\n")
+    for problem in warnings:
+        sys.stderr.write(f"bitelab-admin: warning: {problem}\n")
+    if errors:
+        return 1
+    counts = f"{len(lab.classes)} classes, {len(lab.boards)} boards"
+    if warnings:
+        counts += f", {len(warnings)} warning{'s' if len(warnings) > 1 else ''}"
+    print(f"{settings.path}: ok ({counts})")
+    return 0
+
+
+def _privacy_problems(settings):
+    """The board file readable by others."""
+    if os.stat(settings.board_conf).st_mode & 0o004:
+        yield (
+            f"{settings.board_conf} is readable by every user of this host and "
+            f"may hold SNMP communities; chmod o-r {settings.board_conf}"
+        )
+
+
+def _limit_problems(settings):
+    """The open-file limit too low for the connection caps."""
+    import resource
+
+    from bitelab.limits import files_needed
+
+    needed = files_needed(settings)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        yield (
+            f"the open-file limit here ({hard}) is below the {needed} the server "
+            "needs (http_max_connections + ssh_max_unauthenticated + 256); lower "
+            "them or raise the limit (ulimit -n, LimitNOFILE=)"
+        )
+
+
+def _listen_problems(settings):
+    """Endpoints whose port is taken or cannot be had."""
+    for key in ("http_endpoint", "ssh_endpoint"):
+        description = getattr(settings, key)
+        address = endpoint_address(description)
+        if address is None or int(address[2]) == 0:
+            continue
+        kind, interface, port = address
+        family = (
+            socket.AF_INET6 if kind == "tcp6" or ":" in interface else socket.AF_INET
+        )
+        with socket.socket(family) as probe:
+            # as Twisted listens: a port in TIME_WAIT is not taken
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((interface, int(port)))
+            except OSError as e:
+                hint = (
+                    " (is the server running?)" if e.errno == errno.EADDRINUSE else ""
+                )
+                yield (
+                    f"{key} {description}: cannot listen on "
+                    f"{interface or '*'}:{port}: {e.strerror}{hint}"
+                )
+
+
+def _device_problems(lab):
+    """Serial consoles and GPIO chips that are not there."""
+    from bitelab.options import SerialConsole
+    from bitelab.power import GPIOPower
+
+    for name, board in sorted(lab.boards.items()):
+        console = board.option(SerialConsole)
+        if console is not None and not os.path.exists(console.val):
+            yield (
+                f"board {name}: serial console {console.val} does not exist "
+                "(the server waits for it)"
+            )
+        gpio = board.option(GPIOPower)
+        if gpio is not None and not os.path.exists(gpio.chip_path):
+            yield (
+                f"board {name}: GPIO chip {gpio.chip_path} does not exist "
+                "(power switching will fail)"
+            )
+
+
+def _key_problems(settings):
+    """Key files the server could not use."""
+    from twisted.conch.ssh import keys
+
+    try:
+        names = sorted(os.listdir(settings.ssh_keys_dir))
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        yield f"ssh_keys_dir {settings.ssh_keys_dir}: cannot read: {e.strerror}"
+        return
+    for name in names:
+        if not name.endswith(".pub") or name.startswith("."):
+            continue
+        path = os.path.join(settings.ssh_keys_dir, name)
+        try:
+            with open(path, "rb") as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            yield f"SSH key file {path}: cannot read: {e.strerror}"
+            continue
+        usable = 0
+        for line in lines:
+            if line.strip() and not line.strip().startswith(b"#"):
+                try:
+                    usable += keys.Key.fromString(line.strip()).isPublic()
+                except (keys.BadKeyError, ValueError, IndexError):
+                    pass
+        if not usable:
+            yield f"SSH key file {path}: no usable public key in it"
+
+
+def _database_problems(settings):
+    """A database that exists but is damaged."""
+    from bitelab.tap import database_damage
+
+    if not os.path.exists(settings.db_file):
+        return
+    try:
+        conn = sqlite3.connect(settings.db_file)
+        try:
+            damage = database_damage(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        yield f"{settings.db_file}: cannot check the database: {e}"
+        return
+    if damage is not None:
+        yield f"{settings.db_file}: the database is damaged ({damage})"
 
 
 def _events(settings, args):
@@ -81,7 +323,7 @@ def _events(settings, args):
     from bitelab.store import read_events
     from bitelab.views import event_view
 
-    conn = db.connect(settings.db_file)
+    conn = _connect(settings)
     try:
         rows = read_events(conn.cursor(), limit=args.n, board=args.board, user=args.user)
     finally:
@@ -105,8 +347,20 @@ def _positive(text):
     return int(text)
 
 
+def _database_error(settings, error):
+    """One line for an SQLite error met while the database was in use."""
+    text = str(error)
+    if "locked" in text or "busy" in text:
+        problem = "the database is locked by another process; try again"
+    elif "full" in text:
+        problem = "the disk holding the database is full; free some space"
+    else:
+        problem = f"the database could not be used: {text}"
+    return f"{settings.db_file}: {problem}"
+
+
 def main(argv=None):
-    """Entry point; exit status 0 done, 2 usage or configuration error."""
+    """Entry point; exit status as the module docstring says."""
     parser = argparse.ArgumentParser(
         prog="bitelab-admin", description=__doc__.split("\n")[0]
     )
@@ -115,12 +369,15 @@ def main(argv=None):
         "--version", action="version", version=f"bitelab-admin {bitelab.__version__}"
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    token = commands.add_parser("token", help="print a new API token for USER")
-    token.add_argument("user")
-    token.set_defaults(func=_token)
-    revoke = commands.add_parser("revoke", help="revoke every token of USER")
-    revoke.add_argument("user")
-    revoke.set_defaults(func=_revoke)
+    for name, func, text in (
+        ("token", _token, "print a new API token for USER"),
+        ("revoke", _revoke, "revoke every token of USER"),
+        ("lock", _lock, "revoke USER's tokens and disable their SSH key"),
+        ("unlock", _unlock, "let a locked-out USER in again"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("user")
+        command.set_defaults(func=func)
     check = commands.add_parser("check", help="validate the configuration")
     check.set_defaults(func=_check)
     events = commands.add_parser("events", help="show the newest audit events")
@@ -139,15 +396,21 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         settings = load_config(args.config)
-        args.func(settings, args)
+        return args.func(settings, args) or 0
     except ConfigError as e:
         sys.stderr.write(f"bitelab-admin: {e}\n")
         return 2
+    except BitelabError as e:
+        sys.stderr.write(f"bitelab-admin: {e.message}\n")
+        return 1
+    except (sqlite3.Error, _Unusable) as e:
+        problem = e if isinstance(e, _Unusable) else _database_error(settings, e)
+        sys.stderr.write(f"bitelab-admin: {problem}; nothing was changed\n")
+        return 3
     except BrokenPipeError:
         # the reader went away (| head): not an error worth a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    return 0
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ errors (``bitelab.errors``) and routing errors become the JSON error shape.
 """
 
 import json
-import re
+from collections import Counter
 from urllib.parse import unquote_to_bytes
 
 import attrs
@@ -13,16 +13,24 @@ from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.static import NoRangeStaticProducer
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 import bitelab
 from bitelab.views import iso
 from bitelab.config import NAME_RE
-from bitelab.errors import BitelabError, Forbidden, Invalid, NotFound, Unauthorized
-
-MAX_BODY = 64 * 1024
-BEARER_RE = re.compile(r"^Bearer\s+(\S+)$")
+from bitelab.errors import (
+    BitelabError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
+from bitelab.httpserver import BEARER_RE, MAX_BODY
 
 
 def _json(request, value, code=200):
@@ -36,16 +44,18 @@ def _read_body(request, allowed):
     """The request's JSON object, refusing fields not in ``allowed`` (unless None)."""
     length = request.getHeader(b"Content-Length")
     if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-        raise Invalid(f"request body must be at most {MAX_BODY} bytes")
+        raise TooLarge(f"request body must be at most {MAX_BODY} bytes")
     raw = request.content.read(MAX_BODY + 1) if request.content else b""
     if len(raw) > MAX_BODY:
-        raise Invalid(f"request body must be at most {MAX_BODY} bytes")
+        raise TooLarge(f"request body must be at most {MAX_BODY} bytes")
     if not raw.strip():
         return {}
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise Invalid("request body is not valid JSON") from None
+    except RecursionError:
+        raise Invalid("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise Invalid("request body must be a JSON object")
     unknown = sorted(set(body) - set(allowed)) if allowed is not None else []
@@ -57,13 +67,15 @@ def _read_body(request, allowed):
 
 
 def _board_name(name):
-    if not NAME_RE.match(name) or len(name) > 128:
+    if not NAME_RE.fullmatch(name) or len(name) > 128:
         raise NotFound(f"no board named {name!r}")
     return name
 
 
 class _APIResource(Resource):
-    """Klein's resource, but a URL that is not UTF-8 gets the JSON error shape."""
+    """Klein's resource, but a URL that is not UTF-8 gets the JSON error shape,
+    and one with an encoded slash is not found (routing would decode it into
+    a separator: ``boards/x%2Freserve`` is no board's name)."""
 
     isLeaf = True
 
@@ -78,7 +90,24 @@ class _APIResource(Resource):
         except UnicodeDecodeError:
             error = Invalid("the URL or Host header is not valid UTF-8")
             return _json(request, error.to_json(), 400)
+        if b"%2f" in request.path.lower():
+            error = NotFound(f"no such API path: {request.path.decode('latin-1')}")
+            return _json(request, error.to_json(), 404)
         return self.inner.render(request)
+
+
+class _LogResource(Resource):
+    """Sends a console log reader's bytes as the client takes them."""
+
+    isLeaf = True
+
+    def __init__(self, reader):
+        super().__init__()
+        self.reader = reader
+
+    def render_GET(self, request):
+        NoRangeStaticProducer(request, self.reader).start()
+        return NOT_DONE_YET
 
 
 class _HTTPViewer:
@@ -119,8 +148,13 @@ class API:
     clock: object
     #: a callable giving the SSH service's port once it listens
     ssh_port: object = lambda: None
+    #: the open event streams (``bitelab.stream.EventStreams``)
+    streams: object = None
     #: what ``/info`` says of the SSH host key (``ssh.host_key_facts``)
     host_key: dict = attrs.Factory(dict)
+    #: console streams (``?follow=1``) one user may have open at once
+    max_followers: int = 8
+    _followers: Counter = attrs.field(factory=Counter, init=False)
     app = Klein()
     log = Logger()
 
@@ -136,7 +170,7 @@ class API:
                 "missing Authorization header; get a token with "
                 "ssh -o 'ProxyCommand bitelab contssh' -l lab bitelab"
             )
-        match = BEARER_RE.match(header.decode("latin-1"))
+        match = BEARER_RE.fullmatch(header.decode("latin-1"))
         if not match:
             raise Unauthorized("Authorization header must be 'Bearer TOKEN'")
         user = yield self.tokens.authenticate(match.group(1))
@@ -227,11 +261,23 @@ class API:
     @defer.inlineCallbacks
     def reserve(self, request, name):
         user = yield self._user(request)
-        body = _read_body(request, ("sshpubkey", "timeout"))
+        body = _read_body(
+            request, ("sshpubkey", "timeout", "wait", "waiter", "priority")
+        )
         if body.get("sshpubkey") is not None and not isinstance(body["sshpubkey"], str):
             raise Invalid("sshpubkey must be a string")
+        waiter = body.get("waiter")
+        if waiter is not None and (isinstance(waiter, bool) or not isinstance(waiter, int)):
+            raise Invalid("waiter must be the id of a place in the queue")
         result = yield self.manager.reserve(
-            user, _board_name(name), body.get("sshpubkey"), body.get("timeout")
+            user,
+            _board_name(name),
+            body.get("sshpubkey"),
+            body.get("timeout"),
+            wait=body.get("wait", 0),
+            waiter=waiter,
+            priority=body.get("priority"),
+            gone=request.notifyFinish(),
         )
         return _json(request, result)
 
@@ -280,15 +326,32 @@ class API:
     @defer.inlineCallbacks
     def console(self, request, name):
         user = yield self._user(request)
+        past = request.args.get(b"reservation", [None])[0]
+        if past is not None:
+            if not past.isdigit() or len(past) > 18:
+                raise NotFound(f"no reservation {past.decode('latin-1')!r}")
+            log = yield self.manager.past_console_log(
+                user, _board_name(name), int(past)
+            )
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            request.setHeader(b"Cache-Control", b"no-store")
+            return _LogResource(log)
         hub = yield self.manager.open_console(user, _board_name(name))
         follow = request.args.get(b"follow", [b"0"])[0] in (b"1", b"true", b"yes")
+        if follow and self._followers[user] >= self.max_followers:
+            raise Unavailable(
+                f"you already follow {self._followers[user]} consoles, the most "
+                "one user may; stop one first"
+            )
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-store")
         if not follow:
-            return hub.reservation_log()
+            return _LogResource(hub.reservation_log())
         done = defer.Deferred()
         viewer = _HTTPViewer(request, done)
+        # refused once the reservation is over (nothing to count then)
         hub.attach(viewer, replay=True)
+        self._followers[user] += 1
 
         def gone(_):
             hub.detach(viewer)
@@ -296,7 +359,12 @@ class API:
                 done.callback(None)
 
         request.notifyFinish().addBoth(gone)
-        yield done
+        try:
+            yield done
+        finally:
+            self._followers[user] -= 1
+            if not self._followers[user]:
+                del self._followers[user]
         hub.detach(viewer)
         return b""
 
@@ -321,6 +389,31 @@ class API:
         args["limit"] = min(args["limit"], 1000)
         result = yield self.manager.events(**args)
         return _json(request, {"events": result})
+
+    @app.route("/api/v1/queue", methods=["GET"])
+    @defer.inlineCallbacks
+    def queue(self, request):
+        user = yield self._user(request)
+        result = yield self.manager.queue(user)
+        return _json(request, result)
+
+    @app.route("/api/v1/queue/<wid>", methods=["DELETE"])
+    @defer.inlineCallbacks
+    def cancel_wait(self, request, wid):
+        user = yield self._user(request)
+        if not wid.isdigit() or len(wid) > 18:
+            raise NotFound(f"no waiter {wid!r}")
+        result = yield self.manager.room.cancel(user, int(wid))
+        return _json(request, result)
+
+    @app.route("/api/v1/events/stream", methods=["GET"])
+    @defer.inlineCallbacks
+    def event_stream(self, request):
+        user = yield self._user(request)
+        if self.streams is None:
+            raise NotFound("no event stream here")
+        yield self.streams.open(request, user, self.manager.is_admin(user))
+        return b""
 
     @app.route("/api/v1/reservations", methods=["GET"])
     @defer.inlineCallbacks
@@ -349,6 +442,7 @@ class API:
     @defer.inlineCallbacks
     def revoke(self, request):
         user = yield self._user(request)
-        token = BEARER_RE.match(request.getHeader(b"Authorization").decode()).group(1)
+        header = request.getHeader(b"Authorization").decode("latin-1")
+        token = BEARER_RE.fullmatch(header).group(1)
         yield self.tokens.revoke(token)
         return _json(request, {"revoked": True, "user": user})

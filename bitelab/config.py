@@ -12,7 +12,9 @@ import attrs
 from bitelab import ucl
 from bitelab.errors import ConfigError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+#: board, class and user names; use ``fullmatch``: ``$`` also matches
+#: before a trailing newline
+NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 #: the SSH login name that asks for a token; no board may be called so
 RESERVED_LOGIN = "lab"
 USER_RE = NAME_RE
@@ -47,6 +49,28 @@ class Config:
     max_setup_failures: int = 3
     #: seconds a write waits for a database another process holds
     db_busy_timeout: float = 5.0
+    #: boards one user may hold in the whole lab (0: no limit)
+    user_board_limit: int = 0
+    #: seconds a waiter whose connection the server lost keeps its place
+    queue_lease: float = 30.0
+    #: longest wait a reserve request may ask for, in seconds
+    max_wait: int = 7 * 24 * 3600
+    #: seconds before the end of a reservation at which its holder is told
+    expiry_notices: tuple = (600, 120)
+    #: days each reservation's console log is kept for its holder
+    console_log_retention: int = 30
+    #: open HTTP connections at once; when full, a new one pushes out the
+    #: oldest idle connection of the busiest source
+    http_max_connections: int = 512
+    #: seconds an SSH client has from connecting to logging in
+    ssh_login_grace_time: int = 30
+    #: SSH connections not logged in yet, in all and from one address
+    ssh_max_unauthenticated: int = 64
+    ssh_max_unauthenticated_per_source: int = 10
+    #: failed SSH authentication attempts before the connection is closed
+    ssh_max_auth_tries: int = 6
+    #: ``console?follow=1`` streams one user may have open at once
+    console_max_followers: int = 8
 
 
 def _path(value):
@@ -74,10 +98,38 @@ def _number(parse, what, low, high=None):
 _seconds = _number(int, "a whole number of seconds", 1)
 _bytes = _number(int, "a whole number of bytes", 4096)
 _count = _number(int, "a whole number", 0)
+_limit = _number(int, "a whole number", 1)
 _pause = _number(float, "a number of seconds", 0, 600)
 _interval = _number(float, "a number of seconds", 0.01, 600)
 _positive = _number(int, "a whole number", 1, 10000)
 _wait = _number(float, "a number of seconds", 0, 600)
+
+
+def _notices(value):
+    seconds = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or int(part) == 0:
+            raise ValueError(
+                f"must be whole numbers of seconds separated by commas, not {value!r}"
+            )
+        seconds.append(int(part))
+    return tuple(sorted(set(seconds), reverse=True))
+
+
+def endpoint_address(description):
+    """``(kind, interface, port)`` of a ``tcp:``, ``tcp6:`` or ``ssl:`` server
+    description (``port`` as written), or None for other kinds."""
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", description)]
+    kind = parts[0].lower()
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
+    positional = [p for p in parts[1:] if "=" not in p]
+    named = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    port = named.get("port", positional[0] if positional else "")
+    return kind, named.get("interface", ""), port
 
 
 def _endpoint(value):
@@ -85,6 +137,14 @@ def _endpoint(value):
 
     if not value:
         raise ValueError("must be a Twisted endpoint description such as tcp:8080")
+    address = endpoint_address(value)
+    port = address[2] if address is not None else "0"
+    if not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
+        raise ValueError(
+            f"{value!r} is not a usable endpoint description (the port must "
+            f"be a number from 0 to 65535, not {port!r}); "
+            "e.g. tcp:8080:interface=127.0.0.1"
+        )
     try:
         # parsing needs no reactor; ssl: descriptions load their files here
         serverFromString(None, value)
@@ -152,13 +212,13 @@ def resolve_endpoint_files(value, base):
 def _admins(value):
     names = frozenset(n.strip() for n in value.split(",") if n.strip())
     for name in names:
-        if not USER_RE.match(name):
+        if not USER_RE.fullmatch(name):
             raise ValueError(f"{name!r} is not a valid user name")
     return names
 
 
 def _name(value):
-    if not value or not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise ValueError("must be letters, digits, '.', '_' or '-'")
     return value
 
@@ -188,6 +248,17 @@ _KEYS = {
     "release_concurrency": (_positive, None),
     "max_setup_failures": (_count, None),
     "db_busy_timeout": (_wait, None),
+    "user_board_limit": (_count, None),
+    "queue_lease": (_wait, None),
+    "max_wait": (_seconds, None),
+    "expiry_notices": (_notices, None),
+    "console_log_retention": (_seconds, None),
+    "http_max_connections": (_limit, None),
+    "ssh_login_grace_time": (_seconds, None),
+    "ssh_max_unauthenticated": (_limit, None),
+    "ssh_max_unauthenticated_per_source": (_limit, None),
+    "ssh_max_auth_tries": (_limit, None),
+    "console_max_followers": (_limit, None),
 }
 _REQUIRED = ("db_file", "board_conf")
 
@@ -324,7 +395,7 @@ def load_boards(path, option_map):
     classes = {}
     for name, body in raw_classes.items():
         where = f"{path}: class {name!r}"
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise ConfigError(f"{where}: names are letters, digits, '.', '_' or '-'")
         if isinstance(body, list):
             raise ConfigError(f"{where}: defined more than once")
@@ -351,7 +422,7 @@ def load_boards(path, option_map):
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{where}: name is missing or not a string")
         where = f"{path}: board {name!r}"
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise ConfigError(f"{where}: names are letters, digits, '.', '_' or '-'")
         if name in boards:
             raise ConfigError(f"{where}: defined more than once")

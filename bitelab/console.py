@@ -4,7 +4,8 @@ A board's console is split in three parts so that most of it can be tested
 without a serial device:
 
 * ``ConsoleLog`` appends what the board prints to ``LOG_DIR/BOARD.log``,
-  rotates it by size and finds the output of the current reservation.
+  rotates it by size and finds the output of the current reservation,
+  which a ``LogReader`` reads back from disk a chunk at a time.
 * ``ConsoleHub`` fans the output out to any number of viewers (SSH sessions,
   HTTP streams) and keeps a slow viewer from holding up the others.
 * ``ConsoleService`` opens the device with Twisted's ``SerialPort``, feeds
@@ -30,9 +31,12 @@ and optionally one of two ways to report back-pressure:
     returns ``len(channel.buf)``).
 
 Whichever is used, a viewer whose backlog grows beyond the hub's bound is
-closed with ``TOO_SLOW``.  The serial port itself is never paused.
+closed with ``TOO_SLOW``.  The serial port itself is never paused.  A
+consumer viewer attached with a replay reads the log from disk only as fast
+as it sends it on, so however long the log, it never sits in memory.
 """
 
+import errno
 import os
 from collections import deque
 
@@ -87,6 +91,11 @@ class ConsoleLog:
         self._size = 0
         self._ends_with_newline = True
         self._failing = False
+        # how many times the log was rotated: the file that was current
+        # after N rotations is ``path.K`` after N + K
+        self.rotations = 0
+        # line written by ``mark`` -> (file number, offset) of its start
+        self._marks = {}
 
     def open(self):
         """Open (or create) the current file for appending."""
@@ -154,15 +163,28 @@ class ConsoleLog:
     def mark(self, line):
         """Write ``line`` (bytes, ending in a newline) on a line of its own.
 
-        The line is never split by a rotation, so it can always be found.
+        The line is never split by a rotation, so it can always be found;
+        where it went is remembered, so ``since_last`` need not search.
         """
+        text = line
         if not self._ends_with_newline:
             line = b"\n" + line
         if self._file is None:
             self.open()
         if self._size + len(line) > self.max_bytes and self._size:
             self.rotate()
+        where = (self.rotations, self._size + len(line) - len(text))
         self.write(line)
+        # forget marks rotated away, and any whose place is now uncertain
+        self._marks = {
+            known: at
+            for known, at in self._marks.items()
+            if self.name_of(at[0]) is not None
+        }
+        if self._failing or self.rotations != where[0]:
+            self._marks.clear()
+        else:
+            self._marks[text] = where
 
     def rotate(self):
         """Shift ``path`` to ``path.1``, ``path.1`` to ``path.2`` and so on.
@@ -170,7 +192,7 @@ class ConsoleLog:
         The oldest backup beyond ``backups`` is deleted.
         """
         self.close()
-        names = [self.path] + [f"{self.path}.{i}" for i in range(1, self.backups + 1)]
+        names = self._names()
         try:
             os.unlink(names[-1])
         except FileNotFoundError:
@@ -180,51 +202,180 @@ class ConsoleLog:
                 os.replace(newer, older)
             except FileNotFoundError:
                 pass
+        self.rotations += 1
         self.open()
+
+    def _names(self):
+        return [self.path] + [f"{self.path}.{i}" for i in range(1, self.backups + 1)]
 
     def files(self):
         """The existing log files, newest first."""
-        names = [self.path] + [f"{self.path}.{i}" for i in range(1, self.backups + 1)]
-        return [name for name in names if os.path.exists(name)]
+        return [name for name in self._names() if os.path.exists(name)]
+
+    def _end_of(self, number):
+        """The size of the file that was current after ``number`` rotations."""
+        if number == self.rotations and self._file is not None:
+            return self._size
+        try:
+            return os.stat(self.name_of(number)).st_size
+        except (OSError, TypeError):
+            return 0
+
+    def name_of(self, number):
+        """The name now of the file that was current after ``number``
+        rotations, or None if it has been rotated away."""
+        age = self.rotations - number
+        return self._names()[age] if 0 <= age <= self.backups else None
 
     def since_last(self, marker):
-        """The logged bytes from the last line starting with ``marker`` on.
+        """A ``LogReader`` of the logged bytes from the last line starting
+        with ``marker`` up to now.
 
-        Looks back through the backups if needed; if the marker is in none of
-        the kept files, everything kept is returned.
+        A line this object marked is found from memory; otherwise the files
+        are searched backwards a chunk at a time.  If the marker is in none
+        of the kept files, everything kept is read.
         """
-        kept = b""
-        for name in self.files():
+        marks = [at for line, at in self._marks.items() if line.startswith(marker)]
+        if marks:
+            number, offset = max(marks)
+            parts = [(number, offset, self._end_of(number))]
+            parts += [
+                (n, 0, self._end_of(n)) for n in range(number + 1, self.rotations + 1)
+            ]
+            return LogReader(self, parts)
+        parts = []
+        for age, name in enumerate(self._names()):
             try:
-                with open(name, "rb") as f:
-                    kept = f.read() + kept
+                fd = os.open(name, os.O_RDONLY)
             except FileNotFoundError:
                 continue
-            found = _find_line(kept, marker)
+            try:
+                size = os.fstat(fd).st_size
+                found = _last_line_at(fd, size, marker)
+            finally:
+                os.close(fd)
+            parts.insert(0, (self.rotations - age, max(found, 0), size))
             if found >= 0:
-                return kept[found:]
-        return kept
+                break
+        return LogReader(self, parts)
 
 
-def _find_line(data, marker):
-    """Offset of the last line of ``data`` starting with ``marker``, or -1."""
-    end = len(data)
-    while True:
-        found = data.rfind(marker, 0, end)
-        if found <= 0 or data[found - 1 : found] == b"\n":
-            return found
-        end = found + len(marker) - 1
+#: bytes read from a log file at a time
+READ_CHUNK = 64 * 1024
+
+
+def _last_line_at(fd, size, marker, chunk=READ_CHUNK):
+    """Offset of the last line of the file ``fd`` (``size`` bytes long)
+    starting with ``marker``, or -1; the start of the file counts as a line
+    start.  Reads backwards a chunk at a time."""
+    end = size
+    while end > 0:
+        low = max(0, end - chunk)
+        # one byte before, to see the newline; the marker may cross ``end``
+        base = max(0, low - 1)
+        data = os.pread(fd, min(size, end + len(marker) - 1) - base, base)
+        stop = len(data)
+        while True:
+            found = data.rfind(marker, low - base, stop)
+            if found < 0:
+                break
+            if found + base == 0 or data[found - 1 : found] == b"\n":
+                return found + base
+            stop = found + len(marker) - 1
+        end = low
+    return -1
+
+
+class LogReader:
+    """Part of a console log, read like a file, from disk a chunk at a time.
+
+    ``parts`` are ``(file number, start, end)``, oldest first, fixed when
+    the reader is made: later output is not included.  A file is opened
+    when its turn comes, under the name ``ConsoleLog.name_of`` gives its
+    number then, so rotations meanwhile change nothing; a part whose file
+    was rotated away before its turn is skipped.  One file is open at a
+    time, and an open file is read to its part's end whatever happens to
+    its name.
+    """
+
+    log = Logger()
+
+    def __init__(self, console_log, parts):
+        self._log = console_log
+        self._parts = list(parts)
+        self._fd = None
+        self._offset = 0
+
+    def read(self, size=-1):
+        """Up to ``size`` bytes (all that is left if negative); b"" at the end."""
+        out = []
+        wanted = (
+            size if size >= 0 else sum(end - start for _, start, end in self._parts)
+        )
+        while wanted > 0 and self._parts:
+            number, start, end = self._parts[0]
+            if self._fd is None:
+                self._fd = self._open(number)
+                self._offset = start
+                if self._fd is None:
+                    self._parts.pop(0)
+                    continue
+            try:
+                data = os.pread(self._fd, min(wanted, end - self._offset), self._offset)
+            except OSError as e:
+                self.log.error(
+                    "cannot read console log {path}: {error}",
+                    path=self._log.path,
+                    error=e.strerror or e,
+                )
+                data = b""
+            self._offset += len(data)
+            wanted -= len(data)
+            out.append(data)
+            if not data or self._offset >= end:
+                self._next()
+        return b"".join(out)
+
+    def close(self):
+        """Let go of the open file; later reads return b""."""
+        self._next()
+        self._parts = []
+
+    def _next(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._parts:
+            self._parts.pop(0)
+
+    def _open(self, number):
+        name = self._log.name_of(number)
+        if name is None:
+            return None
+        try:
+            return os.open(name, os.O_RDONLY)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                self.log.error(
+                    "cannot read console log {path}: {error}",
+                    path=name,
+                    error=e.strerror,
+                )
+            return None
 
 
 @implementer(IPushProducer)
 class _ViewerLink:
-    """The hub's side of one viewer: its queue and back-pressure state."""
+    """The hub's side of one viewer: its replay, queue and back-pressure state."""
 
-    def __init__(self, hub, viewer, allowance):
+    def __init__(self, hub, viewer, history):
         self.hub = hub
         self.viewer = viewer
-        # Extra bytes tolerated until a replayed history has drained.
-        self.allowance = allowance
+        # A reader of earlier output to send first, or None.
+        self.replay = history
+        # Replayed bytes tolerated in ``pending()`` until they have drained
+        # (a consumer viewer takes the replay only as fast as it sends it).
+        self.allowance = 0
         self.paused = False
         self.queue = deque()
         self.queued = 0
@@ -232,19 +383,26 @@ class _ViewerLink:
         self.lag = 0
         self.pending = getattr(viewer, "pending", None)
         self.consumer = callable(getattr(viewer, "registerProducer", None))
+        self._pumping = False
 
-    def start(self, history):
-        """Register as the viewer's producer if it takes one; send ``history``."""
+    def start(self):
+        """Register as the viewer's producer if it takes one; start the replay."""
         if self.consumer:
             self.viewer.registerProducer(self, True)
-        if history:
-            self.deliver(history)
+        self.pump()
 
     def unregister(self):
-        """Undo ``start``'s producer registration, if any."""
+        """Undo ``start``'s producer registration, if any; end the replay."""
+        self.end_replay()
         if self.consumer:
             self.consumer = False
             self.viewer.unregisterProducer()
+
+    def end_replay(self):
+        """Close the replay's reader, if any."""
+        replay, self.replay = self.replay, None
+        if replay is not None:
+            replay.close()
 
     def backlog(self):
         """Bytes this viewer is behind: queued here plus its own ``pending()``."""
@@ -252,8 +410,8 @@ class _ViewerLink:
         return self.queued + extra
 
     def deliver(self, data):
-        """Pass ``data`` on, or queue it while paused; update ``behind``."""
-        if self.paused or self.queue:
+        """Pass ``data`` on, or queue it while paused or replaying; update ``behind``."""
+        if self.paused or self.queue or self.replay is not None:
             self.queue.append(data)
             self.queued += len(data)
         else:
@@ -263,26 +421,45 @@ class _ViewerLink:
             self.allowance = 0
         self.behind = backlog > self.hub.max_backlog + self.allowance
 
-    def flush(self):
-        """Hand the queue to the viewer until it is empty or pauses us."""
-        while self.queue and not self.paused:
-            data = self.queue.popleft()
-            self.queued -= len(data)
-            self.viewer.write(data)
+    def pump(self):
+        """Hand the viewer the replay, then the queue, until done or paused.
+
+        The replay is read a chunk at a time only while the viewer takes it,
+        so a viewer that stops reading holds one chunk, not the whole log.
+        """
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self.replay is not None and not self.paused:
+                data = self.replay.read(READ_CHUNK)
+                if not data:
+                    self.end_replay()
+                    break
+                if self.pending is not None:
+                    self.allowance += len(data)
+                self.viewer.write(data)
+            while self.replay is None and self.queue and not self.paused:
+                data = self.queue.popleft()
+                self.queued -= len(data)
+                self.viewer.write(data)
+        finally:
+            self._pumping = False
 
     def pauseProducing(self):
         """The viewer cannot take more for now: queue from here on."""
         self.paused = True
 
     def resumeProducing(self):
-        """The viewer can take more: hand it the queue until it pauses again."""
+        """The viewer can take more: hand it the rest until it pauses again."""
         self.paused = False
-        if not self.hub._safely(self, "write to", self.flush):
+        if not self.hub._safely(self, "write to", self.pump):
             self.hub._drop(self, FAILED)
 
     def stopProducing(self):
         """The viewer's connection is gone: forget it without closing it."""
         self.consumer = False
+        self.end_replay()
         self.hub._forget(self)
 
 
@@ -310,18 +487,23 @@ class ConsoleHub:
         """The attached viewers, in the order they were attached."""
         return list(self._links)
 
-    def attach(self, viewer, history=b""):
+    def attach(self, viewer, history=None):
         """Send ``viewer`` all output from now on, after ``history`` if any.
 
-        ``history`` (e.g. the reservation's log so far) does not count
-        against the backlog bound, so a long replay does not get a viewer
-        disconnected on the spot.
+        ``history`` is a reader of earlier output (an object with
+        ``read(size)`` and ``close()``, such as a ``LogReader``), closed
+        once read.  A consumer viewer gets it as fast as it takes it; live
+        output meanwhile waits in its queue.  Replayed bytes a viewer holds
+        in ``pending()`` do not count against the backlog bound, so a long
+        replay does not get a viewer disconnected on the spot.
         """
         if viewer in self._links:
+            if history is not None:
+                history.close()
             return
-        link = _ViewerLink(self, viewer, len(history))
+        link = _ViewerLink(self, viewer, history)
         self._links[viewer] = link
-        if not self._safely(link, "attach", link.start, history):
+        if not self._safely(link, "attach", link.start):
             self._drop(link, FAILED)
 
     def detach(self, viewer):
@@ -397,6 +579,91 @@ def _serial_port(proto, device, reactor, baudrate):
     return SerialPort(proto, device, reactor, baudrate=baudrate)
 
 
+class ReservationLogs:
+    """Each reservation's console output, kept in a file of its own.
+
+    ``DIR/BOARD/RESERVATION.log`` holds what the board printed during that
+    reservation, up to ``max_bytes`` (beyond that a line says the rest was
+    cut).  The holder can read it after the reservation, when the board's
+    own log has long rotated; ``prune`` deletes the files older than the
+    retention period.
+    """
+
+    log = Logger()
+
+    def __init__(self, directory, board, max_bytes):
+        self.directory = os.path.join(directory, board)
+        self.max_bytes = max_bytes
+        self._file = None
+        self._size = 0
+        self._failing = False
+
+    def path(self, reservation):
+        """The file of ``reservation``."""
+        return os.path.join(self.directory, f"{int(reservation)}.log")
+
+    def start(self, reservation):
+        """Write to ``reservation``'s file from now on (appending)."""
+        self.stop()
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            fd = os.open(
+                self.path(reservation), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
+            )
+        except OSError as e:
+            self.log.error(
+                "cannot keep the console log of reservation {rid}: {error}",
+                rid=reservation,
+                error=e.strerror,
+            )
+            return
+        self._file = fd
+        self._size = os.lseek(fd, 0, os.SEEK_END)
+
+    def stop(self):
+        """Close the current reservation's file."""
+        if self._file is not None:
+            os.close(self._file)
+            self._file = None
+
+    def write(self, data):
+        """Append ``data`` to the current reservation's file, if any."""
+        if self._file is None or self._size >= self.max_bytes:
+            return
+        room = self.max_bytes - self._size
+        chunk = data[:room]
+        if len(data) > room:
+            chunk += b"\n=== bitelab: the rest of this reservation's output is in "
+            chunk += b"the board's log only ===\n"
+        try:
+            os.write(self._file, chunk)
+        except OSError as e:
+            if not self._failing:
+                self.log.error("cannot write a reservation log: {error}", error=e.strerror)
+            self._failing = True
+            return
+        self._failing = False
+        self._size += len(chunk)
+
+    def open(self, reservation):
+        """The file of ``reservation`` opened for reading; OSError if none."""
+        return open(self.path(reservation), "rb")
+
+    def prune(self, older_than):
+        """Delete the files last written before ``older_than`` (POSIX time)."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = os.path.join(self.directory, name)
+            try:
+                if os.stat(path).st_mtime < older_than:
+                    os.unlink(path)
+            except OSError:
+                continue
+
+
 class ConsoleService(Service):
     """The serial console of one board: port, log, viewers and reconnection.
 
@@ -429,6 +696,9 @@ class ConsoleService(Service):
         port_factory=_serial_port,
     ):
         self.reactor = reactor
+        self.reservation_logs = ReservationLogs(
+            os.path.join(log_dir, "reservations"), board, max_log_bytes * (backups + 1)
+        )
         self.board = board
         self.name = f"console-{board}"
         self.device = device
@@ -473,6 +743,7 @@ class ConsoleService(Service):
             port.connectionLost(Failure(ConnectionDone("console service stopped")))
         self.hub.close_viewers(f"console of {self.board} closed: server stopping")
         self.console_log.close()
+        self.reservation_logs.stop()
 
     def _open(self):
         self._retry = None
@@ -552,8 +823,9 @@ class ConsoleService(Service):
         self._schedule_retry()
 
     def received(self, data):
-        """Record ``data`` printed by the board: log first, then viewers."""
+        """Record ``data`` printed by the board: logs first, then viewers."""
         self.console_log.write(data)
+        self.reservation_logs.write(data)
         self.hub.deliver(data)
 
     def send(self, data):
@@ -574,8 +846,7 @@ class ConsoleService(Service):
         With ``replay``, the current reservation's log comes first, with
         nothing lost or repeated between the two.
         """
-        history = self.reservation_log() if replay else b""
-        self.hub.attach(viewer, history)
+        self.hub.attach(viewer, self.reservation_log() if replay else None)
 
     def detach(self, viewer):
         """Stop sending output to ``viewer``."""
@@ -596,6 +867,7 @@ class ConsoleService(Service):
         self.hub.close_viewers(NEW_RESERVATION)
         self.reservation = reservation
         self.mark_reserved(user, when_iso, reservation)
+        self.reservation_logs.start(reservation)
 
     def end(self, reservation, user, when_iso, why):
         """A reservation starts to end: cut every one of its sessions first.
@@ -606,11 +878,18 @@ class ConsoleService(Service):
         if self.reservation == reservation:
             self.reservation = None
             self.hub.close_viewers(f"reservation of {self.board} ended: {why}")
+            self.reservation_logs.stop()
             self.mark_released(user, when_iso, why)
+
+    def notice(self, reservation, text):
+        """Show the sessions of ``reservation`` one line (not logged)."""
+        if self.reservation == reservation:
+            self.hub.deliver(f"\r\nbitelab: {_one_line(text)}\r\n".encode())
 
     def resume(self, reservation):
         """At start: belong to ``reservation``, which was already under way."""
         self.reservation = reservation
+        self.reservation_logs.start(reservation)
 
     def mark_reserved(self, user, when_iso, reservation=None):
         """Write the reservation-start marker for ``user`` at ``when_iso``."""
@@ -624,7 +903,7 @@ class ConsoleService(Service):
         self.console_log.mark(RELEASED_MARKER + line.encode())
 
     def reservation_log(self):
-        """The log since the last reservation-start marker (bytes)."""
+        """A ``LogReader`` of the log since the last reservation-start marker."""
         return self.console_log.since_last(RESERVED_MARKER)
 
 

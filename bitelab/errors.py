@@ -40,6 +40,12 @@ class Invalid(BitelabError):
     code, status = "invalid", 400
 
 
+class TooLarge(Invalid):
+    """A request body over the limit: ``invalid``, with HTTP's own status."""
+
+    status = 413
+
+
 class SetupFailed(BitelabError):
     code, status = "setup_failed", 502
 

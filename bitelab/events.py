@@ -28,6 +28,14 @@ EXTENDED = "extended"
 POWER = "power"
 #: a reserve script failed (the board is tried no more for that request)
 SETUP_FAILED = "setup_failed"
+#: a request joined the queue
+QUEUED = "queued"
+#: a waiter was handed a board (its reservation starts in the same step)
+GRANTED = "granted"
+#: a waiter left the queue: timed out, cancelled, or its client gone
+LEFT = "left"
+#: a reservation ends soon (``detail``: seconds left)
+EXPIRING = "expiring"
 
 
 @attrs.frozen
@@ -36,7 +44,9 @@ class Event:
 
     ``id`` is the audit log entry's id; ``reservation`` the reservation it
     belongs to (None for board-only changes); ``user`` who acted (None for
-    the server itself); ``holder`` who holds or held the reservation.
+    the server itself); ``holder`` who holds or held the reservation (or,
+    for queue events, whose place in the queue it is); ``waiter`` the queue
+    entry, for queue events.
     """
 
     kind: str
@@ -47,6 +57,7 @@ class Event:
     holder: str | None = None
     detail: str = ""
     id: int | None = None
+    waiter: int | None = None
 
 
 class EventBus:

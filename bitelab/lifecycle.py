@@ -28,7 +28,9 @@ from bitelab.errors import (
     Unavailable,
 )
 from bitelab.options import EtherIface, SerialConsole
+from bitelab.queue import WaitingRoom
 from bitelab.script import ScriptResult
+from bitelab.store import Wait
 from bitelab.views import (
     board_view,
     class_view,
@@ -41,6 +43,8 @@ from bitelab.views import (
 MAX_PUBKEY = 16 * 1024
 #: longest wait between two tries of a commit that met a failing database
 MAX_RETRY_DELAY = 30.0
+#: seconds between two looks for reservation console logs past retention
+PRUNE_INTERVAL = 3600.0
 
 
 def check_public_key(line):
@@ -76,13 +80,21 @@ class BoardManager(service.Service):
         self._pending = set()
         self._slots = defer.DeferredSemaphore(config.release_concurrency)
         self._loop = None
+        self._next_prune = 0
         self.store.bus.subscribe(self._cut_consoles)
+        self.store.policy = self
+        self.room = WaitingRoom(self)
 
     # -- service --------------------------------------------------------
 
     def startService(self):
         """Bring every board between states to an end, then watch expiry."""
         super().startService()
+        # no waiting client survived the restart: their places are kept for
+        # queue_lease seconds, for them to come back
+        self._background(
+            self.store.lease_waiters(self.config.queue_lease), "leasing the queue"
+        )
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = self.clock
         self._loop.start(self.config.expiry_interval, now=True)
@@ -92,6 +104,7 @@ class BoardManager(service.Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self.store.bus.unsubscribe(self._cut_consoles)
+        self.room.stop()
         return super().stopService()
 
     @defer.inlineCallbacks
@@ -100,6 +113,14 @@ class BoardManager(service.Service):
         try:
             yield self.recover()
             yield self.expire_due()
+            expired = yield self.store.expire_waiters()
+            self.room.time_out_swept(expired)
+            if self.config.expiry_notices:
+                yield self.store.due_notices(self.config.expiry_notices)
+            yield self.store.match()
+            if self.now() >= self._next_prune:
+                self._next_prune = self.now() + PRUNE_INTERVAL
+                self.prune_console_logs()
         except Exception:  # noqa: BLE001 - the periodic check must survive anything
             self.log.failure("periodic reservation check failed")
 
@@ -131,8 +152,25 @@ class BoardManager(service.Service):
     def now(self):
         return self.clock.seconds()
 
-    def _timeout_for(self, name):
+    # -- the store's policy ---------------------------------------------
+
+    def timeout_for(self, name):
+        """How long a reservation of ``name`` lasts unless asked otherwise."""
         return default_timeout(self.lab, self.config, name)
+
+    @property
+    def user_limit(self):
+        """Boards one user may hold in the whole lab (0: no limit)."""
+        return self.config.user_board_limit
+
+    def class_limit(self, brdclass):
+        """Boards of ``brdclass`` one user may hold (its ``user_limit``; 0: none)."""
+        cls = self.lab.classes.get(brdclass)
+        return int(cls.attrs.get("user_limit", 0) or 0) if cls is not None else 0
+
+    def direct(self, name):
+        """Whether a reservation of ``name`` needs no setting up or winding down."""
+        return not self._has_side_effects(name)
 
     def _has_side_effects(self, name):
         """Whether starting or ending a reservation of ``name`` runs anything."""
@@ -141,9 +179,6 @@ class BoardManager(service.Service):
             or self.power.has_power(name)
             or name in self.consoles
         )
-
-    def _direct(self, name):
-        return not self._has_side_effects(name)
 
     def view(self, row, user):
         """The API's BOARD object for a store row, as ``user`` may see it."""
@@ -242,24 +277,35 @@ class BoardManager(service.Service):
         raise NotFound(f"no board or class named {target!r}")
 
     @defer.inlineCallbacks
-    def reserve(self, user, target, sshpubkey=None, timeout=None):
+    def reserve(
+        self, user, target, sshpubkey=None, timeout=None, wait=0, waiter=None,
+        priority=None, gone=None,
+    ):
         """Deferred[dict]: reserve a board by name, or any free board of a class.
 
         For a class, a board whose reserve script fails is wound down and the
         next free board of the class is tried; the request fails with the
-        last script error once none is left.
+        last script error once none is left.  With ``wait`` seconds, a
+        request that finds nothing it may take joins the queue and answers
+        once a board is handed to it (``waiter``: take up a place again after
+        the connection was lost; ``gone``: fires when the client leaves).
         """
         is_class, sshpubkey = self._check_request(target, sshpubkey, timeout)
+        rules.check_wait(wait, self.config.max_wait)
+        priority = rules.check_priority(priority, self.is_admin(user))
+        queue = None
+        if wait or waiter is not None:
+            queue = Wait(self.now() + wait, priority, timeout, waiter)
 
         def timeout_for(name):
-            return timeout if timeout is not None else self._timeout_for(name)
+            return timeout if timeout is not None else self.timeout_for(name)
 
         tried, failure = [], None
         while True:
             try:
                 row = yield self.store.claim(
-                    target, is_class, user, sshpubkey, timeout_for, self._direct,
-                    tried,
+                    target, is_class, user, sshpubkey, timeout_for, self.direct,
+                    tried, queue,
                 )
             except Unavailable:
                 if failure is None:
@@ -268,6 +314,14 @@ class BoardManager(service.Service):
                     f"{failure.message} (tried {', '.join(tried)}; no other board "
                     f"of class {target} is free)"
                 ) from None
+            if "granted" in row:
+                return self.view(row["granted"], user)
+            if "waiter" in row:
+                board = yield self.room.wait(
+                    row["waiter"], user, target, queue.deadline, gone
+                )
+                return board
+            queue = Wait(queue.deadline, priority, timeout) if queue else None
             if row["state"] == rules.RESERVED:
                 return self.view(row, user)
             try:
@@ -328,6 +382,44 @@ class BoardManager(service.Service):
         elif self.driving.get(name) == rid:
             del self.driving[name]
 
+    @defer.inlineCallbacks
+    def abandon(self, row):
+        """End a reservation handed to a waiter that has gone; the board
+        goes back to the queue, or is freed."""
+        name, rid = row["name"], row["reservation_id"]
+        self.driving[name] = rid
+        ending = yield self._retrying(self.store.abandon, name, rid)
+        if ending is not None:
+            yield self._wind_down(ending)
+        elif self.driving.get(name) == rid:
+            del self.driving[name]
+
+    @defer.inlineCallbacks
+    def queue(self, user):
+        """Deferred[dict]: the queue as ``user`` may see it."""
+        entries = yield self.store.queue()
+        places = rules.positions(entries)
+        admin = self.is_admin(user)
+        shown = []
+        for entry in sorted(entries, key=rules.queue_order):
+            if not admin and entry["user"] != user:
+                continue
+            position, ahead = places[entry["id"]]
+            shown.append(
+                {
+                    "id": entry["id"],
+                    "user": entry["user"],
+                    "target": entry["target"],
+                    "priority": entry["priority"],
+                    "since": iso(entry["created_at"]),
+                    "deadline": iso(entry["deadline"]),
+                    "connected": entry["lease_until"] is None,
+                    "position": position,
+                    "ahead": ahead,
+                }
+            )
+        return {"queue": shown, "total": len(entries)}
+
     # -- ending ---------------------------------------------------------
 
     @defer.inlineCallbacks
@@ -341,7 +433,7 @@ class BoardManager(service.Service):
         if reason is not None:
             reason = rules.check_reason(reason)
         row = yield self.store.begin_release(
-            name, user, admin, force, reason, direct=self._direct(name)
+            name, user, admin, force, reason, direct=self.direct(name)
         )
         if row is not None and row["state"] == rules.RELEASING:
             row = yield self._wind_down(row)
@@ -352,7 +444,7 @@ class BoardManager(service.Service):
     @defer.inlineCallbacks
     def expire_due(self):
         """End every reservation whose time is up; the endings run in the background."""
-        direct = frozenset(n for n in self.lab.boards if self._direct(n))
+        direct = frozenset(n for n in self.lab.boards if self.direct(n))
         ending = yield self.store.begin_expiry(direct)
         for row in ending:
             self.log.info(
@@ -559,6 +651,29 @@ class BoardManager(service.Service):
         rid = rules.check_console(row, user, self.is_admin(user))
         return ConsoleAccess(console, rid)
 
+    @defer.inlineCallbacks
+    def past_console_log(self, user, name, rid):
+        """Deferred[file]: the console output of reservation ``rid`` of ``name``,
+        for its holder or an admin, kept ``console_log_retention`` days."""
+        console = self.consoles.get(name)
+        if console is None:
+            raise NotFound(f"board {name} has no serial console")
+        row = yield self.store.reservation(rid)
+        if row["board"] != name or (row["user"] != user and not self.is_admin(user)):
+            raise NotFound(f"no reservation {rid} of yours on board {name}")
+        try:
+            return console.reservation_logs.open(rid)
+        except OSError:
+            raise NotFound(
+                f"the console log of reservation {rid} is no longer kept"
+            ) from None
+
+    def prune_console_logs(self):
+        """Delete reservation console logs past their retention."""
+        older_than = self.now() - self.config.console_log_retention * 86400
+        for console in self.consoles.values():
+            console.reservation_logs.prune(older_than)
+
     def _cut_consoles(self, event):
         """Event subscriber: consoles follow their board's reservations."""
         console = self.consoles.get(event.board)
@@ -569,6 +684,13 @@ class BoardManager(service.Service):
             console.begin(event.reservation, event.holder, when)
         elif event.kind == events.RELEASING:
             console.end(event.reservation, event.holder, when, event.detail)
+        elif event.kind == events.EXPIRING:
+            minutes = max(1, round(int(event.detail) / 60))
+            console.notice(
+                event.reservation,
+                f"reservation of {event.board} ends in about {minutes} min; "
+                f"extend it with: bitelab set timeout=SECONDS {event.board}",
+            )
 
     def resume_consoles(self, held):
         """At start: each console belongs to its board's current reservation.

@@ -44,6 +44,11 @@ FORCE = "force_release"
 EXPIRE = "expire"
 SETUP_FAILED = "setup_failed"
 INTERRUPTED = "interrupted"
+ABANDONED = "abandoned"
+
+
+class AlreadyHeld(Unavailable):
+    """The caller already holds the board: waiting for it would never end."""
 
 #: why a board that left the board file while held is not simply freed: its
 #: options (power, interface) left with the file, so nothing can switch it
@@ -90,7 +95,7 @@ def check_claim(board, user):
     if state == FREE:
         return
     if state in (RESERVING, RESERVED) and board["holder"] == user:
-        raise Unavailable(
+        raise AlreadyHeld(
             f"you already hold board {name} "
             f"(reservation {board['reservation_id']}); release it first"
         )
@@ -139,6 +144,7 @@ def release_detail(cause, actor, reason=None):
         EXPIRE: "expired",
         SETUP_FAILED: "setup failed",
         INTERRUPTED: INTERRUPTED_PROBLEM,
+        ABANDONED: "its waiter left before it was handed over",
     }[cause]
     if reason:
         text += f": {reason}"
@@ -214,3 +220,77 @@ def ending_outcome(
 def is_due(board, now):
     """Whether a reserved board's time is up at ``now``."""
     return board["state"] == RESERVED and board["expires_at"] <= now
+
+
+def check_limits(user, held, held_in_class, brdclass, lab_limit, class_limit):
+    """Raise ``Unavailable`` if ``user`` may hold no more boards (of ``brdclass``).
+
+    ``held`` counts the reservations ``user`` holds in the lab, and
+    ``held_in_class`` those of boards of ``brdclass``; a limit of 0 or None
+    means none.
+    """
+    if lab_limit and held >= lab_limit:
+        raise Unavailable(
+            f"{user} holds {held} boards; the lab's limit is {lab_limit} per user"
+        )
+    if class_limit and held_in_class >= class_limit:
+        raise Unavailable(
+            f"{user} holds {held_in_class} boards of class {brdclass}; its limit "
+            f"is {class_limit} per user"
+        )
+
+
+def queue_order(waiter):
+    """Sort key of waiters: higher priority first, then earlier arrival."""
+    return (-waiter["priority"], waiter["id"])
+
+
+def competes(a, b):
+    """Whether waiters ``a`` and ``b`` can be served by one same board."""
+    if a["class"] != b["class"]:
+        return False
+    return a["board"] is None or b["board"] is None or a["board"] == b["board"]
+
+
+def positions(waiters):
+    """``{id: (position, ahead)}`` for waiting entries.
+
+    ``position`` is the place in the lab's queue order (1 first);
+    ``ahead`` counts the waiters before it that could take the board it
+    waits for.
+    """
+    ordered = sorted(waiters, key=queue_order)
+    result = {}
+    for index, waiter in enumerate(ordered):
+        ahead = sum(1 for other in ordered[:index] if competes(other, waiter))
+        result[waiter["id"]] = (index + 1, ahead)
+    return result
+
+
+def check_wait(wait, max_wait):
+    """``wait`` as whole seconds to wait for a board (0: do not wait)."""
+    if isinstance(wait, bool) or not isinstance(wait, int):
+        raise Invalid("wait must be a whole number of seconds")
+    if not 0 <= wait <= max_wait:
+        raise Invalid(f"wait must be between 0 and {max_wait} seconds")
+    return wait
+
+
+def check_priority(priority, admin):
+    """A waiter's priority: users share the default (0); admins set another."""
+    if priority is None:
+        return 0
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise Invalid("priority must be a whole number")
+    if not admin:
+        raise Forbidden("only admins may set a priority")
+    if not -1000 <= priority <= 1000:
+        raise Invalid("priority must be between -1000 and 1000")
+    return priority
+
+
+def notices_due(expires_at, noticed, thresholds, now):
+    """The smallest notice threshold crossed at ``now`` and not yet given, or None."""
+    left = expires_at - now
+    crossed = [t for t in thresholds if left <= t and (noticed is None or t < noticed)]
+    return min(crossed) if crossed else None

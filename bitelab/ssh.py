@@ -26,11 +26,19 @@ in-memory snapshot of it, polled for changes every few seconds and reloaded
 on demand (the server hooks SIGHUP to ``SSHService.reload``); a key it does
 not know makes it look at the directory again at once, so that a key file
 just added works at the first login. Sessions that are already open are
-never affected by a reload.
+never affected by a reload. A reload that cannot read the directory, or a
+key file for want of resources (``EMFILE``...), keeps the last snapshot and
+is tried again at the next poll.
+
+Before login, clients are held to ``SSHLimits``: a login grace time, a cap
+on connections not logged in yet (overall and per source address, see
+``bitelab.limits``) and a cap on failed authentication attempts.
 """
 
+import errno
 import os
 import re
+from typing import ClassVar
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -39,11 +47,11 @@ from twisted.conch import avatar
 from twisted.conch import error as conch_error
 from twisted.conch.checkers import IAuthorizedKeysDB
 from twisted.conch.interfaces import IConchUser, ISession, ISessionSetEnv
-from twisted.conch.ssh import factory, keys, session, transport
+from twisted.conch.ssh import factory, keys, session, transport, userauth
 from twisted.cred import credentials, portal
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import defer, task
+from twisted.internet import defer, protocol, task
 from twisted.internet import error as internet_error
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -51,6 +59,7 @@ from twisted.python import components, failure
 from zope.interface import implementer
 
 from bitelab.errors import Forbidden, NotFound, StorageError, Unavailable
+from bitelab.limits import ConnectionLimiter
 
 log = Logger()
 
@@ -65,6 +74,12 @@ STOP_GRACE = 5.0
 
 _USER_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _KEY_SUFFIX = ".pub"
+
+#: errors that say the system is short of something or failing, not that a
+#: key file is bad
+_SHORTAGE = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EIO, errno.EAGAIN}
+)
 
 
 def load_or_create_host_key(path):
@@ -175,6 +190,7 @@ class KeysDirectory(service.Service):
         self._signature = ()
         self._by_user = {}
         self._by_blob = {}
+        self._failing = False
 
     def startService(self):
         """Load the directory, then poll it for changes."""
@@ -216,20 +232,33 @@ class KeysDirectory(service.Service):
             )
 
     def reload(self):
-        """Read the directory again and replace the snapshot."""
-        self._signature = self._scan_signature()
-        by_user = {}
-        owners = {}
-        for name, path in self._key_files():
-            user = name[: -len(_KEY_SUFFIX)]
-            try:
-                user_keys = _parse_key_file(path)
-            except OSError as e:
+        """Read the directory again and replace the snapshot.
+
+        If the directory cannot be listed (other than being missing), or a
+        key file cannot be read for want of resources, the last snapshot is
+        kept and the next poll tries again.
+        """
+        signature = self._scan_signature()
+        try:
+            by_user = self._read_keys()
+        except OSError as e:
+            if not self._failing:
                 log.error(
-                    "Cannot read SSH key file {path}: {error}", path=path, error=e
+                    "Cannot reload SSH keys from {dir}: {error}; keeping the keys"
+                    " of the {count} users loaded before, and trying again",
+                    dir=self.keys_dir,
+                    error=e.strerror or e,
+                    count=len(self._by_user),
                 )
-                continue
-            by_user[user] = tuple(user_keys)
+            self._failing = True
+            self._signature = None
+            return
+        if self._failing:
+            log.info("SSH keys directory {dir} readable again", dir=self.keys_dir)
+            self._failing = False
+        self._signature = signature
+        owners = {}
+        for user, user_keys in by_user.items():
             for key in user_keys:
                 owners.setdefault(key.blob(), set()).add(user)
         by_blob = {}
@@ -252,13 +281,31 @@ class KeysDirectory(service.Service):
             dir=self.keys_dir,
         )
 
+    def _read_keys(self):
+        """{user: keys} from the directory; OSError if it cannot be done now."""
+        by_user = {}
+        for name, path in self._key_files():
+            try:
+                user_keys = _parse_key_file(path)
+            except OSError as e:
+                if e.errno in _SHORTAGE:
+                    raise
+                log.error(
+                    "Cannot read SSH key file {path}: {error}", path=path, error=e
+                )
+                continue
+            by_user[name[: -len(_KEY_SUFFIX)]] = tuple(user_keys)
+        return by_user
+
     def _key_files(self):
-        """Yield (file name, path) of every well-named key file."""
+        """(file name, path) of every well-named key file; OSError if the
+        directory exists but cannot be listed."""
         try:
             entries = sorted(os.scandir(self.keys_dir), key=lambda e: e.name)
-        except OSError as e:
-            log.error("Cannot read SSH keys directory: {error}", error=e)
-            return
+        except FileNotFoundError:
+            log.error("SSH keys directory {dir} is missing", dir=self.keys_dir)
+            return []
+        found = []
         for entry in entries:
             name = entry.name
             if not name.endswith(_KEY_SUFFIX) or name.startswith("."):
@@ -270,7 +317,8 @@ class KeysDirectory(service.Service):
                     path=entry.path,
                 )
                 continue
-            yield name, entry.path
+            found.append((name, entry.path))
+        return found
 
     def _scan_signature(self):
         """Return what changes when any key file changes."""
@@ -504,8 +552,11 @@ class TokenSession(_Session):
         self.exit(0)
 
     def _failed(self, reason, user):
-        log.failure("Issuing an API token for {user} failed", reason, user=user)
-        self.send_err("could not issue a token; try again or ask the lab admin")
+        if reason.check(Forbidden):
+            self.send_err(reason.value.message)
+        else:
+            log.failure("Issuing an API token for {user} failed", reason, user=user)
+            self.send_err("could not issue a token; try again or ask the lab admin")
         self.exit(1)
 
 
@@ -642,41 +693,144 @@ def _session_for(user):
 components.registerAdapter(_session_for, BitelabAvatar, ISession)
 
 
+@attrs.frozen
+class SSHLimits:
+    """What a client may do before it has logged in.
+
+    ``login_grace_time``: seconds from connecting to logging in.
+    ``max_unauthenticated`` / ``max_unauthenticated_per_source``:
+    connections not logged in yet, in all and from one address.
+    ``max_auth_tries``: failed authentication attempts per connection.
+    """
+
+    login_grace_time: float = 30
+    max_unauthenticated: int = 64
+    max_unauthenticated_per_source: int = 10
+    max_auth_tries: int = 6
+
+
+class _UserAuth(userauth.SSHUserAuthServer):
+    """Conch's user authentication with the factory's clock and attempt cap."""
+
+    def serviceStarted(self):
+        """Take the limits from the factory, then start as Conch does."""
+        self.clock = self.transport.factory.clock
+        # Conch closes after more than this many failures
+        self.attemptsBeforeDisconnect = self.transport.factory.limits.max_auth_tries - 1
+        super().serviceStarted()
+
+
 class _ServerTransport(transport.SSHServerTransport):
-    """The SSH transport, telling its factory when the connection is gone."""
+    """The SSH transport, telling its factory when the connection is gone,
+    and dropped if it has not logged in within the grace time."""
+
+    _grace = None
 
     def connectionMade(self):
         super().connectionMade()
         self.factory.connections.add(self)
+        self._grace = self.factory.clock.callLater(
+            self.factory.limits.login_grace_time, self._grace_over
+        )
+
+    def _grace_over(self):
+        self._grace = None
+        log.debug("SSH client {peer} did not log in in time", peer=self.getPeer())
+        self.sendDisconnect(
+            transport.DISCONNECT_BY_APPLICATION, b"bitelab: login grace time over"
+        )
+
+    def setService(self, service):
+        """Start ``service``; the connection service means the client logged in."""
+        if service.name == b"ssh-connection":
+            self._end_grace()
+            self.factory.logged_in(self)
+        super().setService(service)
+
+    def _end_grace(self):
+        if self._grace is not None:
+            if self._grace.active():
+                self._grace.cancel()
+            self._grace = None
 
     def connectionLost(self, reason):
+        self._end_grace()
         super().connectionLost(reason)
         self.factory.connection_gone(self)
+
+
+class _Refused(protocol.Protocol):
+    """A connection over the caps: closed at once."""
+
+    def connectionMade(self):
+        self.transport.loseConnection()
 
 
 class BitelabSSHFactory(factory.SSHFactory):
     """The Conch server factory with one ed25519 host key.
 
-    It keeps the open connections so that stopping the service closes them.
+    It keeps the open connections so that stopping the service closes them,
+    and holds clients that have not logged in to ``limits`` (``SSHLimits``).
     """
 
     protocol = _ServerTransport
     noisy = False
+    services: ClassVar[dict] = {
+        **factory.SSHFactory.services,
+        b"ssh-userauth": _UserAuth,
+    }
 
-    def __init__(self, host_key, ssh_portal):
+    def __init__(self, host_key, ssh_portal, clock, limits=SSHLimits()):
         self.privateKeys = {host_key.sshType(): host_key}
         self.publicKeys = {host_key.sshType(): host_key.public()}
         self.portal = ssh_portal
+        self.clock = clock
+        self.limits = limits
+        self.waiting = ConnectionLimiter(
+            limits.max_unauthenticated, limits.max_unauthenticated_per_source
+        )
         self.connections = set()
         self._all_gone = []
+        # whether the cap was met since the count was last low: log once
+        self._full = False
+
+    def buildProtocol(self, addr):
+        """A transport for a client within the caps, making room if need be."""
+        conn = super().buildProtocol(addr)
+        admitted, victim = self.waiting.admit(conn, getattr(addr, "host", str(addr)))
+        if (victim is not None or not admitted) and not self._full:
+            self._full = True
+            log.warn(
+                "SSH connections not logged in at the limit ({total} in all,"
+                " {per_source} per address): closing the oldest or refusing"
+                " new ones",
+                total=self.waiting.max_total,
+                per_source=self.waiting.max_per_source,
+            )
+        if victim is not None:
+            victim.transport.abortConnection()
+        return conn if admitted else _Refused()
+
+    def logged_in(self, conn):
+        """``conn`` has logged in: no longer held to the caps before login."""
+        self._forget_waiting(conn)
 
     def connection_gone(self, conn):
         """Forget ``conn``; fire the waiters once none is left."""
+        self._forget_waiting(conn)
         self.connections.discard(conn)
         if not self.connections:
             waiters, self._all_gone = self._all_gone, []
             for d in waiters:
                 d.callback(None)
+
+    def _forget_waiting(self, conn):
+        self.waiting.remove(conn)
+        if self._full and len(self.waiting) <= self.waiting.max_total // 2:
+            self._full = False
+            log.info(
+                "SSH connections not logged in back to {count}", count=len(self.waiting)
+            )
 
     def disconnect_all(self):
         """Close every connection; return a Deferred firing when all are gone."""
@@ -712,12 +866,14 @@ class SSHService(service.MultiService):
         keys_dir,
         lab,
         keys_poll_interval=KEYS_POLL_INTERVAL,
+        limits=SSHLimits(),
     ):
         super().__init__()
         self._reactor = reactor
         self._endpoint_description = endpoint_description
         self._host_key_path = host_key_path
         self.lab = lab
+        self.limits = limits
         self.keys = KeysDirectory(keys_dir, reactor, keys_poll_interval)
         self.keys.setServiceParent(self)
         self.port = None
@@ -744,7 +900,10 @@ class SSHService(service.MultiService):
         host_key = load_or_create_host_key(self._host_key_path)
         checker = KeyOwnerChecker(self.keys, self.lab)
         self.factory = BitelabSSHFactory(
-            host_key, portal.Portal(BitelabRealm(self.lab), [checker])
+            host_key,
+            portal.Portal(BitelabRealm(self.lab), [checker]),
+            self._reactor,
+            self.limits,
         )
         endpoint = serverFromString(self._reactor, self._endpoint_description)
         early_failure = []
@@ -800,6 +959,7 @@ __all__ = [
     "Identity",
     "KeyOwnerChecker",
     "KeysDirectory",
+    "SSHLimits",
     "SSHService",
     "TokenSession",
     "load_or_create_host_key",

@@ -14,9 +14,15 @@ gone raises ``StorageError`` (503 ``storage``) with nothing changed.
 
 import json
 
-from bitelab import rules
+from bitelab import events, rules
 from bitelab.db import file_identity, storage_problem
-from bitelab.errors import NotFound, StorageError, Unauthorized, Unavailable
+from bitelab.errors import (
+    Forbidden,
+    NotFound,
+    StorageError,
+    Unauthorized,
+    Unavailable,
+)
 from bitelab.events import Event
 
 _BOARD_COLUMNS = (
@@ -86,7 +92,10 @@ class Txn:
         """One board's row (joined with its reservation) as a dict, or None."""
         return _board(self.execute(_BOARD_SELECT + " WHERE b.name = ?", (name,)).fetchone())
 
-    def event(self, kind, board, user=None, detail="", reservation=None, holder=None):
+    def event(
+        self, kind, board, user=None, detail="", reservation=None, holder=None,
+        waiter=None,
+    ):
         """Append to the audit log; the ``Event`` is published after commit."""
         cursor = self.execute(
             "INSERT INTO events (at, user, board, action, detail, reservation) "
@@ -103,6 +112,7 @@ class Txn:
                 holder=holder,
                 detail=detail,
                 id=cursor.lastrowid,
+                waiter=waiter,
             )
         )
 
@@ -158,8 +168,30 @@ def sync_boards(cursor, lab, now):
     return held
 
 
+def user_locked(cursor, user):
+    """Whether ``user`` is locked out: the last ``user_lock`` or
+    ``user_unlock`` of theirs in the audit log is a lock."""
+    cursor.execute(
+        "SELECT action FROM events WHERE user = ? "
+        "AND action IN ('user_lock', 'user_unlock') ORDER BY id DESC LIMIT 1",
+        (user,),
+    )
+    row = cursor.fetchone()
+    return row is not None and row[0] == "user_lock"
+
+
+def audit(cursor, now, user, board, action, detail=""):
+    """One audit entry, inside the caller's transaction (``bitelab-admin``)."""
+    Txn(cursor, now).event(action, board, user, detail)
+
+
 def insert_token(cursor, user, token_hash, now):
-    """Store a new token's hash and audit it (inside the caller's transaction)."""
+    """Store a new token's hash and audit it (inside the caller's transaction).
+
+    ``Forbidden`` for a user who is locked out.
+    """
+    if user_locked(cursor, user):
+        raise Forbidden(f"{user} is locked out of this lab; ask the lab admin")
     txn = Txn(cursor, now)
     txn.execute(
         "INSERT INTO tokens (hash, user, created_at) VALUES (?, ?, ?)",
@@ -168,14 +200,15 @@ def insert_token(cursor, user, token_hash, now):
     txn.event("token_issue", None, user)
 
 
-def revoke_user_tokens(cursor, user, now, detail):
-    """Revoke every token of ``user``; how many (inside a transaction)."""
+def revoke_user_tokens(cursor, user, now, detail, action="token_revoke"):
+    """Revoke every token of ``user`` and audit ``action``; how many (inside
+    a transaction)."""
     txn = Txn(cursor, now)
     count = txn.execute(
         "UPDATE tokens SET revoked_at = ? WHERE user = ? AND revoked_at IS NULL",
         (now, user),
     ).rowcount
-    txn.event("token_revoke", None, user, f"{count} tokens, {detail}")
+    txn.event(action, None, user, f"{count} tokens, {detail}")
     return count
 
 
@@ -209,6 +242,10 @@ class Store:
     """
 
     def __init__(self, writer, reader, bus, clock, path=None):
+        #: what the lab decides for the store: ``timeout_for(name)``,
+        #: ``direct(name)``, ``user_limit``, ``class_limit(cls)``; set by the
+        #: board manager
+        self.policy = None
         self.writer = writer
         self.reader = reader
         self.bus = bus
@@ -360,19 +397,97 @@ class Store:
 
     # -- reservations -----------------------------------------------------
 
-    def claim(self, target, is_class, user, sshpubkey, timeout_for, direct, skip=()):
+    def claim(
+        self, target, is_class, user, sshpubkey, timeout_for, direct, skip=(),
+        wait=None,
+    ):
         """Deferred[dict]: record a reservation of ``target`` for ``user``.
 
         For a class, the free board that has been free longest (not in
         ``skip``) is picked.  ``direct(name)``: nothing needs setting up, so
         the board goes straight to ``reserved``; otherwise to ``reserving``.
+        With ``wait`` (a ``Wait``), a request that finds nothing it may take
+        joins the queue in the same transaction: the answer is then
+        ``{"waiter": ID}``.
         """
         return self.write(
-            self._claim, target, is_class, user, sshpubkey, timeout_for, direct, skip
+            self._claim_or_wait, target, is_class, user, sshpubkey, timeout_for,
+            direct, skip, wait,
+        )
+
+    def _claim_or_wait(
+        self, txn, target, is_class, user, sshpubkey, timeout_for, direct, skip, wait
+    ):
+        if wait is not None and wait.resume is not None:
+            return self._resume(txn, wait.resume, user)
+        try:
+            return self._claim(
+                txn, target, is_class, user, sshpubkey, timeout_for, direct, skip
+            )
+        except rules.AlreadyHeld:
+            raise
+        except Unavailable as e:
+            if wait is None or wait.deadline <= txn.now:
+                raise
+            why = e.message
+        if is_class:
+            cls, board = target, None
+        else:
+            cls, board = txn.board(target)["class"], target
+        wid = txn.execute(
+            "INSERT INTO waiters (user, target, class, board, priority, created_at, "
+            "deadline, sshpubkey, timeout, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "'waiting')",
+            (user, target, cls, board, wait.priority, txn.now, wait.deadline,
+             sshpubkey, wait.timeout),
+        ).lastrowid
+        txn.event(
+            events.QUEUED, board, user, f"waits for {target}: {why}", holder=user,
+            waiter=wid,
+        )
+        return {"waiter": wid, "why": why}
+
+    def _resume(self, txn, wid, user):
+        row = txn.execute(
+            "SELECT user, state, reservation_id FROM waiters WHERE id = ?", (wid,)
+        ).fetchone()
+        if row is None or row[0] != user:
+            raise NotFound(f"no waiter {wid} of yours")
+        state, rid = row[1], row[2]
+        if state == "waiting":
+            txn.execute("UPDATE waiters SET lease_until = NULL WHERE id = ?", (wid,))
+            self._match(txn)
+            state, rid = txn.execute(
+                "SELECT state, reservation_id FROM waiters WHERE id = ?", (wid,)
+            ).fetchone()
+            if state == "waiting":
+                return {"waiter": wid, "why": "resumed"}
+        if state == "granted":
+            board = txn.execute(
+                _BOARD_SELECT + " WHERE b.reservation_id = ?", (rid,)
+            ).fetchone()
+            if board is not None:
+                return {"waiter": wid, "granted": _board(board)}
+        raise Unavailable(f"waiter {wid} is no longer waiting ({state})")
+
+    def _limits(self, txn, user, brdclass):
+        policy = self.policy
+        if policy is None or not (policy.user_limit or policy.class_limit(brdclass)):
+            return
+        held, in_class = txn.execute(
+            "SELECT COUNT(*), COUNT(CASE WHEN b.class = ? THEN 1 END) "
+            "FROM reservations r JOIN boards b ON b.name = r.board "
+            "WHERE r.user = ? AND r.state != 'ended'",
+            (brdclass, user),
+        ).fetchone()
+        rules.check_limits(
+            user, held, in_class, brdclass, policy.user_limit,
+            policy.class_limit(brdclass),
         )
 
     def _claim(self, txn, target, is_class, user, sshpubkey, timeout_for, direct, skip):
         if is_class:
+            self._limits(txn, user, target)
             marks = ", ".join("?" for _ in skip)
             exclude = f" AND name NOT IN ({marks})" if skip else ""
             row = txn.execute(
@@ -389,19 +504,80 @@ class Store:
         if board is None:
             raise NotFound(f"no board named {name!r}")
         rules.check_claim(board, user)
-        timeout = timeout_for(name)
-        state = rules.RESERVED if direct(name) else rules.RESERVING
+        if not is_class:
+            self._limits(txn, user, board["class"])
+        return self._start(txn, name, user, sshpubkey, timeout_for(name), direct(name))
+
+    def _start(self, txn, name, user, sshpubkey, timeout, direct, waiter=None):
+        """Record a reservation of the free board ``name``; its row."""
+        state = rules.RESERVED if direct else rules.RESERVING
         rid = txn.execute(
             "INSERT INTO reservations (board, user, sshpubkey, state, created_at, "
-            "expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (name, user, sshpubkey, state, txn.now, txn.now + timeout),
+            "expires_at, waiter) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (name, user, sshpubkey, state, txn.now, txn.now + timeout, waiter),
         ).lastrowid
         if not txn.set_board(name, rules.FREE, None, state=state, reservation_id=rid):
             raise Unavailable(f"board {name} was taken")
+        if waiter is not None:
+            txn.execute(
+                "UPDATE waiters SET state = 'granted', reservation_id = ?, "
+                "ended_at = ? WHERE id = ?",
+                (rid, txn.now, waiter),
+            )
+            txn.event(
+                events.GRANTED, name, user, f"waiter {waiter}", reservation=rid,
+                holder=user, waiter=waiter,
+            )
         txn.event(
-            state, name, user, f"timeout={timeout}", reservation=rid, holder=user
+            state, name, user, f"timeout={timeout}", reservation=rid, holder=user,
+            waiter=waiter,
         )
         return txn.board(name)
+
+    def _match(self, txn):
+        """Hand every free board that a connected waiter may take to the first
+        such waiter, in queue order (inside the transaction that freed it)."""
+        policy = self.policy
+        if policy is None:
+            return
+        classes = [
+            row[0]
+            for row in txn.execute(
+                "SELECT DISTINCT w.class FROM waiters w JOIN boards b "
+                "ON b.class = w.class AND b.state = 'free' AND b.configured = 1 "
+                "WHERE w.state = 'waiting' AND w.lease_until IS NULL"
+            ).fetchall()
+        ]
+        for cls in classes:
+            free = [
+                row[0]
+                for row in txn.execute(
+                    "SELECT name FROM boards WHERE class = ? AND state = 'free' "
+                    "AND configured = 1 ORDER BY released_at, name",
+                    (cls,),
+                ).fetchall()
+            ]
+            waiting = txn.execute(
+                "SELECT id, user, board, sshpubkey, timeout FROM waiters "
+                "WHERE state = 'waiting' AND lease_until IS NULL AND class = ? "
+                "AND deadline > ? ORDER BY priority DESC, id",
+                (cls, txn.now),
+            ).fetchall()
+            for wid, user, wanted, sshpubkey, timeout in waiting:
+                if not free:
+                    break
+                if wanted is not None and wanted not in free:
+                    continue
+                name = wanted or free[0]
+                try:
+                    self._limits(txn, user, cls)
+                except Unavailable:
+                    continue
+                free.remove(name)
+                self._start(
+                    txn, name, user, sshpubkey, timeout or policy.timeout_for(name),
+                    policy.direct(name), waiter=wid,
+                )
 
     def confirm(self, name, rid, script_attrs):
         """Deferred[dict or None]: setup done; ``reserving`` -> ``reserved``.
@@ -571,8 +747,11 @@ class Store:
         if state == rules.FREE and not board["configured"]:
             txn.execute("DELETE FROM boards WHERE name = ?", (name,))
             txn.event("removed", name, detail="left the board file")
+            self._match(txn)
             return None
-        return txn.board(name)
+        ended = txn.board(name)
+        self._match(txn)
+        return ended
 
     def extend(self, name, user, admin, timeout):
         """Deferred[dict]: the reservation ends ``timeout`` seconds from now."""
@@ -629,7 +808,9 @@ class Store:
             if not board["configured"]:
                 txn.execute("DELETE FROM boards WHERE name = ?", (name,))
                 return None
-            return txn.board(name)
+            row = txn.board(name)
+            self._match(txn)
+            return row
 
         return self.write(txn_fn)
 
@@ -674,9 +855,173 @@ class Store:
         return self.write(txn_fn)
 
 
+    # -- the queue ----------------------------------------------------------
+
+    def leave_queue(self, wid, why, user=None, admin=True):
+        """Deferred: waiter ``wid`` leaves the queue (``why``: timed_out,
+        cancelled or gone).
+
+        Fires with ``("left", None)`` if it was waiting, ``("granted",
+        reservation id)`` if a board was handed to it first, or ``(state,
+        None)`` if it had already left.  ``user`` (unless ``admin``) must own
+        it.
+        """
+
+        def txn_fn(txn):
+            row = txn.execute(
+                "SELECT user, state, reservation_id, board FROM waiters WHERE id = ?",
+                (wid,),
+            ).fetchone()
+            if row is None or not (admin or row[0] == user):
+                raise NotFound(f"no waiter {wid}")
+            owner, state, rid, board = row
+            if state == "granted":
+                return ("granted", rid)
+            if state != "waiting":
+                return (state, None)
+            txn.execute(
+                "UPDATE waiters SET state = ?, ended_at = ? WHERE id = ?",
+                (why, txn.now, wid),
+            )
+            txn.event(
+                events.LEFT, board, user if user != owner else owner, why,
+                holder=owner, waiter=wid,
+            )
+            return ("left", None)
+
+        return self.write(txn_fn)
+
+    def expire_waiters(self):
+        """Deferred[list]: ``(id, why)`` of waiters whose wait or lease ran out."""
+
+        def txn_fn(txn):
+            rows = txn.execute(
+                "SELECT id, user, board, CASE WHEN deadline <= ? THEN 'timed_out' "
+                "ELSE 'gone' END FROM waiters WHERE state = 'waiting' AND "
+                "(deadline <= ? OR lease_until <= ?)",
+                (txn.now, txn.now, txn.now),
+            ).fetchall()
+            for wid, owner, board, why in rows:
+                txn.execute(
+                    "UPDATE waiters SET state = ?, ended_at = ? WHERE id = ?",
+                    (why, txn.now, wid),
+                )
+                txn.event(events.LEFT, board, owner, why, holder=owner, waiter=wid)
+            return [(wid, why) for wid, _, _, why in rows]
+
+        return self.write(txn_fn)
+
+    def lease_waiters(self, lease):
+        """Deferred: at start no client is connected: every waiter keeps its
+        place for ``lease`` seconds unless its client comes back."""
+
+        def txn_fn(txn):
+            txn.execute(
+                "UPDATE waiters SET lease_until = ? WHERE state = 'waiting' "
+                "AND lease_until IS NULL",
+                (txn.now + lease,),
+            )
+
+        return self.write(txn_fn)
+
+    def requeue(self, wid):
+        """Deferred: a waiter whose handed-over board failed its setup waits again."""
+
+        def txn_fn(txn):
+            txn.execute(
+                "UPDATE waiters SET state = 'waiting', reservation_id = NULL, "
+                "ended_at = NULL WHERE id = ? AND state = 'granted'",
+                (wid,),
+            )
+            self._match(txn)
+
+        return self.write(txn_fn)
+
+    def match(self):
+        """Deferred: hand free boards to waiters that may take them now."""
+        return self.write(self._match)
+
+    def queue(self):
+        """Deferred[list[dict]]: the waiting entries, in no particular order."""
+        keys = ("id", "user", "target", "class", "board", "priority", "created_at",
+                "deadline", "lease_until")
+        return self.read(
+            lambda c: [
+                dict(zip(keys, row))
+                for row in c.execute(
+                    f"SELECT {', '.join(keys)} FROM waiters WHERE state = 'waiting'"
+                )
+            ]
+        )
+
+    def waiter(self, wid):
+        """Deferred[dict or None]: one queue entry."""
+        keys = ("id", "user", "target", "state", "reservation_id", "deadline")
+        return self.read(
+            lambda c: (
+                lambda row: dict(zip(keys, row)) if row else None
+            )(
+                c.execute(
+                    f"SELECT {', '.join(keys)} FROM waiters WHERE id = ?", (wid,)
+                ).fetchone()
+            )
+        )
+
+    def abandon(self, name, rid):
+        """Deferred[dict or None]: end a reservation nobody took over (its
+        waiter left as it was handed over); the board's releasing row."""
+
+        def txn_fn(txn):
+            board = txn.board(name)
+            if board is None or board["reservation_id"] != rid:
+                return None
+            if board["state"] not in (rules.RESERVING, rules.RESERVED):
+                return None
+            self._start_ending(txn, board, rules.ABANDONED, None, None)
+            return txn.board(name)
+
+        return self.write(txn_fn)
+
+    # -- expiry notices -------------------------------------------------------
+
+    def due_notices(self, thresholds):
+        """Deferred: audit and publish an ``expiring`` event for every
+        reservation that has crossed a notice threshold not yet given."""
+
+        def txn_fn(txn):
+            rows = txn.execute(
+                "SELECT r.id, r.board, r.user, r.expires_at, r.noticed "
+                "FROM reservations r WHERE r.state = 'reserved' AND r.expires_at <= ?",
+                (txn.now + max(thresholds),),
+            ).fetchall()
+            for rid, board, holder, expires_at, noticed in rows:
+                due = rules.notices_due(expires_at, noticed, thresholds, txn.now)
+                if due is None:
+                    continue
+                txn.execute("UPDATE reservations SET noticed = ? WHERE id = ?", (due, rid))
+                txn.event(
+                    events.EXPIRING, board, None, str(int(expires_at - txn.now)),
+                    reservation=rid, holder=holder,
+                )
+
+        return self.write(txn_fn)
+
+
 def _storage_failure(failure):
     """Turn a database that cannot serve into ``StorageError``; pass the rest."""
     problem = storage_problem(failure.value)
     if problem is not None:
         raise StorageError(problem)
     return failure
+
+
+class Wait:
+    """How a reserve request waits: until ``deadline`` (POSIX time), with
+    ``priority``, for a reservation of ``timeout`` seconds (None: the
+    board's); ``resume``: the id of a place in the queue to take up again."""
+
+    def __init__(self, deadline, priority=0, timeout=None, resume=None):
+        self.deadline = deadline
+        self.priority = priority
+        self.timeout = timeout
+        self.resume = resume

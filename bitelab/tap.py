@@ -2,17 +2,18 @@
 
 ``Options.postOptions`` loads ``.env`` and the board file into frozen attrs
 objects; a problem is one line on standard error and exit status 1 (twistd
-would otherwise print its whole usage text before the message).
+would otherwise print its whole usage text before the message).  It also
+has twistd write its log file readable by the server's user only.
 """
 
 import os
 import signal
+import sqlite3
 import sys
 from typing import ClassVar
 
 from twisted.application import service, strports
 from twisted.python import usage
-from twisted.web.server import Site
 
 from bitelab.errors import ConfigError
 
@@ -33,6 +34,49 @@ class Options(usage.Options):
             check_lab(self["settings"], self["lab"])
         except ConfigError as e:
             _fail(e)
+        # twistd's own options, when run by twistd
+        parent = getattr(self, "parent", None)
+        if parent is not None:
+            _private_log(parent)
+
+
+#: the log file twistd was asked to write, for ``private_log_observer``
+#: (twistd calls its ``--logger`` factory without arguments)
+_log_path = "twistd.log"
+
+
+def _private_log(twistd_options):
+    """Have twistd log to its log file through ``private_log_observer``.
+
+    The log names users, boards and addresses, and jail accounts are local
+    users of this host.  An explicit ``--logger`` or ``--syslog``, and
+    logging to standard output, are left alone.
+    """
+    global _log_path
+    if twistd_options.get("logger") or twistd_options.get("syslog"):
+        return
+    path = twistd_options.get("logfile")
+    if path == "-" or (not path and twistd_options.get("nodaemon")):
+        return
+    _log_path = path or "twistd.log"
+    twistd_options["logger"] = f"{__name__}.private_log_observer"
+
+
+def private_log_observer():
+    """twistd's ``--logfile`` observer, but every log file it makes
+    (rotated ones too) is readable by the server's user only (0600)."""
+    from twisted.logger import textFileLogObserver
+    from twisted.python.logfile import LogFile
+
+    log_file = LogFile.fromFullPath(_log_path, defaultMode=0o600)
+    # as twistd does: SIGUSR1 rotates the log
+    if not signal.getsignal(signal.SIGUSR1):
+        from twisted.internet import reactor
+
+        signal.signal(
+            signal.SIGUSR1, lambda *_: reactor.callFromThread(log_file.rotate)
+        )
+    return textFileLogObserver(log_file)
 
 
 def option_map():
@@ -81,6 +125,21 @@ class PoolService(service.Service):
             pool.close()
 
 
+class StreamsService(service.Service):
+    """Keeps the event streams alive, and ends them when the server stops."""
+
+    def __init__(self, streams):
+        self.streams = streams
+
+    def startService(self):
+        super().startService()
+        self.streams.start()
+
+    def stopService(self):
+        super().stopService()
+        self.streams.stop()
+
+
 class SNMPService(service.Service):
     """Owns the shared SNMP client's UDP port."""
 
@@ -97,7 +156,8 @@ class SNMPService(service.Service):
 
 
 def sync_database(settings, lab, now):
-    """Create or upgrade the schema and sync the boards, before serving.
+    """Check the database, create or upgrade its schema and sync the boards,
+    before serving; a damaged or unusable database is a ``ConfigError``.
 
     Returns the reservation id of every board being set up or reserved.
     """
@@ -106,6 +166,12 @@ def sync_database(settings, lab, now):
 
     conn = db.connect(settings.db_file)
     try:
+        damage = database_damage(conn)
+        if damage is not None:
+            raise ConfigError(
+                f"{settings.db_file}: the database is damaged ({damage}); "
+                "restore it from a backup or move it away to start afresh"
+            )
         cursor = conn.cursor()
         try:
             held = sync_boards(cursor, lab, now)
@@ -113,9 +179,23 @@ def sync_database(settings, lab, now):
         except BaseException:
             conn.rollback()
             raise
+    except sqlite3.DatabaseError as e:
+        raise ConfigError(f"{settings.db_file}: cannot use the database: {e}") from None
     finally:
         conn.close()
     return held
+
+
+def database_damage(conn):
+    """What SQLite finds wrong with the database of ``conn`` (one line), or
+    None if nothing."""
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.OperationalError:
+        raise  # locked, full: not damage
+    except sqlite3.DatabaseError as e:
+        return str(e)
+    return None if rows == [("ok",)] else rows[0][0]
 
 
 def make_lab_service(settings, lab, reactor):
@@ -128,13 +208,19 @@ def make_lab_service(settings, lab, reactor):
     from bitelab.console import ConsoleService
     from bitelab.events import EventBus
     from bitelab.lifecycle import BoardManager
+    from bitelab.httpserver import LabSite, LimitedHTTPFactory
+    from bitelab.limits import files_needed, raise_file_limit
     from bitelab.options import Runtime, SerialConsole
     from bitelab.script import ScriptRunner
     from bitelab.snmp import SNMPClient
     from bitelab.ssh import SSHService, host_key_facts
     from bitelab.store import Store
+    from bitelab.stream import EventStreams
     from bitelab.tokens import TokenStore
 
+    problem = raise_file_limit(files_needed(settings))
+    if problem is not None:
+        raise ConfigError(problem)
     top = LabService()
     host_key = check_host_key(settings.ssh_host_key)
     os.makedirs(settings.ssh_keys_dir, exist_ok=True)
@@ -177,28 +263,54 @@ def make_lab_service(settings, lab, reactor):
         settings.ssh_host_key,
         settings.ssh_keys_dir,
         SSHLab(manager, tokens),
+        limits=ssh_limits(settings),
     )
     ssh.setServiceParent(top)
 
+    streams = EventStreams(reactor)
+    store.bus.subscribe(streams.publish)
+    manager.room.notify = streams.notify
+    StreamsService(streams).setServiceParent(top)
     api = API(
         manager,
         tokens,
         reactor,
         ssh_port=lambda: _port_number(ssh.port),
         host_key=host_key_facts(host_key),
+        streams=streams,
+        max_followers=settings.console_max_followers,
     )
     # a file of its own is cheaper per request than the server's log
     if settings.http_access_log:
         os.makedirs(os.path.dirname(settings.http_access_log), exist_ok=True)
         os.close(os.open(settings.http_access_log, os.O_WRONLY | os.O_CREAT, 0o600))
-    site = Site(api.resource(), logPath=settings.http_access_log or None)
-    strports.service(settings.http_endpoint, site).setServiceParent(top)
+    site = LabSite(
+        api.resource(),
+        tokens.authenticate,
+        logPath=settings.http_access_log or None,
+        reactor=reactor,
+    )
+    http = LimitedHTTPFactory(site, settings.http_max_connections)
+    strports.service(settings.http_endpoint, http).setServiceParent(top)
     reactor.addSystemEventTrigger(
         "after", "startup", _install_sighup, reactor, ssh.reload
     )
     top.manager, top.tokens, top.ssh, top.api = manager, tokens, ssh, api
     top.store = store
+    top.http = http
     return top
+
+
+def ssh_limits(settings):
+    """The ``SSHLimits`` of ``settings``."""
+    from bitelab.ssh import SSHLimits
+
+    return SSHLimits(
+        login_grace_time=settings.ssh_login_grace_time,
+        max_unauthenticated=settings.ssh_max_unauthenticated,
+        max_unauthenticated_per_source=settings.ssh_max_unauthenticated_per_source,
+        max_auth_tries=settings.ssh_max_auth_tries,
+    )
 
 
 def check_host_key(path):

@@ -174,7 +174,7 @@ def test_release_by_holder(lab):
         ("GET", "/boards/%FF/console", None, "invalid", 400),
         ("POST", "/boards/nope/maintenance", b"", "forbidden", 403),
         ("POST", "/boards/zynq-1/reserve", b"\xff\xfe", "invalid", 400),
-        ("POST", "/boards/zynq-1/reserve", b"{" + b" " * 70000 + b"}", "invalid", 400),
+        ("POST", "/boards/zynq-1/reserve", b"{" + b" " * 70000 + b"}", "invalid", 413),
         ("POST", "/boards/nope/reserve", b"{}", "not_found", 404),
         ("POST", "/boards/..%2F..%2Fetc/reserve", b"{}", "not_found", 404),
         ("POST", "/boards/a%20b/reserve", b"{}", "not_found", 404),

@@ -99,6 +99,30 @@ def test_env_all_keys(tmp_path):
             "db_file=x\nboard_conf=y\nhttp_endpoint=ssl:8443:privateKey=/nonexistent.pem\n",
             "No such file or directory",
         ),
+        (
+            "db_file=x\nboard_conf=y\nhttp_endpoint=tcp:99999\n",
+            "the port must be a number from 0 to 65535, not '99999'",
+        ),
+        (
+            "db_file=x\nboard_conf=y\nssh_endpoint=tcp:interface=127.0.0.1:port=65536\n",
+            "not '65536'",
+        ),
+        (
+            "db_file=x\nboard_conf=y\nhttp_endpoint=tcp6:123456:interface=\\:\\:1\n",
+            "not '123456'",
+        ),
+        (
+            "db_file=x\nboard_conf=y\nhttp_max_connections=0\n",
+            "http_max_connections: must be at least 1",
+        ),
+        (
+            "db_file=x\nboard_conf=y\nssh_login_grace_time=soon\n",
+            "ssh_login_grace_time: must be a whole number of seconds",
+        ),
+        (
+            "db_file=x\nboard_conf=y\nconsole_max_followers=-1\n",
+            "console_max_followers: must be at least 1",
+        ),
     ],
 )
 def test_env_errors_are_one_line(tmp_path, text, needle):
@@ -147,6 +171,29 @@ def test_ssl_endpoint_default_key_file_is_beside_the_env_file(tmp_path, monkeypa
     assert cfg.http_endpoint == f"ssl:0:privateKey={tmp_path}/server.pem"
 
 
+def test_limits_defaults_and_changed(tmp_path):
+    """The connection and follower limits have their documented defaults,
+    and each can be set."""
+    defaults = load_config(env_file(tmp_path, "db_file=x\nboard_conf=y\n"))
+    limits = (
+        "http_max_connections",
+        "ssh_login_grace_time",
+        "ssh_max_unauthenticated",
+        "ssh_max_unauthenticated_per_source",
+        "ssh_max_auth_tries",
+        "console_max_followers",
+    )
+    assert [getattr(defaults, key) for key in limits] == [512, 30, 64, 10, 6, 8]
+    changed = load_config(
+        env_file(
+            tmp_path,
+            "db_file=x\nboard_conf=y\n"
+            + "".join(f"{key}={n}\n" for n, key in enumerate(limits, 2)),
+        )
+    )
+    assert [getattr(changed, key) for key in limits] == [2, 3, 4, 5, 6, 7]
+
+
 def test_env_missing_file(tmp_path):
     """A missing .env is a one-line error naming it."""
     with pytest.raises(ConfigError, match="cannot read"):
@@ -164,7 +211,7 @@ def test_seed_board_file(tmp_path):
     script = executable(tmp_path / "board_script")
     text = SEED.replace("/ztank/prog/board_script", script).replace(
         "{ cls = snmppower, host = poe, port = 3 },",
-        "{ cls = snmppower, host = poe, port = 3 }, { cls = timeout, val = 2h },",
+        "{ cls = snmppower, host = poe, port = 3 }, { cls = timeout, val = 2h; },",
     )
     lab = load_boards(write(tmp_path / "b.ucl", text), OPTIONS)
     assert lab.setup_script == script
@@ -223,6 +270,7 @@ BOARD_HEAD = "classes { c1 { arch = x; } c2 { arch = y; } }\n"
             "board 'c1': a class has the same name",
         ),
         ('boards [ { name = "a b"; brdclass = c1; } ]', "names are letters"),
+        ('boards [ { name = "a\\n"; brdclass = c1; } ]', "names are letters"),
         ("boards [ { brdclass = c1; } ]", "board #1: name is missing"),
         ("boards [ { name = a; } ]", "brdclass is missing"),
         (

@@ -1,5 +1,6 @@
 """Serial consoles: the log, the viewer hub and the service on real ptys."""
 
+import io
 import os
 
 import pytest
@@ -19,6 +20,7 @@ from bitelab.console import (
     ConsoleHub,
     ConsoleLog,
     ConsoleService,
+    _last_line_at,
 )
 from support.pty import PtyBoard
 
@@ -205,7 +207,7 @@ def test_markers_and_reservation_log(tmp_path):
         + RELEASED_MARKER
         + b"alice at 2026-01-02T04:00:00Z (released) ===\nbetween\n"
     ) in full
-    assert console.reservation_log() == (
+    assert console.reservation_log().read() == (
         b"=== bitelab: reserved by bob at 2026-01-02T05:00:00Z ===\nbob's \x00\xff output"
     )
 
@@ -216,7 +218,7 @@ def test_marker_text_cannot_be_faked_mid_line_or_break_lines(tmp_path):
     console.console_log.open()
     console.mark_reserved("eve\nmallory", "now")
     console.received(b"x " + RESERVED_MARKER + b"nobody ===\nmine\n")
-    log = console.reservation_log()
+    log = console.reservation_log().read()
     assert log.startswith(RESERVED_MARKER + b"eve?mallory at now ===\n")
     assert log.endswith(b"mine\n")
 
@@ -230,7 +232,24 @@ def test_reservation_log_across_rotation(tmp_path):
     after = bytes(range(100))
     console.received(after)
     assert len(console.console_log.files()) >= 3
-    assert console.reservation_log() == RESERVED_MARKER + b"alice at T1 ===\n" + after
+    expected = RESERVED_MARKER + b"alice at T1 ===\n" + after
+    assert console.reservation_log().read() == expected
+    # after a restart the marker is searched for, with the same result
+    console.console_log.close()
+    again = service_for_markers(tmp_path, max_log_bytes=64, backups=3)
+    assert again.reservation_log().read() == expected
+
+
+def test_marker_printed_by_the_board_does_not_move_the_start(tmp_path):
+    """A line the board prints that looks like a marker is output of the
+    reservation, not its start, while the server remembers the real one."""
+    console = service_for_markers(tmp_path)
+    console.console_log.open()
+    console.mark_reserved("alice", "T1")
+    console.received(b"boot\n" + RESERVED_MARKER + b"mallory at T2 ===\nmore\n")
+    log = console.reservation_log().read()
+    assert log.startswith(RESERVED_MARKER + b"alice at T1 ===\nboot\n")
+    assert log.endswith(b"mallory at T2 ===\nmore\n")
 
 
 def test_reservation_log_when_marker_rotated_out(tmp_path):
@@ -240,10 +259,166 @@ def test_reservation_log_when_marker_rotated_out(tmp_path):
     console.mark_reserved("alice", "T1")
     out = b"".join(b"line %03d\n" % i for i in range(40))
     console.received(out)
-    log = console.reservation_log()
+    log = console.reservation_log().read()
     assert RESERVED_MARKER not in log
     assert 50 < len(log) <= 100
     assert out.endswith(log)
+
+
+def naive_last_line(data, marker):
+    """The last line start in ``data`` holding ``marker``, or -1, the slow way."""
+    starts = [
+        i
+        for i in range(len(data))
+        if data.startswith(marker, i) and (i == 0 or data[i - 1 : i] == b"\n")
+    ]
+    return starts[-1] if starts else -1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pieces=st.lists(
+        st.sampled_from([b"\n", b"=m=", b"=m", b"x", b"\n=m=", b"ab\n"]), max_size=40
+    ),
+    chunk=st.integers(1, 12),
+)
+def test_marker_search_reads_backwards_in_chunks(tmp_path_factory, pieces, chunk):
+    """Searching the file backwards a chunk at a time finds the same line as
+    a search of the whole file, wherever the chunk boundaries fall."""
+    data = b"".join(pieces)
+    path = tmp_path_factory.mktemp("search") / "log"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert _last_line_at(fd, len(data), b"=m=", chunk) == naive_last_line(
+            data, b"=m="
+        )
+    finally:
+        os.close(fd)
+
+
+def test_reservation_log_is_read_from_disk_through_rotation(tmp_path):
+    """A reader made before rotations still returns exactly what was logged
+    when it was made, one file open at a time; a part whose file was
+    rotated away before its turn is skipped."""
+    console = service_for_markers(tmp_path, max_log_bytes=64, backups=3)
+    console.console_log.open()
+    console.received(b"old " * 10)
+    console.mark_reserved("alice", "T1")
+    logged = bytes(range(100))
+    console.received(logged)
+    expected = RESERVED_MARKER + b"alice at T1 ===\n" + logged
+    reader = console.reservation_log()
+    assert len(reader._parts) >= 3
+    head = reader.read(10)
+    for _ in range(2):
+        console.console_log.rotate()
+    console.received(b"later output, not read")
+    assert head + reader.read() == expected
+    assert reader._fd is None
+    other = service_for_markers(tmp_path / "other", max_log_bytes=64, backups=3)
+    other.console_log.open()
+    other.received(b"old " * 10)
+    other.mark_reserved("alice", "T1")
+    other.received(logged)
+    late = other.reservation_log()
+    assert [end - start for _, start, end in late._parts] == [63, 64, 14]
+    first = late.read(5)
+    for _ in range(3):
+        other.console_log.rotate()
+    # the middle file went before its turn came
+    assert first + late.read() == expected[:63] + expected[-14:]
+    assert late.read() == b""
+
+
+class PausingViewer(ConsumerViewer):
+    """A consumer that pauses its producer once ``limit`` bytes wait to be
+    sent, as a transport does; ``drain()`` sends them and resumes it."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit = limit
+        self.sent = 0
+
+    def write(self, data):
+        super().write(data)
+        if len(self.data) - self.sent >= self.limit:
+            self.producer.pauseProducing()
+
+    def drain(self):
+        self.sent = len(self.data)
+        self.producer.resumeProducing()
+
+
+class CountingReader(io.BytesIO):
+    """A history reader that counts what was read from it and its closing."""
+
+    def __init__(self, data):
+        super().__init__(data)
+        self.taken = 0
+        self.was_closed = False
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self.taken += len(data)
+        return data
+
+    def close(self):
+        self.was_closed = True
+        super().close()
+
+
+def test_hub_replays_history_only_as_fast_as_the_viewer_takes_it():
+    """A consumer gets the history chunk by chunk as it drains, then the
+    output delivered meanwhile, nothing lost or repeated; history is read
+    no further ahead than what the viewer took."""
+    hub = ConsoleHub(max_backlog=1000)
+    history = bytes(range(256)) * 4096  # 1 MiB
+    reader = CountingReader(history)
+    viewer = PausingViewer(limit=100_000)
+    hub.attach(viewer, history=reader)
+    assert reader.taken == len(viewer.data) < 200_000
+    hub.deliver(b"live 1 ")
+    hub.deliver(b"live 2")
+    rounds = 0
+    while reader.taken < len(history):
+        viewer.drain()
+        assert reader.taken == len(viewer.data)
+        rounds += 1
+    viewer.drain()
+    assert rounds >= 5
+    assert bytes(viewer.data) == history + b"live 1 live 2"
+    assert reader.was_closed
+    hub.deliver(b"!")
+    assert viewer.data.endswith(b"live 2!")
+
+
+def test_hub_viewer_stuck_in_replay_is_dropped_and_its_reader_closed():
+    """A consumer that stops reading during the replay holds one chunk of
+    it; live output piling up past the bound drops it and closes the reader."""
+    hub = ConsoleHub(max_backlog=100)
+    reader = CountingReader(b"h" * 1_000_000)
+    viewer = PausingViewer(limit=10)
+    hub.attach(viewer, history=reader)
+    assert reader.taken <= 64 * 1024
+    for _ in range(11):
+        hub.deliver(b"x" * 10)
+    assert viewer.closed == TOO_SLOW
+    assert reader.was_closed and viewer.unregistered
+
+
+@pytest.mark.parametrize("how", ["detach", "connection lost"])
+def test_hub_replay_reader_closed_when_the_viewer_goes(how):
+    """Detaching, or losing the connection, mid-replay closes the reader."""
+    hub = ConsoleHub()
+    reader = CountingReader(b"h" * 1_000_000)
+    viewer = PausingViewer(limit=10)
+    hub.attach(viewer, history=reader)
+    if how == "detach":
+        hub.detach(viewer)
+    else:
+        viewer.producer.stopProducing()
+    assert reader.was_closed and len(hub) == 0
 
 
 # The hub
@@ -272,7 +447,7 @@ def test_hub_history_then_live_output():
     """A long history is sent first and only live output counts as slowness."""
     hub = ConsoleHub(max_backlog=10)
     viewer = PendingViewer()
-    hub.attach(viewer, history=b"h" * 100)
+    hub.attach(viewer, history=io.BytesIO(b"h" * 100))
     assert viewer.closed is None
     assert viewer.data == b"h" * 100
     hub.deliver(b"0123456789")
@@ -286,7 +461,7 @@ def test_hub_history_allowance_ends_once_caught_up():
     """After draining the history a viewer gets the normal bound again."""
     hub = ConsoleHub(max_backlog=10)
     viewer = PendingViewer()
-    hub.attach(viewer, history=b"h" * 100)
+    hub.attach(viewer, history=io.BytesIO(b"h" * 100))
     viewer.data.clear()
     hub.deliver(b"0123456789")
     assert viewer.closed is None
@@ -540,7 +715,7 @@ def test_pty_bytes_both_ways_and_log(reactor, tmp_path, boards, services, log_ev
             b"before second\n=== bitelab: reserved by alice at 2026-01-01T00:00:00Z"
             b" ===\n" + ALL_BYTES * 4
         )
-    assert console.reservation_log().endswith(b" ===\n" + ALL_BYTES * 4)
+    assert console.reservation_log().read().endswith(b" ===\n" + ALL_BYTES * 4)
     console.stopService()
     assert first.closed == "console of b1 closed: server stopping"
     with pytest.raises(OSError):

@@ -17,7 +17,9 @@ def test_fresh_database_gets_current_schema_in_wal_mode(tmp_path):
     """A new file gets every table, the version row and WAL journaling."""
     path = tmp_path / "sub" / "lab.sqlite"
     conn = db.connect(str(path))
-    assert tables(conn) == {"boards", "reservations", "tokens", "events", "version"}
+    assert tables(conn) == {
+        "boards", "reservations", "waiters", "tokens", "events", "version"
+    }
     assert db.get_version(conn) == db.SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.execute("INSERT INTO events (at, action) VALUES (0, 'x')")

@@ -6,6 +6,8 @@ answers them (``support.inlab``), so the slow paths and their interleavings
 are exercised deterministically.
 """
 
+import os
+
 import pytest
 
 from support.inlab import InLab
@@ -227,3 +229,35 @@ def test_power_switch_queued_behind_a_release_is_refused(lab):
     assert release.status == 200
     assert on.status in (403, 409)
     assert lab.power_state[2] is False
+
+
+def test_holders_read_their_past_reservations_console_logs(lab):
+    """Each reservation's console output is kept apart: its holder (or an
+    admin) reads it after the release, others cannot, and it is deleted
+    after console_log_retention days."""
+    first = reserve(lab, "alice", "a1").body["reservation_id"]
+    console = lab.consoles["a1"]
+    console.received(b"alice's boot log\n")
+    lab.request("POST", "/boards/a1/release", "alice")
+    answer_all(lab)
+    reserve(lab, "bob", "a1")
+    console.received(b"bob's boot log\n")
+
+    def past(user):
+        results = []
+        lab.manager.past_console_log(user, "a1", first).addBoth(results.append)
+        return results[0]
+
+    for user in ("alice", "root"):
+        log = past(user)
+        assert log.read() == b"alice's boot log\n"
+        log.close()
+    assert "of yours" in past("bob").getErrorMessage()
+    # the lab's clock is not the file system's: date the file by the lab's
+    path = console.reservation_logs.path(first)
+    os.utime(path, (lab.clock.seconds(), lab.clock.seconds()))
+    lab.tick(29 * 86400)
+    assert os.path.exists(path)
+    lab.tick(2 * 86400)
+    answer_all(lab)
+    assert "no longer kept" in past("alice").getErrorMessage()

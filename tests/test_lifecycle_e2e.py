@@ -312,3 +312,43 @@ def test_database_replaced_under_the_server_refuses_writes(lab_server):
     sqlite3.connect(path).close()
     status, body = server.request("POST", "/api/v1/boards/zynq-1/reserve", {}, token)
     assert status == 503 and "removed or replaced" in body["error"]["message"]
+
+
+def test_past_reservation_console_log_over_http(lab_server):
+    """GET console?reservation=ID gives a holder the output of an earlier
+    reservation of theirs, and nothing of the next holder's; others get 404."""
+    pty = PtyBoard()
+    server = lab_server(
+        boards="classes { c { arch = x; } }\nboards [ { name = con-1; brdclass = c; "
+        f"options = [ {{ cls = serialconsole, val = {pty.path} }} ] }} ]",
+    )
+    alice, bob = server.token("alice"), server.token("bob")
+    status, board = server.request("POST", "/api/v1/boards/con-1/reserve", {}, alice)
+    rid = board["reservation_id"]
+    wait_for(
+        lambda: server.get("/api/v1/boards/con-1", alice)["attrs"]["console_connected"],
+        what="console open",
+    )
+    pty.print(b"alice-output\n")
+    wait_for(
+        lambda: b"alice-output" in server.request(
+            "GET", "/api/v1/boards/con-1/console", token=alice)[1],
+        what="output logged",
+    )
+    server.request("POST", "/api/v1/boards/con-1/release", {}, alice)
+    server.request("POST", "/api/v1/boards/con-1/reserve", {}, bob)
+    pty.print(b"bob-output\n")
+    wait_for(
+        lambda: b"bob-output" in server.request(
+            "GET", "/api/v1/boards/con-1/console", token=bob)[1],
+        what="bob's output logged",
+    )
+    status, body = server.request(
+        "GET", f"/api/v1/boards/con-1/console?reservation={rid}", token=alice
+    )
+    assert status == 200 and b"alice-output" in body and b"bob-output" not in body
+    status, body = server.request(
+        "GET", f"/api/v1/boards/con-1/console?reservation={rid}", token=bob
+    )
+    assert status == 404
+    os.close(pty.master)

@@ -8,29 +8,41 @@ serial side replaced by a recorder (``FakeHub``); both follow the interfaces
 overriding the ``lab`` fixture.
 """
 
+import errno
 import gc
 import os
+import resource
 import shutil
 import stat
 import subprocess
 import types
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.conch.interfaces import ISession
-from twisted.conch.ssh import keys
+from twisted.conch.ssh import connection, keys
+from twisted.cred import portal
 from twisted.internet import defer, protocol, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
+from bitelab.config import Config, load_config
 from bitelab.console import TOO_SLOW, ConsoleHub
 from bitelab.errors import Forbidden, NotFound
 from bitelab.ssh import (
     BitelabAvatar,
+    BitelabRealm,
+    BitelabSSHFactory,
     Identity,
+    KeyOwnerChecker,
     KeysDirectory,
+    SSHLimits,
     SSHService,
     load_or_create_host_key,
 )
+from bitelab.tap import ssh_limits
 
 TOKEN = "bl_test_token_0123456789"
 SSH = shutil.which("ssh")
@@ -78,7 +90,7 @@ class FakeHub(ConsoleHub):
         self.sent = b""
         self.events = []
 
-    def attach(self, viewer, history=b""):
+    def attach(self, viewer, history=None):
         """Add a viewer."""
         self.events.append("attach")
         super().attach(viewer, history)
@@ -190,13 +202,15 @@ class Server:
 
 
 @pytest.fixture
-def server(reactor, tmp_path, keys_dir, lab):
-    """A running SSH service, stopped after the test.
+def server(request, reactor, tmp_path, keys_dir, lab):
+    """A running SSH service, stopped after the test; with the ``SSHLimits``
+    a test gives as the fixture's parameter, if any.
 
     It looks at the keys directory only on ``reload()``, so that a test sees
     what ``reload()`` does and not a timely poll.
     """
-    s = Server(reactor, tmp_path, keys_dir, lab, keys_poll_interval=3600)
+    limits = getattr(request, "param", SSHLimits())
+    s = Server(reactor, tmp_path, keys_dir, lab, keys_poll_interval=3600, limits=limits)
     s.start()
     yield s
     pytest_twisted.blockon(s.stop())
@@ -645,6 +659,177 @@ def test_missing_keys_directory_is_not_fatal(tmp_path):
     clock.advance(3)
     assert keys_db.users() == ["alice"]
     keys_db.stopService()
+
+
+def test_keys_snapshot_kept_when_a_reload_runs_out_of_files(tmp_path):
+    """A reload that meets EMFILE keeps the keys loaded before (instead of
+    locking everyone out) and is tried again at the next poll."""
+    client = tmp_path / "client"
+    client.mkdir()
+    a1, b1 = (make_key(str(client / n)) for n in ("a1", "b1"))
+    d = tmp_path / "keys"
+    d.mkdir()
+    (d / "alice.pub").write_text(a1)
+    clock = task.Clock()
+    keys_db = KeysDirectory(d, clock)
+    keys_db.startService()
+    (d / "bob.pub").write_text(b1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    spent = []
+    # use up every file descriptor this process may have, for real
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard)
+    )
+    try:
+        while True:
+            spent.append(os.dup(0))
+    except OSError as e:
+        assert e.errno == errno.EMFILE
+        keys_db.reload()
+    finally:
+        for fd in spent:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert keys_db.user_for_key(keys.Key.fromString(a1)) == "alice"
+    clock.advance(3)
+    assert keys_db.users() == ["alice", "bob"]
+    keys_db.stopService()
+
+
+# Limits before login
+
+
+def minimal_settings(tmp_path, extra=""):
+    """Settings from a .env holding only the required keys and ``extra``."""
+    (tmp_path / ".env").write_text(f"db_file=db\nboard_conf=b.ucl\n{extra}")
+    return load_config(str(tmp_path / ".env"))
+
+
+def limited_factory(tmp_path, clock, limits):
+    """An SSH factory on ``clock`` with ``limits``, no network."""
+    checker = KeyOwnerChecker(KeysDirectory(tmp_path, clock), FakeLab({}))
+    factory = BitelabSSHFactory(
+        load_or_create_host_key(tmp_path / "host_key"),
+        portal.Portal(BitelabRealm(FakeLab({})), [checker]),
+        clock,
+        limits,
+    )
+    factory.doStart()  # as a listening port does
+    return factory
+
+
+def ssh_connect(factory, host):
+    """A connection from ``host``: (transport protocol, string transport)."""
+    address = IPv4Address("TCP", host, 50000)
+    proto = factory.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def log_in(proto):
+    """What Conch does once a client has authenticated."""
+    proto.avatar = BitelabAvatar(Identity("alice", "lab"), FakeLab({}))
+    proto.setService(connection.SSHConnection())
+
+
+@pytest.mark.parametrize(
+    "extra, grace", [("", 30), ("ssh_login_grace_time=5\n", 5)], ids=["default", "5"]
+)
+def test_login_grace_time(tmp_path, extra, grace):
+    """A client that has not logged in when the grace time is over is
+    disconnected; one that has logged in stays."""
+    limits = ssh_limits(minimal_settings(tmp_path, extra))
+    assert limits.login_grace_time == grace
+    clock = task.Clock()
+    factory = limited_factory(tmp_path, clock, limits)
+    _, idle = ssh_connect(factory, "10.0.0.1")
+    user, logged_in = ssh_connect(factory, "10.0.0.2")
+    assert idle.value().startswith(b"SSH-2.0-")
+    clock.advance(grace - 1)
+    log_in(user)
+    assert not idle.disconnecting
+    clock.advance(1)
+    assert idle.disconnecting and b"login grace time over" in idle.value()
+    clock.advance(3600)
+    assert not logged_in.disconnecting
+
+
+def check_waiting_caps(factory, total, per_source):
+    """``per_source`` connections per address get in, the next is closed;
+    at ``total``, a newcomer from a new address pushes out the oldest
+    connection of the busiest one; logged-in connections do not count."""
+    conns = [ssh_connect(factory, "10.0.0.1") for _ in range(per_source)]
+    _, refused = ssh_connect(factory, "10.0.0.1")
+    assert refused.disconnecting and refused.value() == b""
+    assert not any(t.disconnecting for _, t in conns)
+    log_in(conns[0][0])
+    _, again = ssh_connect(factory, "10.0.0.1")
+    assert not again.disconnecting
+    others = []
+    host = 0
+    while len(factory.waiting) < total:
+        host += 1
+        others.append(ssh_connect(factory, f"10.0.1.{host}"))
+    _, newcomer = ssh_connect(factory, "10.0.2.1")
+    assert not newcomer.disconnecting
+    assert conns[1][1].disconnected
+    assert len(factory.waiting) == total
+
+
+@pytest.mark.parametrize(
+    "extra, total, per_source",
+    [
+        ("", 64, 10),
+        ("ssh_max_unauthenticated=5\nssh_max_unauthenticated_per_source=2\n", 5, 2),
+    ],
+    ids=["default", "5-2"],
+)
+def test_connections_before_login_are_capped(tmp_path, extra, total, per_source):
+    """The caps on connections not logged in yet, overall and per address."""
+    limits = ssh_limits(minimal_settings(tmp_path, extra))
+    assert (limits.max_unauthenticated, limits.max_unauthenticated_per_source) == (
+        total,
+        per_source,
+    )
+    check_waiting_caps(
+        limited_factory(tmp_path, task.Clock(), limits), total, per_source
+    )
+
+
+@pytest.mark.parametrize(
+    "server, tries",
+    [(SSHLimits(), 6), (SSHLimits(max_auth_tries=2), 2)],
+    ids=["default", "2"],
+    indirect=["server"],
+)
+@pytest_twisted.ensureDeferred
+async def test_authentication_attempts_are_capped(ssh, tmp_path, server, tries):
+    """A client gets ``max_auth_tries`` failed attempts per connection: with
+    one unknown key fewer it still logs in, with as many it is cut off."""
+    assert SSHLimits().max_auth_tries == load_config_default("ssh_max_auth_tries")
+    bad = [str(tmp_path / "client" / f"bad{n}") for n in range(tries)]
+    for path in bad:
+        make_key(path)
+    good = str(tmp_path / "client" / "alice")
+
+    def identities(paths):
+        return [arg for path in paths for arg in ("-i", path)]
+
+    status, out, err = await run_ssh(
+        ssh, "mallory", "lab", *identities(bad[1:-1] + [good])
+    )
+    assert (status, out) == (0, TOKEN.encode() + b"\n"), err
+    status, out, err = await run_ssh(
+        ssh, "mallory", "lab", *identities(bad[1:] + [good])
+    )
+    assert status == 255 and out == b""
+    assert b"too many" in err.lower() or b"Permission denied" in err
+
+
+def load_config_default(key):
+    """The default of a ``.env`` key."""
+    return attrs.fields_dict(Config)[key].default
 
 
 # Host key

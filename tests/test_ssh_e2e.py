@@ -5,16 +5,14 @@ import pty
 import select
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from support.server import wait_for
+from support.ssh import BITELAB, run_ssh, ssh_argv
 
 pytestmark = pytest.mark.e2e
-
-BITELAB = os.path.join(os.path.dirname(sys.executable), "bitelab")
 
 
 def boards(device):
@@ -22,47 +20,6 @@ def boards(device):
         "classes { z { arch = arm; } }\nboards [\n"
         f'{{ name = con-1; brdclass = z; options = [ {{ cls = serialconsole, val = "{device}" }} ] }},\n'
         "{ name = plain-1; brdclass = z; },\n]\n"
-    )
-
-
-def ssh_argv(server, user, login, known_hosts, *extra):
-    return [
-        "ssh",
-        "-F",
-        "/dev/null",
-        "-o",
-        f"ProxyCommand {BITELAB} contssh",
-        "-o",
-        f"UserKnownHostsFile={known_hosts}",
-        "-o",
-        (
-            "StrictHostKeyChecking=accept-new"
-            if not extra or extra[0] != "strict"
-            else "StrictHostKeyChecking=yes"
-        ),
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-i",
-        server.key(user),
-        "-l",
-        login,
-        *[e for e in extra if e != "strict"],
-        "bitelab",
-    ]
-
-
-def run_ssh(server, user, login, known_hosts, *extra, token="", stdin=b""):
-    return subprocess.run(
-        ssh_argv(server, user, login, known_hosts, *extra),
-        input=stdin,
-        capture_output=True,
-        env=server.client_env(token),
-        timeout=60,
-        check=False,
     )
 
 

@@ -1,6 +1,7 @@
 """``twistd bitelab`` start-up: broken configuration is one line and a non-zero exit."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -189,3 +190,61 @@ def test_broken_host_key_is_one_line(tmp_path):
         check=False,
     )
     assert check.returncode == 2 and "ssh_host_key" in check.stderr
+
+
+def test_server_log_is_private_even_with_logfile(tmp_path):
+    """`twistd --logfile` writes a log readable by the server's user only:
+    a new one, one left world-readable by an earlier run, and the new file
+    after a rotation (SIGUSR1)."""
+    server = LabServer(tmp_path)
+    with open(server.log_path, "w") as f:
+        f.write("an earlier run\n")
+    os.chmod(server.log_path, 0o644)
+    server.start()
+    try:
+        assert os.stat(server.log_path).st_mode & 0o777 == 0o600
+        assert "an earlier run" in server.log()
+        server.process.send_signal(signal.SIGUSR1)
+        wait_for(
+            lambda: os.path.exists(server.log_path + ".1"),
+            what="the log to rotate",
+        )
+        server.get("/api/v1/info")
+        wait_for(lambda: os.path.exists(server.log_path), what="a new log file")
+        assert os.stat(server.log_path).st_mode & 0o777 == 0o600
+        assert os.stat(server.log_path + ".1").st_mode & 0o777 == 0o600
+    finally:
+        server.stop()
+
+
+def test_file_limit_too_low_is_one_line(tmp_path):
+    """Under an open-file limit the connection caps do not fit in, the
+    server stops at start with one line saying what to change."""
+    (tmp_path / "b.ucl").write_text(
+        "classes { c { arch = x; } } boards [ { name = a; brdclass = c; } ]"
+    )
+    (tmp_path / ".env").write_text(
+        "db_file=db\nboard_conf=b.ucl\nhttp_endpoint=tcp:0:interface=127.0.0.1\n"
+        "ssh_endpoint=tcp:0:interface=127.0.0.1\nhttp_max_connections=2000\n"
+    )
+    result = subprocess.run(
+        ["prlimit", "--nofile=1024", "--"]
+        + twistd_command(
+            "--nodaemon", "--pidfile=", "bitelab", "--config", str(tmp_path / ".env")
+        ),
+        cwd=tmp_path,
+        env=repo_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert lines == [
+        (
+            "bitelab: the open-file limit (1024) is below the 2320 descriptors "
+            "http_max_connections + ssh_max_unauthenticated + 256 need; lower "
+            "them or raise the limit (ulimit -n, LimitNOFILE=)"
+        )
+    ]

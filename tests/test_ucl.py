@@ -75,7 +75,7 @@ def test_load_reads_a_file(tmp_path):
         '{"a": 1, "b": "x"}',
         "{ a = 1; b = x }",
         "a =\n  1\nb:\nx",
-        "a 1 # one\nb x // ex",
+        "a 1 # one\nb x /* ex */",
     ],
 )
 def test_key_value_forms(text):
@@ -83,11 +83,6 @@ def test_key_value_forms(text):
     (repeated or trailing) separate members; braces round the top are
     optional."""
     assert loads(text) == {"a": 1, "b": "x"}
-
-
-def test_a_value_can_start_on_the_next_line():
-    """As in libucl, a newline between key and value is allowed."""
-    assert loads("key\n  value\n") == {"key": "value"}
 
 
 def test_nested_objects_and_arrays_without_separators():
@@ -127,9 +122,9 @@ def test_json_document():
 # Comments
 
 
-def test_hash_and_double_slash_comments():
-    """'#' and '//' comment out the rest of the line, after keys or values."""
-    text = "# head\na = 1 # one\n// full line\nb = 2 // two\nc # why\n = 3\n"
+def test_hash_comments():
+    """'#' comments out the rest of the line, after keys or values."""
+    text = "# head\na = 1 # one\n# full line\nb = 2 # two\nc # why\n = 3\n"
     assert loads(text) == {"a": 1, "b": 2, "c": 3}
 
 
@@ -247,7 +242,7 @@ def test_heredoc():
 def test_heredoc_terminator_followed_by_separator():
     """The terminator may be followed by ';' or ',' as in libucl, and a line
     merely starting with the terminator does not end the heredoc."""
-    text = "a = [<<END\nENDING\nEND,\n2]; b = <<X\nX;"
+    text = "a = [<<END\nENDING\nEND,\n2]; b = <<X\n\nX;"
     assert loads(text) == {"a": ["ENDING", 2], "b": ""}
 
 
@@ -305,7 +300,7 @@ def test_heredoc_needs_uppercase_terminator_and_newline():
 def test_numbers(text, expected):
     """Integers, floats, hex and libucl's size and time suffixes give the
     values (and the int/float types) libucl gives."""
-    for form in (f"v = {text}", f"v = {text};", f"v = [{text}]", f"v = {text} # c"):
+    for form in (f"v = {text}", f"v = {text};", f"v = [{text}]", f"v = {text}# c"):
         value = loads(form)["v"]
         if isinstance(value, list):
             (value,) = value
@@ -313,9 +308,10 @@ def test_numbers(text, expected):
         assert type(value) is type(expected)
 
 
-def test_number_before_closing_bracket_with_space():
-    """A number followed by spaces and a closing bracket is still a number."""
-    assert loads("a { p = 2 } b [ 10k ] c { t = 5s }") == {
+def test_number_before_closing_bracket():
+    """A number right before a closing bracket, or a plain number before
+    blanks and one, is a number."""
+    assert loads("a { p = 2 } b [ 10k] c { t = 5s}") == {
         "a": {"p": 2},
         "b": [10_000],
         "c": {"t": 5.0},
@@ -400,13 +396,13 @@ def test_variables_expand_in_strings():
 
 
 def test_variable_expansion_details():
-    """Unknown names stay as written, the longest known name wins, '$$' is a
-    '$' when the string also names a known variable (else it stays '$$'), and
-    keys are never expanded."""
+    """Unknown names stay as written, the first known name that fits wins (in
+    the order given, as in libucl), '$$' is a '$' when the string also names a
+    known variable (else it stays '$$'), and keys are never expanded."""
     variables = {"A": "1", "AB": "2"}
     text = 'a = $ABC; b = ${X}$Y; c = $$ and $A; d = $$A; "$A" = k'
     assert loads(text, variables=variables) == {
-        "a": "2C",
+        "a": "1BC",
         "b": "${X}$Y",
         "c": "$ and 1",
         "d": "$$A",
@@ -431,7 +427,7 @@ def test_include_relative_to_including_file(tmp_path):
     """.include paths are relative to the including file's directory, and the
     included keys join the object holding the .include."""
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "inner.ucl").write_text("x = 2; .include 'leaf.ucl'")
+    (tmp_path / "sub" / "inner.ucl").write_text('x = 2; .include "leaf.ucl"')
     (tmp_path / "sub" / "leaf.ucl").write_text("y = 3")
     (tmp_path / "main.ucl").write_text(
         'a = 1\n.include "sub/inner.ucl"\nobj { .include "sub/leaf.ucl"; z = 4 }\n'
@@ -492,24 +488,39 @@ def test_include_loop_is_an_error(tmp_path):
         load(tmp_path / "a.ucl")
 
 
+def test_include_depth_limit(tmp_path):
+    """As in libucl, 15 nested includes work and a 16th is refused."""
+    for i in range(17):
+        (tmp_path / f"{i}.ucl").write_text(f'k{i} = {i}\n.include "{i + 1}.ucl"')
+    (tmp_path / "16.ucl").write_text("k16 = 16")
+    (tmp_path / "15.ucl").write_text("k15 = 15")
+    assert len(load(tmp_path / "0.ucl")) == 16
+    (tmp_path / "15.ucl").write_text('k15 = 15\n.include "16.ucl"')
+    with pytest.raises(UCLError, match="nested more than 15 deep") as info:
+        load(tmp_path / "0.ucl")
+    assert info.value.filename.endswith("15.ucl")
+
+
 def test_include_of_directory_is_an_error(tmp_path):
     """Including something that is not a regular file raises UCLError."""
-    with pytest.raises(UCLError, match="not an existing file"):
+    with pytest.raises(UCLError, match="not a regular file"):
         loads('.include "."', filename=str(tmp_path / "x.ucl"))
 
 
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        (".priority 5", "not supported"),
-        (".load foo", "not supported"),
-        (".frob x", "unknown macro"),
-        ('.include(try=true) "x"', "arguments"),
-        (". x", "macro"),
+        (".frob x", "unknown macro .frob"),
+        (". x", "must start a macro"),
+        ('.includes "x"', "cannot verify signatures"),
+        ('.include(sign=true) "x"', "cannot verify signatures"),
+        ('.include(url=true) "http://h/x"', "including a URL is not supported"),
+        ('.include(try=true "x"', "never closed"),
     ],
 )
-def test_unsupported_macros(text, fragment):
-    """Macros other than .include/.try_include are refused with UCLError."""
+def test_refused_macros(text, fragment):
+    """Unknown macros, signature checks and URL includes are refused with
+    UCLError saying why."""
     with pytest.raises(UCLError, match=re.escape(fragment)) as info:
         loads(text)
     assert info.value.line == 1
@@ -524,14 +535,14 @@ def test_unsupported_macros(text, fragment):
         ('a = "abc', 1, 5, "unterminated double-quoted"),
         ('a = 1\nb = "ab\ncd"', 2, 8, "newline inside"),
         ('a = "x\ty"', 1, 7, "control character"),
-        ('a = "\\u12"', 1, 6, "invalid \\u escape"),
+        ('a = "\\u12"', 1, 10, "invalid \\u escape"),
         ("a = 'abc", 1, 5, "unterminated single-quoted"),
         ("a = 1\n/* open", 2, 1, "unterminated comment"),
         ("a = 1\nb = /* /* */ 2", 2, 5, "unterminated comment"),
         ("h = <<EOD\nabc\n", 1, 5, "heredoc <<EOD is never closed"),
         ("a {\n  b = 1\n", 1, 3, "'{' is never closed"),
         ("a = [1, 2", 1, 5, "'[' is never closed"),
-        ("a = 1\n}", 2, 1, "'}' without a matching '{'"),
+        ("a = 1\n}", 2, 1, "'}' without a matching opening bracket"),
         ("a = [1 }", 1, 8, "inside an array"),
         ("a { b = 1 ]", 1, 11, "inside an object"),
         ("a = ;", 1, 5, "missing value for key 'a'"),
@@ -539,7 +550,7 @@ def test_unsupported_macros(text, fragment):
         ("a = [,1]", 1, 6, "missing value"),
         ("a =", 1, 4, "missing value for key 'a'"),
         ("a", 1, 2, "missing value for key 'a'"),
-        ("a;", 1, 2, "after key 'a'"),
+        ("a;", 1, 2, "unexpected ';' in key 'a'"),
         ('a = "x" b = 1', 1, 9, "expected ';', ','"),
         ('a = ["x" "y"]', 1, 10, "expected ';', ','"),
         ("= 1", 1, 1, "expected a key"),
@@ -548,8 +559,6 @@ def test_unsupported_macros(text, fragment):
         ('"" = 1', 1, 1, "empty keys"),
         ("a = 99999999999999999999", 1, 5, "out of range"),
         ("a = 1e999", 1, 5, "out of range"),
-        ("{ a = 1 } b = 2", 1, 11, "after the closing '}'"),
-        ("[1, 2]", 1, 1, "must be an object"),
         ("x = 1\ny = 2\n  'k' = 3", 3, 3, "expected a key"),
     ],
 )
@@ -616,7 +625,8 @@ UCL_CHARS = list("{}[]()\"'#/*=:;,.$\\<>-+ \t\n\rabcxyzEOD0123456789ekmsbKMB")
     )
 )
 def test_random_text_raises_only_uclerror(tmp_path_factory, text):
-    """Whatever the text, the reader returns a dict or raises UCLError."""
+    """Whatever the text, the reader returns a dict (a list for a top-level
+    array) or raises UCLError."""
     base = tmp_path_factory.getbasetemp() / "fuzz.ucl"
     try:
         result = loads(text, filename=str(base))
@@ -624,7 +634,7 @@ def test_random_text_raises_only_uclerror(tmp_path_factory, text):
         assert error.line >= 1 and error.column >= 1
         assert "\n" not in str(error)
     else:
-        assert isinstance(result, dict)
+        assert isinstance(result, (dict, list))
 
 
 @settings(max_examples=200, deadline=None)
@@ -662,7 +672,7 @@ def test_random_token_soup_raises_only_uclerror(tmp_path_factory, tokens):
     """Sequences of UCL tokens never raise anything but UCLError."""
     base = tmp_path_factory.getbasetemp() / "soup.ucl"
     try:
-        assert isinstance(loads("".join(tokens), filename=str(base)), dict)
+        assert isinstance(loads("".join(tokens), filename=str(base)), (dict, list))
     except UCLError:
         pass
 
@@ -749,7 +759,7 @@ def dump_members(obj, style, indent):
         elif style == "colon":
             lines.append(f"{pad}{k}: {v}, /* note */\n")
         else:
-            lines.append(f"{pad}// note\n{pad}{k} {v}\n")
+            lines.append(f"{pad}# note\n{pad}{k} {v}\n")
     if style == "json":
         return ",\n".join(lines) + "\n"
     return "".join(lines)

@@ -38,6 +38,7 @@ from bitelab.lifecycle import BoardManager
 from bitelab.options import PowerOption, SerialConsole
 from bitelab.script import ScriptResult
 from bitelab.store import Store
+from bitelab.stream import EventStreams
 from bitelab.tap import option_map, sync_database
 from bitelab.tokens import TokenStore
 
@@ -283,7 +284,10 @@ class InLab:
         )
         self.manager.resume_consoles(held)
         self.token_store = TokenStore(self.store, self.clock)
-        self.api = API(self.manager, self.token_store, self.clock)
+        self.streams = EventStreams(self.clock)
+        self.store.bus.subscribe(self.streams.publish)
+        self.manager.room.notify = self.streams.notify
+        self.api = API(self.manager, self.token_store, self.clock, streams=self.streams)
         self.http = StubTreq(self.api.resource())
         self.manager.startService()
 
@@ -312,6 +316,8 @@ class InLab:
     def request(self, method, path, user, body=None):
         """Start an API call; a ``Response`` holder filled once it answers."""
         response = Response()
+        if user not in self.tokens:
+            self.tokens[user] = self._run(self.token_store.issue(user))
         headers = {"Authorization": [f"Bearer {self.tokens[user]}"]}
         data = json.dumps(body).encode() if body is not None else None
         d = self.http.request(method, "http://lab/api/v1" + path, headers=headers, data=data)
@@ -377,10 +383,15 @@ class Response:
     def __init__(self):
         self.status = None
         self.body = None
+        self.raw = None
         self.error = None
 
     def set_body(self, raw):
-        self.body = json.loads(raw) if raw else None
+        self.raw = raw
+        try:
+            self.body = json.loads(raw) if raw else None
+        except ValueError:
+            self.body = None
 
     def failed(self, failure):
         self.error = failure

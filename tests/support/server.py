@@ -6,6 +6,7 @@ API answers, and mints tokens with ``bitelab-admin``.  ``stop``, ``kill``
 (SIGKILL) and ``start`` again allow restart tests on the same state.
 """
 
+import datetime
 import json
 import os
 import signal
@@ -16,6 +17,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 #: the source tree; subprocesses import bitelab (and the twistd plugin) from it
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,6 +61,35 @@ def free_port(kind=socket.SOCK_STREAM):
         return s.getsockname()[1]
 
 
+def self_signed_key(directory):
+    """Write a self-signed certificate and its key for 127.0.0.1 into one
+    PEM file in ``directory``; its path."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    path = os.path.join(directory, "tls.pem")
+    with open(path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
 def wait_for(predicate, timeout=20.0, interval=0.05, what="condition"):
     """Poll ``predicate`` until it returns a true value; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -78,15 +113,21 @@ class LabServer:
         users=(),
         admins=("root",),
         cacert=None,
+        max_files=None,
+        tls=False,
     ):
         self.dir = str(directory)
+        # the server's open-file limit (soft and hard), if not inherited
+        self.max_files = max_files
         os.makedirs(self.dir, exist_ok=True)
         self.http_port = free_port()
         self.ssh_port = free_port()
-        #: with a CA file, the settings serve HTTPS and requests check it so
+        #: with a CA file, the settings serve HTTPS and requests check it so;
+        #: with ``tls`` alone the test trusts its own server's certificate
         self.cacert = cacert
-        scheme = "https" if cacert else "http"
-        self.url = f"{scheme}://127.0.0.1:{self.http_port}"
+        tls = tls or bool(cacert)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.http_port}"
+        self._tls_context = ssl._create_unverified_context() if tls else None
         self.env_path = os.path.join(self.dir, ".env")
         self.keys_dir = os.path.join(self.dir, "keys")
         os.makedirs(self.keys_dir, exist_ok=True)
@@ -96,7 +137,12 @@ class LabServer:
         values = {
             "db_file": "bitelab.sqlite",
             "board_conf": "boards.ucl",
-            "http_endpoint": f"tcp:{self.http_port}:interface=127.0.0.1",
+            "http_endpoint": (
+                f"ssl:{self.http_port}:interface=127.0.0.1:privateKey="
+                + self_signed_key(self.dir)
+                if tls
+                else f"tcp:{self.http_port}:interface=127.0.0.1"
+            ),
             "ssh_endpoint": f"tcp:{self.ssh_port}:interface=127.0.0.1",
             "ssh_host_key": "ssh_host_ed25519_key",
             "ssh_keys_dir": "keys",
@@ -139,8 +185,13 @@ class LabServer:
     def start(self, timeout=30.0):
         """Start twistd and wait until ``/api/v1/info`` answers."""
         assert self.process is None or self.process.poll() is not None
+        # prlimit (util-linux) sets the limit and execs the server in its place
+        limit = (
+            ["prlimit", f"--nofile={self.max_files}", "--"] if self.max_files else []
+        )
         self.process = subprocess.Popen(
-            twistd_command(
+            limit
+            + twistd_command(
                 "--nodaemon",
                 "--pidfile=",
                 f"--logfile={self.log_path}",
@@ -228,7 +279,7 @@ class LabServer:
         for key, value in (headers or {}).items():
             req.add_header(key, value)
         try:
-            context = None
+            context = self._tls_context
             if self.cacert:
                 context = ssl.create_default_context(cafile=self.cacert)
             with urllib.request.urlopen(req, timeout=30, context=context) as response:

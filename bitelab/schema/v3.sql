@@ -1,4 +1,4 @@
--- bitelab database, schema version 2
+-- bitelab database, schema version 3
 CREATE TABLE reservations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     board TEXT NOT NULL,
@@ -17,7 +17,11 @@ CREATE TABLE reservations (
     -- the board's state once wound down: free or maintenance
     outcome TEXT,
     -- KEY=VALUE lines of the reserve script, as a JSON object
-    script_attrs TEXT NOT NULL DEFAULT '{}'
+    script_attrs TEXT NOT NULL DEFAULT '{}',
+    -- the queue entry it was handed to, if any
+    waiter INTEGER,
+    -- the smallest expiry notice (seconds before the end) already given
+    noticed INTEGER
 );
 CREATE INDEX reservations_user ON reservations (user, id);
 CREATE INDEX reservations_board ON reservations (board, id);
@@ -62,3 +66,25 @@ CREATE TABLE events (
 );
 CREATE INDEX events_board ON events (board, id);
 CREATE INDEX events_user ON events (user, id);
+
+CREATE TABLE waiters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user TEXT NOT NULL,
+    -- what was asked for: a board name or a class name
+    target TEXT NOT NULL,
+    -- the class whose boards can serve it; board: the one board, if named
+    class TEXT NOT NULL,
+    board TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    deadline REAL NOT NULL,
+    -- NULL while its client waits on an open request; else it leaves then
+    lease_until REAL,
+    sshpubkey TEXT,
+    timeout INTEGER,
+    state TEXT NOT NULL
+        CHECK (state IN ('waiting', 'granted', 'timed_out', 'cancelled', 'gone')),
+    reservation_id INTEGER,
+    ended_at REAL
+);
+CREATE INDEX waiters_order ON waiters (state, class, priority, id);

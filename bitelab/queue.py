@@ -1,0 +1,239 @@
+"""The waiting room: reserve requests held open until the queue hands them a board.
+
+The queue itself is in the database (``bitelab.store``): a request that
+finds nothing it may take joins it in the same transaction, and a board
+that becomes free is handed to the first eligible waiter in the
+transaction that frees it, so no other client can slip in between.  This
+module holds the other half, in memory: the open HTTP requests of waiters,
+their deadlines, and what to do when the committed ``granted`` event
+arrives: set the reservation up and answer the request, or, if the client
+has gone meanwhile, give the board back.
+
+Each waiter's owner also learns its place: ``position`` notices go to the
+owner's event streams whenever the queue changes.
+"""
+
+import attrs
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from bitelab import events, rules
+from bitelab.errors import BitelabError, Unavailable
+
+
+@attrs.define(eq=False)
+class Waiting:
+    """One open request waiting in the queue."""
+
+    wid: int
+    user: str
+    target: str
+    started: float
+    deadline: float
+    deferred: defer.Deferred
+    timer: object = None
+    #: the client went away while its board was being set up
+    gone: bool = False
+    #: answered (or given up)
+    done: bool = False
+
+
+class WaitingRoom:
+    """The server's open waiting requests; see the module docstring."""
+
+    log = Logger()
+
+    def __init__(self, manager, notify=None):
+        self.manager = manager
+        self.clock = manager.clock
+        self.store = manager.store
+        #: ``notify(kind, data, user)``: tell a user's event streams
+        self.notify = notify or (lambda kind, data, user: None)
+        self.waiting = {}
+        self.serving = {}
+        self._positions = {}
+        self._recount = None
+        self.store.bus.subscribe(self._on_event)
+
+    def stop(self):
+        """Stop listening to events and drop the timers."""
+        self.store.bus.unsubscribe(self._on_event)
+        for waiting in self.waiting.values():
+            if waiting.timer is not None and waiting.timer.active():
+                waiting.timer.cancel()
+        if self._recount is not None and self._recount.active():
+            self._recount.cancel()
+
+    def wait(self, wid, user, target, deadline, gone):
+        """Deferred[dict]: the BOARD once waiter ``wid`` is handed one.
+
+        ``gone`` fires (or fails) when the client's connection ends: then
+        the waiter leaves the queue at once.
+        """
+        # the HTTP layer cancels the request's Deferred when its client
+        # disconnects: that, too, means the client has gone
+        d = defer.Deferred(canceller=lambda _: self._client_gone(waiting))
+        waiting = Waiting(wid, user, target, self.clock.seconds(), deadline, d)
+        self.waiting[wid] = waiting
+        self._start_timer(waiting)
+        if gone is not None:
+            gone.addBoth(lambda _: self._client_gone(waiting))
+        self._schedule_recount()
+        return d
+
+    def _start_timer(self, waiting):
+        waiting.timer = self.clock.callLater(
+            max(0, waiting.deadline - self.clock.seconds()), self._time_out, waiting
+        )
+
+    def _finish(self, waiting, result=None, error=None):
+        waiting.done = True
+        self.waiting.pop(waiting.wid, None)
+        self.serving.pop(waiting.wid, None)
+        if waiting.timer is not None and waiting.timer.active():
+            waiting.timer.cancel()
+        if waiting.deferred.called:
+            return
+        if error is not None:
+            waiting.deferred.errback(error)
+        else:
+            waiting.deferred.callback(result)
+
+    @defer.inlineCallbacks
+    def _time_out(self, waiting):
+        waiting.timer = None
+        try:
+            outcome, _ = yield self.store.leave_queue(waiting.wid, "timed_out")
+        except BitelabError as e:
+            self.log.warn("cannot time out waiter {wid}: {e}", wid=waiting.wid, e=e.message)
+            return
+        if outcome == "left":
+            self._finish(waiting, error=self._timed_out(waiting))
+
+    def _timed_out(self, waiting):
+        waited = int(self.clock.seconds() - waiting.started)
+        return Unavailable(
+            f"no board for {waiting.target} became free: waited {waited} s"
+        )
+
+    @defer.inlineCallbacks
+    def _client_gone(self, waiting):
+        if waiting.done:
+            return
+        if waiting.wid in self.serving:
+            waiting.gone = True
+            return
+        try:
+            outcome, rid = yield self.store.leave_queue(waiting.wid, "gone")
+        except BitelabError as e:
+            self.log.warn("cannot drop waiter {wid}: {e}", wid=waiting.wid, e=e.message)
+            return
+        if outcome == "granted" and waiting.wid in self.serving:
+            waiting.gone = True
+        elif outcome == "left":
+            self._finish(waiting, error=Unavailable("the client went away"))
+
+    @defer.inlineCallbacks
+    def cancel(self, user, wid):
+        """Deferred[dict]: a waiter leaves at its owner's (or an admin's) request."""
+        outcome, _ = yield self.store.leave_queue(
+            wid, "cancelled", user, self.manager.is_admin(user)
+        )
+        if outcome == "granted":
+            raise Unavailable(f"waiter {wid} was handed a board already")
+        waiting = self.waiting.get(wid)
+        if waiting is not None:
+            self._finish(waiting, error=Unavailable(f"the wait was cancelled by {user}"))
+        return {"id": wid, "state": "cancelled" if outcome == "left" else outcome}
+
+    def time_out_swept(self, expired):
+        """Answer the open requests of waiters the periodic sweep removed."""
+        for wid, why in expired:
+            waiting = self.waiting.get(wid)
+            if waiting is not None:
+                error = (
+                    self._timed_out(waiting)
+                    if why == "timed_out"
+                    else Unavailable(f"the wait ended: {why}")
+                )
+                self._finish(waiting, error=error)
+
+    # -- events -------------------------------------------------------------
+
+    def _on_event(self, event):
+        if event.kind == events.GRANTED:
+            # claim the board for this process before anything else can look
+            self.manager.driving[event.board] = event.reservation
+            waiting = self.waiting.pop(event.waiter, None)
+            if waiting is not None:
+                if waiting.timer is not None and waiting.timer.active():
+                    waiting.timer.cancel()
+                self.serving[event.waiter] = waiting
+            self.manager._background(
+                self._hand_over(event, waiting), f"handing {event.board} over"
+            )
+        if event.kind in (events.QUEUED, events.GRANTED, events.LEFT):
+            self._schedule_recount()
+
+    @defer.inlineCallbacks
+    def _hand_over(self, event, waiting):
+        manager = self.manager
+        row = yield self.store.board(event.board)
+        if row["reservation_id"] != event.reservation:
+            manager.driving.pop(event.board, None)
+            return
+        if waiting is None:
+            yield manager.abandon(row)
+            return
+        if row["state"] == rules.RESERVING:
+            try:
+                row = yield manager._set_up(row)
+            except BitelabError:
+                self.serving.pop(waiting.wid, None)
+                if waiting.gone:
+                    self._finish(waiting, error=Unavailable("the client went away"))
+                    return
+                # back in its place: another board may come
+                self.waiting[waiting.wid] = waiting
+                self._start_timer(waiting)
+                yield self.store.requeue(waiting.wid)
+                return
+        else:
+            manager.driving.pop(event.board, None)
+        if waiting.gone:
+            self.serving.pop(waiting.wid, None)
+            yield manager.abandon(row)
+            return
+        self._finish(waiting, manager.view(row, waiting.user))
+
+    # -- positions ------------------------------------------------------------
+
+    def _schedule_recount(self):
+        if self._recount is None or not self._recount.active():
+            self._recount = self.clock.callLater(0, self._send_positions)
+
+    @defer.inlineCallbacks
+    def _send_positions(self):
+        try:
+            entries = yield self.store.queue()
+        except BitelabError:
+            return
+        places = rules.positions(entries)
+        total = len(entries)
+        known = {}
+        for entry in entries:
+            position, ahead = places[entry["id"]]
+            known[entry["id"]] = (position, ahead, total)
+            if self._positions.get(entry["id"]) != known[entry["id"]]:
+                self.notify(
+                    "position",
+                    {
+                        "waiter": entry["id"],
+                        "target": entry["target"],
+                        "position": position,
+                        "ahead": ahead,
+                        "total": total,
+                    },
+                    entry["user"],
+                )
+        self._positions = known
