@@ -272,3 +272,29 @@ def test_watch_prints_the_users_events(lab):
     text.process.send_signal(signal.SIGINT)
     assert text.finish() == -signal.SIGINT
     assert text.err == []
+
+
+def test_queue_loads_no_twisted(lab):
+    """``bitelab queue`` only reads: it runs on the standard library's HTTP
+    client and loads neither twisted nor treq."""
+    server, tokens, _ = lab
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": REPO,
+        "BITELAB_URL": server.url,
+        "BITELAB_AUTH": tokens["bob"],
+    }
+    code = "import sys; from bitelab.client.cli import main; sys.exit(main(['queue']))"
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "nobody is waiting\n"
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+    assert "bitelab.client.quick" in imported
+    assert not {name for name in imported if name.split(".")[0] in ("twisted", "treq")}
