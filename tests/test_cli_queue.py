@@ -69,9 +69,8 @@ class QueueStandIn:
     keep their place for ``LEASE`` seconds unless their client sends its
     reserve again with ``waiter``.  With ``slow_setup`` a board handed over
     is answered only at ``finish_setup()``, as a setup script that takes its
-    time.  With ``twin`` set to a user, every request that joins the queue
-    has a wait of that user for the same target join just before it, in the
-    same step.
+    time.  ``before_join``, if set, is called as a request is about to join
+    the queue (for other waits to join at that very moment).
     """
 
     clock: task.Clock
@@ -87,7 +86,7 @@ class QueueStandIn:
     down: bool = False
     slow_setup: bool = False
     setups: list = attrs.Factory(list)
-    twin: str | None = None
+    before_join: object = None
     next_id: int = 1
     _shown: dict = attrs.Factory(dict)
     app = Klein()
@@ -323,8 +322,8 @@ class QueueStandIn:
                 waiter.lease.cancel()
                 waiter.lease = None
         else:
-            if self.twin is not None:
-                self._join(self.twin, name, 0)
+            if self.before_join is not None:
+                self.before_join()
             waiter = self._join(user, name, priority or 0)
         waiter.timer = self.clock.callLater(wait, self._timed_out, waiter, wait)
         answer = defer.Deferred()
@@ -539,7 +538,7 @@ def test_simultaneous_waits_of_one_user_are_told_apart_or_not_guessed(lab):
     same step, the client cannot know which place is its own: it shows no
     position, and Ctrl-C just closes the request (taking its place out)
     instead of cancelling a place that may be the other's."""
-    lab.twin = "bob"
+    lab.before_join = lambda: lab._join("bob", "zynq", 0)
     command = start(lab, ["reserve", "--wait=1h", "zynq"])
     assert command.err.getvalue().splitlines() == [
         "waiting for zynq: queued",
@@ -555,6 +554,36 @@ def test_simultaneous_waits_of_one_user_are_told_apart_or_not_guessed(lab):
     assert command.err.getvalue().splitlines()[-1] == (
         "bitelab: stopped waiting for zynq"
     )
+
+
+def test_a_wait_served_first_at_the_same_moment_is_not_taken_for_ours(lab):
+    """Another wait of the same user that the lab takes in (and places) just
+    before ours, our request being out already, is not mistaken for ours."""
+    lab.before_join = lambda: lab.add_waiter("bob", "zynq")
+    command = start(lab, ["reserve", "--wait=1h", "zynq"])
+    assert command.err.getvalue().splitlines()[-1] == "waiting for zynq"
+    command.interrupted.callback(None)
+    command.pump()
+    assert command.status() == cli.EXIT_INTERRUPTED
+    assert command.calls("DELETE") == []
+    assert [w.user for w in lab.waiters] == ["bob"]
+
+
+def test_a_later_wait_of_the_same_user_leaves_ours_known(lab):
+    """A wait of the same user for the same class that joins later is another's:
+    ours keeps its position, and Ctrl-C cancels ours only."""
+    command = start(lab, ["reserve", "--wait=1h", "zynq"])
+    mine = lab.waiters[0]
+    command.pump(5)
+    later = lab.add_waiter("bob", "zynq")
+    command.pump()
+    assert command.err.getvalue().splitlines()[-1] == (
+        "waiting for zynq: position 1 (0 ahead)"
+    )
+    command.interrupted.callback(None)
+    command.pump()
+    assert command.calls("DELETE") == [("DELETE", f"queue/{mine.id}", "bob", None)]
+    assert lab.waiters == [later]
 
 
 def test_wait_runs_out_with_the_servers_message(lab):
@@ -684,9 +713,9 @@ def test_place_lost_after_the_lease_queues_again(lab):
 def test_restart_with_an_uncertain_place_queues_again(lab):
     """After a restart, a wait that could not tell its place from another's
     queues again rather than take up a place that may be the other's."""
-    lab.twin = "bob"
+    lab.before_join = lambda: lab._join("bob", "zynq", 0)
     command = start(lab, ["reserve", "--wait=1h", "zynq"])
-    lab.twin = None
+    lab.before_join = None
     lab.restart()
     lab.up()
     command.pump(BACKOFF_FIRST)

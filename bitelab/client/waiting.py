@@ -8,12 +8,12 @@ queue is shown from the stream's ``position`` events: nothing polls.
 
 The stream names the place (the waiter) that the request took: the first
 ``queued`` event of the caller for the same target after the request went
-out, before that waiter's first ``position`` event.  If another wait of the
-same user for the same target joins in that very window, the two cannot be
-told apart, and this wait does without its place's identity: it shows no
-position, Ctrl-C just closes the request (which also takes the waiter out),
-and after a lost connection it queues again instead of risking another
-wait's place.
+out.  If another wait of the same user for the same target joins at the same
+moment (before that place's first ``position`` event, or within
+``SAME_MOMENT`` seconds after it), the two cannot be told apart, and
+this wait does without its place's identity rather than risk another
+wait's: it shows no position, Ctrl-C just closes the request (which also
+takes the waiter out), and after a lost connection it queues again.
 
 If the connection is lost (the server restarting), the stream is opened
 again with back-off and the request sent again with ``waiter`` (the place
@@ -41,6 +41,9 @@ _LONGEST = re.compile(r"wait must be between 0 and (\d+) seconds")
 #: how the server says that a place was taken out while its client was away
 _PLACE_GONE = re.compile(r"no waiter \d+ of yours|no longer waiting \(gone\)")
 _QUEUED_FOR = re.compile(r"waits for ([^:]+):")
+#: seconds after our place's first position within which a wait of the same
+#: user for the same target joining may still have been ours (_same_moment)
+SAME_MOMENT = 0.25
 
 
 class Progress:
@@ -110,9 +113,11 @@ class BoardWait:
     #: False when another wait of ours may have been taken for this one
     sure: bool = True
     _user: str | None = None
-    #: the stream has shown our waiter's position: later ``queued`` events
-    #: are other waits'
-    _named: bool = False
+    #: when the stream first showed our waiter's position
+    _named_at: float | None = None
+    #: when the request that joins the queue (not one taking up a place
+    #: again) went out; None while no such request is out
+    _joined_at: float | None = None
     _started: float = 0.0
     _deadline: float = 0.0
     #: the lab said how long it lets a request wait
@@ -208,7 +213,7 @@ class BoardWait:
     def _forget_place(self):
         if self.waiter is not None:
             self._seen.add(self.waiter)
-        self.waiter, self.sure, self._named = None, True, False
+        self.waiter, self.sure, self._named_at = None, True, None
 
     async def _send(self, left):
         if self.waiter is not None and not self.sure:
@@ -217,6 +222,8 @@ class BoardWait:
                 "told apart from another wait of yours"
             )
             self._forget_place()
+        if self.waiter is None:
+            self._joined_at = self.clock.seconds()
         self._post = self.api.reserve(
             self.target, wait=left, waiter=self.waiter, **self.request
         )
@@ -227,7 +234,7 @@ class BoardWait:
         try:
             return await self._step(self._post)
         finally:
-            self._post = None
+            self._post = self._joined_at = None
 
     def _show_place(self, document):
         for entry in document.get("queue", []):
@@ -333,26 +340,37 @@ class BoardWait:
         if waiter != self.waiter or not self.sure or self._cancelling:
             return
         if event.kind == "position":
-            self._named = True
+            if self._named_at is None:
+                self._named_at = self.clock.seconds()
             self._show_position(data)
         elif event.kind == "granted":
             self.progress.show(f"{data.get('board')} handed over; setting it up")
 
     def _queued(self, waiter, data):
-        mine = (
-            self._post is not None
-            and not self._named
+        candidate = (
+            self._joined_at is not None
             and (data.get("holder") or data.get("user")) == self._user
             and queued_target(data) == self.target
         )
-        if not mine:
+        if not candidate:
             self._seen.add(waiter)
         elif self.waiter is None:
             self.waiter = waiter
             self.progress.show(f"waiting for {self.target}: queued")
-        elif waiter != self.waiter and self.sure:
+        elif waiter != self.waiter and self.sure and self._same_moment():
             self.sure = False
             self.progress.show(f"waiting for {self.target}")
+
+    def _same_moment(self):
+        """Whether a wait joining now may have been ours instead.
+
+        Our own ``queued`` event comes before our place's first position, or
+        (when the lab placed another wait of ours first) just after; a wait
+        of the same user for the same target that joins later is another's.
+        """
+        if self._named_at is None:
+            return True
+        return self.clock.seconds() - self._named_at < SAME_MOMENT
 
     # -- Ctrl-C ----------------------------------------------------------
 
