@@ -9,9 +9,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
+from bitelab.client.waiting import SAME_MOMENT
 from support.server import REPO, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -298,3 +300,40 @@ def test_queue_loads_no_twisted(lab):
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
     assert "bitelab.client.quick" in imported
     assert not {name for name in imported if name.split(".")[0] in ("twisted", "treq")}
+
+
+def test_jobs_of_one_user_keep_their_order_through_cancels_and_a_restart(lab):
+    """Six CI jobs of one user wait for the class, one after the other; two
+    are cancelled with Ctrl-C, the server is killed and started again, and
+    the four left get the boards in the order they came."""
+    server, tokens, run = lab
+    tokens["ci"] = server.token("ci")
+    jobs = []
+    for number in range(6):
+        job = run("ci", "reserve", "--wait=5m", "zynq")
+        job.saw(f"position {number + 1} ({number} ahead)")
+        # the next job joins after this one knows its place for sure
+        time.sleep(SAME_MOMENT)
+        jobs.append(job)
+    for job in (jobs[1], jobs[4]):
+        job.process.send_signal(signal.SIGINT)
+        assert job.finish() == -signal.SIGINT
+        assert "left the queue" in job.err[-1]
+    assert queue(server, tokens["root"])["total"] == 4
+    server.kill()
+    server.start()
+    left = [jobs[0], jobs[2], jobs[3], jobs[5]]
+    for job in left:
+        job.saw("reached the lab again")
+    wait_for(
+        lambda: all(e["connected"] for e in queue(server, tokens["root"])["queue"]),
+        what="the four places taken up again",
+    )
+    assert queue(server, tokens["root"])["total"] == 4
+    names = ["zynq-1", "zynq-2", "zynq-1", "zynq-2"]
+    holders = [tokens["alice"], tokens["alice"], tokens["ci"], tokens["ci"]]
+    for job, name, holder in zip(left, names, holders, strict=True):
+        release(server, holder, name)
+        assert job.finish() == 0, job.err
+        assert job.out[0].startswith(f"reserved {name} ")
+    assert queue(server, tokens["root"])["total"] == 0
