@@ -2,8 +2,9 @@
 
 ``conf/jail-linux.sh`` is run exactly as the server runs it: argv, no shell,
 ``BITELAB_*`` environment.  Each test gets a ``JailSite`` whose names, address
-pool and directories are its own, so tests (and a real site on the same host)
-never meet, and ``force_clean`` removes whatever a broken script left behind.
+pool, UID range, cgroup and directories are its own, so tests (and a real
+site on the same host) never meet, and ``force_clean`` removes whatever a
+broken script left behind.
 
 Context managers, for fixtures of any test that needs a jail:
 
@@ -101,6 +102,75 @@ def processes_mentioning(text):
     return found
 
 
+def processes_of_uids(first, last):
+    """(pid, uid, command line) of live processes with any UID in [first, last]."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        uids = next(ln for ln in status.splitlines() if ln.startswith("Uid:"))
+        hits = [int(u) for u in uids.split()[1:] if first <= int(u) <= last]
+        if hits:
+            found.append((int(entry.name), hits[0], cmdline.strip()))
+    return found
+
+
+def cgroup_roots():
+    """Mount points of the cgroup2 and version 1 hierarchies jails use."""
+    roots = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, mount, kind, options = line.split()[:4]
+        controllers = set(options.split(","))
+        if kind == "cgroup2" or (
+            kind == "cgroup" and controllers & {"memory", "pids", "cpu"}
+        ):
+            roots.append(Path(mount))
+    return roots
+
+
+def kill_cgroup(path):
+    """Kill every process in cgroup ``path`` and remove it (and its children)."""
+    for child in [p for p in path.iterdir() if p.is_dir()]:
+        kill_cgroup(child)
+    if (path / "cgroup.kill").exists():
+        (path / "cgroup.kill").write_text("1")
+    for _ in range(100):
+        try:
+            pids = (path / "cgroup.procs").read_text().split()
+        except FileNotFoundError:
+            return
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        pass
+
+
+def world_writable_dirs():
+    """The host's world-writable directories on its disk and memory file systems."""
+    mounts = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, mount, kind = line.split()[:3]
+        if kind in ("ext4", "xfs", "btrfs", "tmpfs", "overlay", "f2fs", "zfs"):
+            mounts.append(mount.replace("\\040", " "))
+    out = _run(
+        ["find", *sorted(set(mounts)), "-xdev", "-type", "d", "-perm", "-0002"]
+    ).stdout
+    return sorted({line for line in out.splitlines() if line})
+
+
 def accounts_with_prefix(prefix):
     """Names of passwd entries starting with ``prefix``."""
     out = _run(["getent", "passwd"], check=True).stdout
@@ -131,6 +201,29 @@ class JailSite:
     base: Path
     tag: str
     pool: str
+    first_uid: int
+
+    @property
+    def last_uid(self):
+        """The last UID of the site's range."""
+        return self.first_uid + 999
+
+    @property
+    def cgroup(self):
+        """The parent of the site's jail cgroups, below each cgroup root."""
+        return f"bitelab-{self.tag}"
+
+    def cgroups(self, board=None):
+        """Existing cgroups of the site's jails (or of ``board``'s)."""
+        found = []
+        for root in cgroup_roots():
+            parent = root / self.cgroup
+            if board is None:
+                if parent.is_dir():
+                    found += [p for p in parent.iterdir() if p.is_dir()]
+            elif (parent / self.name(board)).is_dir():
+                found.append(parent / self.name(board))
+        return found
 
     @property
     def prefix(self):
@@ -173,6 +266,8 @@ class JailSite:
             "BITELAB_JAIL_PREFIX": self.prefix,
             "BITELAB_JAIL_VETH_PREFIX": self.veth_prefix,
             "BITELAB_JAIL_POOL": self.pool,
+            "BITELAB_JAIL_CGROUP": self.cgroup,
+            "BITELAB_JAIL_UIDS": f"{self.first_uid}-{self.last_uid}",
         }
         env.update(extra)
         return {k: v for k, v in env.items() if v is not None}
@@ -206,6 +301,12 @@ class JailSite:
             f"{self.state_dir}/run/{self.name(board)}/" if board else str(self.base)
         )
         found += [f"process {p}: {c}" for p, c in processes_mentioning(marker)]
+        if board is None:
+            found += [
+                f"process {p} of UID {u}: {c}"
+                for p, u, c in processes_of_uids(self.first_uid, self.last_uid)
+            ]
+        found += [f"cgroup {p}" for p in self.cgroups(board)]
         paths = [*self.home_dir.glob("*"), *self.state_dir.glob("run/*")]
         slots = list(self.state_dir.glob("slots/*"))
         if board is None:
@@ -227,11 +328,20 @@ def make_site():
     base = Path(tempfile.mkdtemp(prefix=f"bitelab-{tag}-", dir="/var/lib"))
     base.chmod(0o755)  # the jail accounts must reach their authorized_keys
     pool = f"10.250.{secrets.randbelow(256)}.{secrets.randbelow(4) * 64}/26"
-    return JailSite(base=base, tag=tag, pool=pool)
+    first_uid = 1_900_000_000 + secrets.randbelow(99_000) * 1000
+    return JailSite(base=base, tag=tag, pool=pool, first_uid=first_uid)
 
 
 def force_clean(site):
     """Remove everything of ``site`` from the host, whatever state it is in."""
+    for root in cgroup_roots():
+        if (root / site.cgroup).is_dir():
+            kill_cgroup(root / site.cgroup)
+    for pid, _, _ in processes_of_uids(site.first_uid, site.last_uid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     for ns in sorted(n for n in netns_names() if n.startswith(site.prefix)):
         for _ in range(50):
             pids = netns_pids(ns)
@@ -245,8 +355,10 @@ def force_clean(site):
             time.sleep(0.1)
         _run(["ip", "netns", "del", ns])
     for account in accounts_with_prefix(site.prefix):
-        _run(["pkill", "-KILL", "-u", account])
         _run(["userdel", "-r", account])
+    for line in _run(["getent", "group"], check=True).stdout.splitlines():
+        if line.startswith(site.prefix):
+            _run(["groupdel", line.split(":")[0]])
     for name in link_names():
         if name.startswith(site.veth_prefix):
             _run(["ip", "link", "del", name])
