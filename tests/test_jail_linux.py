@@ -150,6 +150,7 @@ def test_jail_sees_the_host_read_only(jail_site, board_link, tmp_path):
     host_key = jail_site.state_dir / "ssh_host_ed25519_key"
     marker = f"/tmp/bitelab-host-only-{jail_site.tag}"
     open(marker, "w").close()
+    marker_name = f"bitelab-jail-only-{jail_site.tag}"
     veth_host = f"{jail_site.veth_prefix}h0"
     try:
         script = (
@@ -163,7 +164,7 @@ def test_jail_sees_the_host_read_only(jail_site, board_link, tmp_path):
             "echo 3 > /proc/sys/vm/drop_caches && echo DROPPED-CACHES; "
             "hostname other && echo RENAMED; "
             "for d in ~ /tmp /var/tmp /dev/shm /run/lock; do"
-            "  touch $d/mine && echo WROTE-$d; done; "
+            f"  touch $d/{marker_name} && echo WROTE-$d; done; "
             "hostname"
         )
         result = ssh(attrs, key, script)
@@ -183,8 +184,8 @@ def test_jail_sees_the_host_read_only(jail_site, board_link, tmp_path):
     assert result.stderr.count("Read-only file system") == 2, result.stderr
     assert "does not exist" in result.stderr
     assert not os.path.exists(f"/etc/bitelab-{jail_site.tag}")
-    for private in ("/var/tmp/mine", "/dev/shm/mine", "/run/lock/mine"):
-        assert not os.path.exists(private)
+    for private in ("/var/tmp", "/dev/shm", "/run/lock"):
+        assert not os.path.exists(f"{private}/{marker_name}")
 
 
 def test_jail_without_network_admin(jail_site, board_link, tmp_path):

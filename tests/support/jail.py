@@ -177,6 +177,12 @@ def accounts_with_prefix(prefix):
     return [line.split(":")[0] for line in out.splitlines() if line.startswith(prefix)]
 
 
+def groups_with_prefix(prefix):
+    """Names of group entries starting with ``prefix``."""
+    out = _run(["getent", "group"], check=True).stdout
+    return [line.split(":")[0] for line in out.splitlines() if line.startswith(prefix)]
+
+
 def make_key(directory, name):
     """A new passphrase-less ed25519 key pair; returns the private key's path."""
     path = Path(directory) / name
@@ -297,6 +303,7 @@ class JailSite:
         prefix = self.name(board) if board else self.prefix
         found = [f"namespace {ns}" for ns in netns_names() if ns.startswith(prefix)]
         found += [f"account {a}" for a in accounts_with_prefix(prefix)]
+        found += [f"group {g}" for g in groups_with_prefix(prefix)]
         marker = (
             f"{self.state_dir}/run/{self.name(board)}/" if board else str(self.base)
         )
@@ -354,11 +361,18 @@ def force_clean(site):
                     pass
             time.sleep(0.1)
         _run(["ip", "netns", "del", ns])
-    for account in accounts_with_prefix(site.prefix):
-        _run(["userdel", "-r", account])
-    for line in _run(["getent", "group"], check=True).stdout.splitlines():
-        if line.startswith(site.prefix):
-            _run(["groupdel", line.split(":")[0]])
+    # A reserve killed in useradd may leave the account files locked until
+    # the system reaps it.
+    for _ in range(20):
+        accounts = accounts_with_prefix(site.prefix)
+        groups = groups_with_prefix(site.prefix)
+        if not accounts and not groups:
+            break
+        for account in accounts:
+            _run(["userdel", "-r", account])
+        for group in groups_with_prefix(site.prefix):
+            _run(["groupdel", group])
+        time.sleep(0.1)
     for name in link_names():
         if name.startswith(site.veth_prefix):
             _run(["ip", "link", "del", name])
