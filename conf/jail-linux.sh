@@ -764,9 +764,17 @@ jail_init() {
         for _dir in $_hidden; do
             case $_target/ in "$_dir"/*) continue 2 ;; esac
         done
+        # Read-only, and set-user-ID programs and file capabilities give
+        # nobody the host's privileges.
         case $_opts in
-        rw | rw,*)
-            mount -o "remount,bind,ro${_opts#rw}" "$_target" ||
+        ro,nosuid | ro,nosuid,*) ;;
+        *)
+            _flags=${_opts#r[ow]}
+            case $_flags, in
+            *,nosuid,*) ;;
+            *) _flags=,nosuid$_flags ;;
+            esac
+            mount -o "remount,bind,ro$_flags" "$_target" ||
                 fail "cannot make $_target read-only"
             ;;
         esac

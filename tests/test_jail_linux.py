@@ -141,8 +141,8 @@ def test_reserve_login_release(jail_site, board_service, tmp_path):
 
 
 def test_jail_sees_the_host_read_only(jail_site, board_link, tmp_path):
-    """Inside the jail the host's files are read-only and its secrets
-    unreadable; home, /tmp, /var/tmp, /dev/shm and /run/lock are the jail's
+    """Inside the jail the host's files are read-only, without set-user-ID
+    programs, and its secrets unreadable; home, /tmp, /var/tmp, /dev/shm and /run/lock are the jail's
     own; host processes, interfaces, the hostname and kernel settings are out
     of reach."""
     key = make_key(tmp_path, "holder")
@@ -165,7 +165,9 @@ def test_jail_sees_the_host_read_only(jail_site, board_link, tmp_path):
             "hostname other && echo RENAMED; "
             "for d in ~ /tmp /var/tmp /dev/shm /run/lock; do"
             f"  touch $d/{marker_name} && echo WROTE-$d; done; "
-            "hostname"
+            "hostname; "
+            "python3 -c 'import os; print(*(os.statvfs(d).f_flag & 3"
+            ' for d in ("/", "/usr/bin", "/dev")))\''
         )
         result = ssh(attrs, key, script)
     finally:
@@ -179,6 +181,10 @@ def test_jail_sees_the_host_read_only(jail_site, board_link, tmp_path):
         "WROTE-/dev/shm",
         "WROTE-/run/lock",
         jail_site.name("a64lts-1"),
+        # read-only and no set-user-ID programs: ST_RDONLY | ST_NOSUID
+        "3",
+        "3",
+        "3",
     ]
     assert result.stderr.count("Permission denied") == 3, result.stderr
     assert result.stderr.count("Read-only file system") == 2, result.stderr
