@@ -377,28 +377,21 @@ teardown() {
 
 # --- Reserve ----------------------------------------------------------------
 
-# MEMORY_MAX in bytes, or "max".
-memory_bytes() {
+# Check the limits; MEMORY_MAX in bytes (or "max") becomes MEMORY_BYTES.
+check_limits() {
     _n=${MEMORY_MAX%[%KkMmGgTt]}
-    if ! is_number "$_n" || [ "$_n" -eq 0 ]; then
+    if [ "$MEMORY_MAX" != max ] && ! { is_number "$_n" && [ "$_n" -gt 0 ]; }; then
         fail "bad BITELAB_JAIL_MEMORY_MAX $MEMORY_MAX: want bytes (e.g. 2G), a percentage of RAM (e.g. 50%) or max"
     fi
     case $MEMORY_MAX in
-    *%) echo $(($(awk '$1 == "MemTotal:" { print $2 }' /proc/meminfo) * 1024 * _n / 100)) ;;
-    *[Kk]) echo $((_n << 10)) ;;
-    *[Mm]) echo $((_n << 20)) ;;
-    *[Gg]) echo $((_n << 30)) ;;
-    *[Tt]) echo $((_n << 40)) ;;
-    *) echo "$_n" ;;
+    max) MEMORY_BYTES=max ;;
+    *%) MEMORY_BYTES=$(($(awk '$1 == "MemTotal:" { print $2 }' /proc/meminfo) * 1024 * _n / 100)) ;;
+    *[Kk]) MEMORY_BYTES=$((_n << 10)) ;;
+    *[Mm]) MEMORY_BYTES=$((_n << 20)) ;;
+    *[Gg]) MEMORY_BYTES=$((_n << 30)) ;;
+    *[Tt]) MEMORY_BYTES=$((_n << 40)) ;;
+    *) MEMORY_BYTES=$_n ;;
     esac
-}
-
-check_limits() {
-    if [ "$MEMORY_MAX" = max ]; then
-        MEMORY_BYTES=max
-    else
-        MEMORY_BYTES=$(memory_bytes)
-    fi
     if [ "$PIDS_MAX" != max ] && ! { is_number "$PIDS_MAX" && [ "$PIDS_MAX" -gt 0 ]; }; then
         fail "bad BITELAB_JAIL_PIDS_MAX $PIDS_MAX: want a number of processes or max"
     fi
@@ -512,9 +505,11 @@ make_netns() {
         while kill -0 "$HOLDER" 2>/dev/null && [ "$_try" -lt 100 ]; do
             _net=$(readlink "/proc/$HOLDER/ns/net" 2>/dev/null || true)
             if [ -n "$_net" ] && [ "$_net" != "$_host_net" ]; then
-                echo "0 $JAIL_UID 1" >"/proc/$HOLDER/uid_map" &&
-                    echo "0 $JAIL_UID 1" >"/proc/$HOLDER/gid_map" &&
-                    ip netns attach "$NS" "$HOLDER" >"$ERRFILE" 2>&1 && NET_OWNED=yes
+                {
+                    echo "0 $JAIL_UID 1" >"/proc/$HOLDER/uid_map" &&
+                        echo "0 $JAIL_UID 1" >"/proc/$HOLDER/gid_map" &&
+                        ip netns attach "$NS" "$HOLDER"
+                } >"$ERRFILE" 2>&1 && NET_OWNED=yes
                 break
             fi
             _try=$((_try + 1))
@@ -688,7 +683,7 @@ EOF
             --pid --fork --kill-child --ipc --uts --cgroup \
             "$script" jail-init "$board" ${holder:+"$holder"}
         ' sh "/var/run/netns/$NS" "$0" "$BOARD" "$HOLDER" $JAIL_CGROUPS \
-        </dev/null >/dev/null 2>>"$JAIL_DIR/jail.log"
+        </dev/null >/dev/null 2>>"$JAIL_DIR/jail.log" || fail "cannot start the jail of $BOARD"
 
     # Ready when sshd listens; failed when the jail, once started, is empty.
     _try=0

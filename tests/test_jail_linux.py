@@ -384,6 +384,12 @@ def test_bad_board_name(jail_site, board):
         ({"BITELAB_ETHERIFACE": "tbnone.103"}, "interface tbnone.103"),
         ({"BITELAB_SSHPUBKEY": "not a key"}, "not an OpenSSH public key"),
         ({"BITELAB_JAIL_POOL": "10.0.0.0"}, "BITELAB_JAIL_POOL"),
+        ({"BITELAB_JAIL_MEMORY_MAX": "lots"}, "BITELAB_JAIL_MEMORY_MAX lots"),
+        ({"BITELAB_JAIL_PIDS_MAX": "0"}, "BITELAB_JAIL_PIDS_MAX 0"),
+        ({"BITELAB_JAIL_CPU_WEIGHT": "20000"}, "BITELAB_JAIL_CPU_WEIGHT 20000"),
+        ({"BITELAB_JAIL_NET_ADMIN": "maybe"}, "BITELAB_JAIL_NET_ADMIN maybe"),
+        ({"BITELAB_JAIL_UIDS": "5-1"}, "BITELAB_JAIL_UIDS 5-1"),
+        ({"BITELAB_JAIL_CGROUP": "../x"}, "BITELAB_JAIL_CGROUP ../x"),
     ],
 )
 def test_bad_reserve_input(jail_site, extra, reason):
