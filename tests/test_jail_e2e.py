@@ -284,6 +284,8 @@ def test_fork_bomb_leaves_server_answering(lab_server, site, tmp_path):
     )
     key = jail.make_key(tmp_path, "alice")
     attributes = reserve(server, "alice", key)
+    if "pids" not in jail.jail_controllers():
+        pytest.skip("the host's cgroups give jails no process limit")
     bomb = jail.ssh(
         attributes,
         key,

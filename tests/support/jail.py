@@ -133,6 +133,28 @@ def cgroup_roots():
     return roots
 
 
+def jail_controllers():
+    """Controllers jails can have on this host: those the cgroup2 root hands
+    down (the jail script asks it to) and those of version 1 hierarchies."""
+    found = set()
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, mount, kind, options = line.split()[:4]
+        if kind == "cgroup2":
+            found |= set((Path(mount) / "cgroup.subtree_control").read_text().split())
+        elif kind == "cgroup":
+            found |= set(options.split(","))
+    return found & {"memory", "pids", "cpu"}
+
+
+def user_namespaces_allowed():
+    """Whether an unprivileged process may make a user namespace here."""
+    result = _run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        + ["unshare", "--user", "true"]
+    )
+    return result.returncode == 0
+
+
 def kill_cgroup(path):
     """Kill every process in cgroup ``path`` and remove it (and its children)."""
     for child in [p for p in path.iterdir() if p.is_dir()]:
