@@ -477,7 +477,8 @@ def test_jail_root_netboots_the_board(jail_site, board_link, tmp_path):
     """Inside the jail the account is root over the board's network: it
     addresses the interface, adds a route, captures packets with tcpdump
     and runs dnsmasq's DHCP and TFTP servers, from which the board stand-in
-    gets a lease and its boot file."""
+    gets a lease and its boot file.  That root still gets no host files,
+    interfaces or hostname."""
     key = make_key(tmp_path, "holder")
     attrs = reserve(jail_site, "cora-10", board_link, key)
     iface = board_link.name
@@ -551,6 +552,20 @@ ip route show dev {iface}
     assert "BOOTP/DHCP, Request" in captured.stdout
     assert "BOOTP/DHCP, Reply" in captured.stdout
     assert 'RRQ "boot.img"' in captured.stdout
+
+    # Root of the jail's network, and nothing more.
+    denied = ssh(
+        attrs,
+        key,
+        "nsenter --user=/run/bitelab/userns sh -c '"
+        "id -u; cat /etc/shadow; touch /etc/bitelab-jail-root;"
+        f" ip link show dev {jail_site.veth_prefix}h0; hostname other'",
+    )
+    assert denied.stdout.split() == ["0"]
+    assert "/etc/shadow: Permission denied" in denied.stderr
+    assert "Read-only file system" in denied.stderr
+    assert "does not exist" in denied.stderr
+    assert "must be root" in denied.stderr
 
 
 def cgroup_values(site, board, *names):
