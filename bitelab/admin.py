@@ -36,22 +36,13 @@ def _token(settings, args):
 
 def _revoke(settings, args):
     from bitelab import db
+    from bitelab.store import revoke_user_tokens
 
     conn = db.connect(settings.db_file)
     try:
         conn.execute("BEGIN IMMEDIATE")
-        now = time.time()
-        count = conn.execute(
-            "UPDATE tokens SET revoked_at = ? WHERE user = ? AND revoked_at IS NULL",
-            (now, args.user),
-        ).rowcount
-        db.add_event(
-            conn,
-            now,
-            args.user,
-            None,
-            "token_revoke",
-            f"{count} tokens, by bitelab-admin",
+        count = revoke_user_tokens(
+            conn.cursor(), args.user, time.time(), "by bitelab-admin"
         )
         conn.commit()
     finally:
@@ -60,10 +51,9 @@ def _revoke(settings, args):
 
 
 def _check(settings, args):
-    from bitelab.boards import BoardManager
-    from bitelab.tap import check_host_key
+    from bitelab.tap import check_host_key, option_map
 
-    lab = load_boards(settings.board_conf, BoardManager._option_map)
+    lab = load_boards(settings.board_conf, option_map())
     check_lab(settings, lab)
     if os.path.exists(settings.ssh_host_key):
         check_host_key(settings.ssh_host_key)
@@ -72,19 +62,19 @@ def _check(settings, args):
 
 def _events(settings, args):
     from bitelab import db
-    from bitelab.boards import iso
+    from bitelab.store import read_events
+    from bitelab.views import iso
 
     conn = db.connect(settings.db_file)
     try:
-        rows = conn.execute(
-            "SELECT at, user, board, action, detail FROM events "
-            "ORDER BY id DESC LIMIT ?",
-            (args.n,),
-        ).fetchall()
+        rows = read_events(conn.cursor(), limit=args.n)
     finally:
         conn.close()
-    for at, user, board, action, detail in reversed(rows):
-        print(f"{iso(at)}  {user or '-':<12} {board or '-':<16} {action:<16} {detail}")
+    for e in reversed(rows):
+        print(
+            f"{iso(e['at'])}  {e['user'] or '-':<12} {e['board'] or '-':<16} "
+            f"{e['action']:<16} {e['detail']}"
+        )
 
 
 def _positive(text):

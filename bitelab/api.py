@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 import bitelab
-from bitelab.boards import iso
+from bitelab.views import iso
 from bitelab.config import NAME_RE
 from bitelab.errors import BitelabError, Forbidden, Invalid, NotFound, Unauthorized
 
@@ -236,11 +236,14 @@ class API:
     @defer.inlineCallbacks
     def release(self, request, name):
         user = yield self._user(request)
-        body = _read_body(request, ("force",))
+        body = _read_body(request, ("force", "reason"))
         force = body.get("force", False)
         if not isinstance(force, bool):
             raise Invalid("force must be true or false")
-        result = yield self.manager.release(user, _board_name(name), force)
+        reason = body.get("reason")
+        if reason is not None and not force:
+            raise Invalid("a reason goes with a forced release (force: true)")
+        result = yield self.manager.release(user, _board_name(name), force, reason)
         return _json(request, result)
 
     @app.route("/api/v1/boards/<name>/attrs", methods=["POST"])
@@ -315,6 +318,29 @@ class API:
         args["limit"] = min(args["limit"], 1000)
         result = yield self.manager.events(**args)
         return _json(request, {"events": result})
+
+    @app.route("/api/v1/reservations", methods=["GET"])
+    @defer.inlineCallbacks
+    def reservations(self, request):
+        user = yield self._user(request)
+        args = {}
+        for key, arg in (("user", "of_user"), ("board", "board")):
+            if key.encode() in request.args:
+                args[arg] = request.args[key.encode()][0].decode("utf-8", "replace")
+        raw = request.args.get(b"limit", [b"100"])[0]
+        if not raw.isdigit() or not 0 < int(raw) <= 1000:
+            raise Invalid("limit must be a whole number from 1 to 1000")
+        result = yield self.manager.reservations(user, limit=int(raw), **args)
+        return _json(request, {"reservations": result})
+
+    @app.route("/api/v1/reservations/<rid>", methods=["GET"])
+    @defer.inlineCallbacks
+    def reservation(self, request, rid):
+        user = yield self._user(request)
+        if not rid.isdigit() or len(rid) > 18:
+            raise NotFound(f"no reservation {rid!r}")
+        result = yield self.manager.reservation(user, int(rid))
+        return _json(request, result)
 
     @app.route("/api/v1/tokens/current", methods=["DELETE"])
     @defer.inlineCallbacks

@@ -41,6 +41,12 @@ class Config:
     lab_name: str = "bitelab"
     #: HTTP access log file; empty: access lines go to the server's log
     http_access_log: str = ""
+    #: reservations wound down (power off, release script) at the same time
+    release_concurrency: int = 8
+    #: reserve-script failures in a row that send a board to maintenance
+    max_setup_failures: int = 3
+    #: seconds a write waits for a database another process holds
+    db_busy_timeout: float = 5.0
 
 
 def _path(value):
@@ -70,6 +76,8 @@ _bytes = _number(int, "a whole number of bytes", 4096)
 _count = _number(int, "a whole number", 0)
 _pause = _number(float, "a number of seconds", 0, 600)
 _interval = _number(float, "a number of seconds", 0.01, 600)
+_positive = _number(int, "a whole number", 1, 10000)
+_wait = _number(float, "a number of seconds", 0, 600)
 
 
 def _endpoint(value):
@@ -122,6 +130,9 @@ _KEYS = {
     "expiry_interval": (_interval, False),
     "lab_name": (_name, False),
     "http_access_log": (_path, True),
+    "release_concurrency": (_positive, False),
+    "max_setup_failures": (_count, False),
+    "db_busy_timeout": (_wait, False),
 }
 _REQUIRED = ("db_file", "board_conf")
 

@@ -44,6 +44,8 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from bitelab.errors import Unavailable
+
 #: start of the line written when a reservation begins
 RESERVED_MARKER = b"=== bitelab: reserved by "
 #: start of the line written when a reservation ends
@@ -52,6 +54,8 @@ RELEASED_MARKER = b"=== bitelab: released by "
 TOO_SLOW = "console viewer too slow, disconnected"
 #: the reason given to a viewer whose own code raised an exception
 FAILED = "console viewer failed, disconnected"
+#: the reason given to viewers of a board a new reservation starts on
+NEW_RESERVATION = "a new reservation of this board starts"
 
 
 def _one_line(text):
@@ -443,6 +447,8 @@ class ConsoleService(Service):
         self._opened_at = None
         self._missing = False
         self._dropping_input = False
+        #: the reservation whose sessions may attach (None: the board is free)
+        self.reservation = None
 
     @property
     def connected(self):
@@ -579,9 +585,37 @@ class ConsoleService(Service):
         """Close every viewer with the one-line ``reason``."""
         self.hub.close_viewers(reason)
 
-    def mark_reserved(self, user, when_iso):
+    def begin(self, reservation, user, when_iso):
+        """A reservation starts: cut every session, then belong to it.
+
+        Sessions attached before (an admin watching a free board) belong to
+        no reservation and must not see this one's output.
+        """
+        if self.reservation == reservation:
+            return
+        self.hub.close_viewers(NEW_RESERVATION)
+        self.reservation = reservation
+        self.mark_reserved(user, when_iso, reservation)
+
+    def end(self, reservation, user, when_iso, why):
+        """A reservation starts to end: cut every one of its sessions first.
+
+        From here on no session of it can attach, and nothing it types
+        reaches the board.
+        """
+        if self.reservation == reservation:
+            self.reservation = None
+            self.hub.close_viewers(f"reservation of {self.board} ended: {why}")
+            self.mark_released(user, when_iso, why)
+
+    def resume(self, reservation):
+        """At start: belong to ``reservation``, which was already under way."""
+        self.reservation = reservation
+
+    def mark_reserved(self, user, when_iso, reservation=None):
         """Write the reservation-start marker for ``user`` at ``when_iso``."""
-        line = f"{_one_line(user)} at {_one_line(when_iso)} ===\n"
+        which = f" (reservation {reservation})" if reservation is not None else ""
+        line = f"{_one_line(user)} at {_one_line(when_iso)}{which} ===\n"
         self.console_log.mark(RESERVED_MARKER + line.encode())
 
     def mark_released(self, user, when_iso, reason):
@@ -592,6 +626,50 @@ class ConsoleService(Service):
     def reservation_log(self):
         """The log since the last reservation-start marker (bytes)."""
         return self.console_log.since_last(RESERVED_MARKER)
+
+
+class ConsoleAccess:
+    """One caller's access to a console, bound to one reservation.
+
+    It attaches viewers and passes input only while ``reservation`` is the
+    console's current one; once that reservation starts to end, every
+    viewer is cut (``ConsoleService.end``) and this access is dead.  The
+    check and the registration happen in one step, so no session of an
+    earlier reservation can ever see a later one's output.
+    """
+
+    def __init__(self, console, reservation):
+        self.console = console
+        self.reservation = reservation
+
+    @property
+    def current(self):
+        """Whether the reservation is still the console's."""
+        return self.console.reservation == self.reservation
+
+    def attach(self, viewer, replay=False):
+        """Attach ``viewer`` (see ``ConsoleService.attach``); ``Unavailable``
+        once the reservation is over."""
+        if not self.current:
+            raise Unavailable(
+                f"the reservation of {self.console.board} has ended; console closed"
+            )
+        self.console.attach(viewer, replay=replay)
+
+    def detach(self, viewer):
+        """Stop sending output to ``viewer``."""
+        self.console.detach(viewer)
+
+    def send(self, data):
+        """Write input to the board, unless the reservation is over."""
+        if self.current:
+            self.console.send(data)
+
+    def reservation_log(self):
+        """The current reservation's log; ``Unavailable`` once it is over."""
+        if not self.current:
+            raise Unavailable(f"the reservation of {self.console.board} has ended")
+        return self.console.reservation_log()
 
 
 def _describe(error):
@@ -608,9 +686,11 @@ def _describe(error):
 
 __all__ = [
     "FAILED",
+    "NEW_RESERVATION",
     "RELEASED_MARKER",
     "RESERVED_MARKER",
     "TOO_SLOW",
+    "ConsoleAccess",
     "ConsoleHub",
     "ConsoleLog",
     "ConsoleService",

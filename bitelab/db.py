@@ -15,19 +15,21 @@ from twisted.enterprise import adbapi
 
 from bitelab.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: seconds a write waits for a database another process holds (busy_timeout)
+BUSY_TIMEOUT = 5.0
 
 
 def _read_schema(name):
     return resources.files("bitelab").joinpath("schema", name).read_text("utf-8")
 
 
-def configure_connection(conn):
+def configure_connection(conn, busy_timeout=BUSY_TIMEOUT):
     """Pragmas every connection needs."""
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
 
 
 def get_version(conn):
@@ -76,14 +78,6 @@ def _statements(script):
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-def add_event(cursor, now, user, board, action, detail=""):
-    """Append one entry to the audit log (inside the caller's transaction)."""
-    cursor.execute(
-        "INSERT INTO events (at, user, board, action, detail) VALUES (?, ?, ?, ?, ?)",
-        (now, user, board, action, detail),
-    )
-
-
 def connect(path):
     """A plain connection with the schema ensured (admin commands, start-up)."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -103,8 +97,13 @@ def connect(path):
     return conn
 
 
-def make_pool(path):
-    """The adbapi pool: one connection, so transactions never interleave."""
+def make_pool(path, busy_timeout=BUSY_TIMEOUT):
+    """An adbapi pool of one connection, so its transactions never interleave.
+
+    The server opens two: writes go through one, reads through the other, so
+    that reads keep answering (WAL: readers never wait for a writer) while a
+    write waits for a database another process holds.
+    """
     return adbapi.ConnectionPool(
         "sqlite3",
         path,
@@ -112,6 +111,33 @@ def make_pool(path):
         check_same_thread=False,
         cp_min=1,
         cp_max=1,
-        cp_openfun=configure_connection,
+        cp_openfun=lambda conn: configure_connection(conn, busy_timeout),
         cp_reconnect=True,
     )
+
+
+def file_identity(path):
+    """``(device, inode)`` of the database file, or None if it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def storage_problem(error):
+    """A one-line reason for a database error a client may meet, or None.
+
+    Locked (busy past the wait), full, read-only or failing storage is the
+    client's ``storage`` error; anything else (a broken statement) is a bug.
+    """
+    if isinstance(error, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+        return None
+    if not isinstance(error, sqlite3.DatabaseError):
+        return None
+    text = str(error).lower()
+    if "locked" in text or "busy" in text:
+        return "the database is busy; try again later"
+    if "full" in text:
+        return "the database's storage is full; nothing was changed"
+    return f"the database is unavailable ({error}); nothing was changed"

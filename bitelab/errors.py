@@ -48,5 +48,11 @@ class PowerFailed(BitelabError):
     code, status = "power_failed", 502
 
 
+class StorageError(BitelabError):
+    """The database is unavailable, busy past its wait, or full: nothing changed."""
+
+    code, status = "storage", 503
+
+
 class ConfigError(Exception):
     """A configuration file is wrong; the message names file, key or place, and problem."""

@@ -2,7 +2,7 @@
 
 A board file entry ``{ cls = NAME, key = value, ... }`` is turned into an
 instance of the class registered under ``NAME`` (see
-``bitelab.boards.BoardManager._option_map``) with the other keys as keyword
+``bitelab.tap.option_map``) with the other keys as keyword
 arguments.  Every option class is a frozen attrs class, so an unknown keyword
 is refused when the board file is loaded.
 

@@ -52,17 +52,66 @@ class _Collector(protocol.ProcessProtocol):
         self.done = done
         self.out = bytearray()
         self.err = bytearray()
+        self.out_overflow = 0
+        self.err_dropped = 0
+        self.exited = None
 
     def outReceived(self, data):
-        if len(self.out) < MAX_OUTPUT:
-            self.out += data[: MAX_OUTPUT - len(self.out)]
+        room = MAX_OUTPUT - len(self.out)
+        self.out += data[:room]
+        self.out_overflow += max(0, len(data) - room)
 
     def errReceived(self, data):
         self.err += data
-        del self.err[: max(0, len(self.err) - MAX_OUTPUT)]
+        extra = max(0, len(self.err) - MAX_OUTPUT)
+        self.err_dropped += extra
+        del self.err[:extra]
+
+    def processExited(self, reason):
+        self.exited = reason.value
 
     def processEnded(self, reason):
-        self.done.callback(reason.value)
+        if not self.done.called:
+            self.done.callback(reason.value)
+
+
+def session_members(sid):
+    """Pids of the processes in session ``sid`` (Linux ``/proc``), sorted."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # fields after the command name, which may hold spaces and parens
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 3 and int(fields[3]) == sid:
+            members.append(int(entry))
+    return sorted(members)
+
+
+def kill_session(sid, sig):
+    """Send ``sig`` to every process of session ``sid``; how many were found.
+
+    The script leads its own session (and process group), so this reaches
+    every process it started, also those that left its process group or
+    outlived it.
+    """
+    try:
+        os.killpg(sid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    found = 0
+    for pid in session_members(sid):
+        found += 1
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return found
 
 
 @attrs.frozen
@@ -76,7 +125,12 @@ class ScriptResult:
 
 @attrs.define
 class ScriptRunner:
-    """Runs ``path ACTION BOARD`` with the given environment, killing it on time-out."""
+    """Runs ``path ACTION BOARD`` with the given environment, killing it on time-out.
+
+    At the time-out the script's whole session is killed and its pipes are
+    closed, so a child that keeps them open (``sleep 60 &``) cannot hold
+    the reservation up.
+    """
 
     reactor: object
     path: str | None
@@ -102,17 +156,26 @@ class ScriptRunner:
             )
         except OSError as e:
             raise SetupFailed(f"setup script {self.path}: {e.strerror}") from None
+        # the wrapper calls setsid() before anything else runs: its pid is
+        # the session and process group of everything the script starts
+        sid = process.pid
         killed = []
         calls = []
 
         def kill(sig):
             killed.append(sig)
-            try:
-                os.killpg(process.pid, sig)
-            except (ProcessLookupError, TypeError):
-                return
+            kill_session(sid, sig)
             if sig == signal.SIGTERM:
                 calls.append(self.reactor.callLater(KILL_GRACE, kill, signal.SIGKILL))
+            else:
+                # whatever still holds the pipes is dead or out of reach:
+                # stop waiting for them
+                process.loseConnection()
+                calls.append(self.reactor.callLater(KILL_GRACE, give_up))
+
+        def give_up():
+            if not done.called:
+                done.callback(collector.exited or error.ProcessTerminated(signal=9))
 
         calls.append(self.reactor.callLater(self.timeout, kill, signal.SIGTERM))
         try:
@@ -122,10 +185,30 @@ class ScriptRunner:
                 if call.active():
                     call.cancel()
         if killed:
+            held = (
+                " (it had exited, but a process it started kept its output open)"
+                if collector.exited is not None
+                else ""
+            )
             raise SetupFailed(
                 f"setup script {action} {board} timed out after {self.timeout:g}s"
+                f"{held}"
             )
         stdout, stderr = bytes(collector.out), bytes(collector.err)
+        if collector.err_dropped:
+            self.log.warn(
+                "setup script {action} {board}: {n} bytes of standard error "
+                "beyond the last {limit} not kept",
+                action=action,
+                board=board,
+                n=collector.err_dropped,
+                limit=MAX_OUTPUT,
+            )
+        if collector.out_overflow:
+            raise SetupFailed(
+                f"setup script {action} printed more than {MAX_OUTPUT} bytes on "
+                "standard output; attributes must fit in that"
+            )
         if isinstance(reason, error.ProcessDone):
             return ScriptResult(parse_attrs(stdout), stdout, stderr)
         if isinstance(reason, error.ProcessTerminated) and reason.signal:

@@ -47,7 +47,7 @@ from twisted.logger import Logger
 from twisted.python import components, failure
 from zope.interface import implementer
 
-from bitelab.errors import Forbidden, NotFound
+from bitelab.errors import Forbidden, NotFound, StorageError, Unavailable
 
 log = Logger()
 
@@ -540,9 +540,13 @@ class ConsoleSession(_Session):
     def _opened(self, hub):
         if self._ended:
             return
-        self._hub = hub
-        self._viewer = ConsoleViewer(self)
-        hub.attach(self._viewer)
+        viewer = ConsoleViewer(self)
+        try:
+            hub.attach(viewer)
+        except Unavailable as e:
+            self._refused(failure.Failure(e))
+            return
+        self._hub, self._viewer = hub, viewer
         log.info(
             "{user} attached to the console of {board}",
             user=self.avatar.identity.user,
@@ -553,7 +557,7 @@ class ConsoleSession(_Session):
             hub.send(early)
 
     def _refused(self, reason):
-        if reason.check(Forbidden, NotFound):
+        if reason.check(Forbidden, NotFound, Unavailable, StorageError):
             self.send_err(reason.value.message)
         else:
             log.failure(

@@ -25,17 +25,25 @@ class Options(usage.Options):
     ]
 
     def postOptions(self):
-        from bitelab.boards import BoardManager
         from bitelab.config import check_lab, load_boards, load_config
 
         try:
             self["settings"] = load_config(self["config"])
-            self["lab"] = load_boards(
-                self["settings"].board_conf, BoardManager._option_map
-            )
+            self["lab"] = load_boards(self["settings"].board_conf, option_map())
             check_lab(self["settings"], self["lab"])
         except ConfigError as e:
             _fail(e)
+
+
+def option_map():
+    """``cls`` in the board file -> option class."""
+    from bitelab.options import EtherIface, SerialConsole, Timeout
+    from bitelab.power import POWER_OPTIONS
+
+    return {
+        **{c.cls_name: c for c in (EtherIface, SerialConsole, Timeout)},
+        **POWER_OPTIONS,
+    }
 
 
 def _fail(message):
@@ -62,14 +70,15 @@ class LabService(service.MultiService):
 
 
 class PoolService(service.Service):
-    """Closes the database pool when the server stops."""
+    """Closes the database pools when the server stops."""
 
-    def __init__(self, pool):
-        self.pool = pool
+    def __init__(self, *pools):
+        self.pools = pools
 
     def stopService(self):
         super().stopService()
-        self.pool.close()
+        for pool in self.pools:
+            pool.close()
 
 
 class SNMPService(service.Service):
@@ -87,21 +96,26 @@ class SNMPService(service.Service):
         return self.client.stop()
 
 
-def sync_database(settings, lab, manager):
-    """Create or upgrade the schema and sync the boards, before serving."""
+def sync_database(settings, lab, now):
+    """Create or upgrade the schema and sync the boards, before serving.
+
+    Returns the reservation id of every board being set up or reserved.
+    """
     from bitelab import db
+    from bitelab.store import sync_boards
 
     conn = db.connect(settings.db_file)
     try:
         cursor = conn.cursor()
         try:
-            manager.sync_txn(cursor, manager.now())
+            held = sync_boards(cursor, lab, now)
             conn.commit()
         except BaseException:
             conn.rollback()
             raise
     finally:
         conn.close()
+    return held
 
 
 def make_lab_service(settings, lab, reactor):
@@ -110,19 +124,25 @@ def make_lab_service(settings, lab, reactor):
 
     from bitelab import db
     from bitelab.api import API
-    from bitelab.boards import BoardManager
+    from bitelab.boardpower import BoardPower
     from bitelab.console import ConsoleService
+    from bitelab.events import EventBus
+    from bitelab.lifecycle import BoardManager
     from bitelab.options import Runtime, SerialConsole
     from bitelab.script import ScriptRunner
     from bitelab.snmp import SNMPClient
     from bitelab.ssh import SSHService
+    from bitelab.store import Store
     from bitelab.tokens import TokenStore
 
     top = LabService()
     check_host_key(settings.ssh_host_key)
     os.makedirs(settings.ssh_keys_dir, exist_ok=True)
-    pool = db.make_pool(settings.db_file)
-    PoolService(pool).setServiceParent(top)
+    held = sync_database(settings, lab, reactor.seconds())
+    writer = db.make_pool(settings.db_file, settings.db_busy_timeout)
+    reader = db.make_pool(settings.db_file, settings.db_busy_timeout)
+    PoolService(writer, reader).setServiceParent(top)
+    store = Store(writer, reader, EventBus(), reactor, settings.db_file)
 
     snmp = SNMPClient(reactor)
     SNMPService(snmp).setServiceParent(top)
@@ -145,10 +165,11 @@ def make_lab_service(settings, lab, reactor):
             consoles[name] = console
 
     scripts = ScriptRunner(reactor, lab.setup_script, settings.setup_script_timeout)
-    manager = BoardManager(reactor, settings, lab, pool, runtime, scripts, consoles)
-    sync_database(settings, lab, manager)
+    power = BoardPower(reactor, lab, runtime, store, settings.power_cycle_pause)
+    manager = BoardManager(reactor, settings, lab, store, power, scripts, consoles)
+    manager.resume_consoles(held)
     manager.setServiceParent(top)
-    tokens = TokenStore(pool, reactor)
+    tokens = TokenStore(store, reactor)
 
     ssh = SSHService(
         reactor,
@@ -170,6 +191,7 @@ def make_lab_service(settings, lab, reactor):
         "after", "startup", _install_sighup, reactor, ssh.reload
     )
     top.manager, top.tokens, top.ssh, top.api = manager, tokens, ssh, api
+    top.store = store
     return top
 
 

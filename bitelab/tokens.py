@@ -7,8 +7,8 @@ import secrets
 import attrs
 from twisted.internet import defer
 
-from bitelab.db import add_event
 from bitelab.errors import Unauthorized
+from bitelab.store import insert_token as store_token
 
 TOKEN_PREFIX = "bl_"
 TOKEN_BYTES = 32
@@ -27,14 +27,10 @@ def new_token():
     return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
 
 
-def insert_token(txn, user, now):
+def insert_token(cursor, user, now):
     """Store a new token's hash and audit it; returns the token (inside a transaction)."""
     token = new_token()
-    txn.execute(
-        "INSERT INTO tokens (hash, user, created_at) VALUES (?, ?, ?)",
-        (hash_token(token), user, now),
-    )
-    add_event(txn, now, user, None, "token_issue")
+    store_token(cursor, user, hash_token(token), now)
     return token
 
 
@@ -42,18 +38,17 @@ def insert_token(txn, user, now):
 class TokenStore:
     """Issues, checks and revokes tokens; remembers valid ones for a few seconds."""
 
-    pool: object
+    store: object
     clock: object
     _cache: dict = attrs.field(factory=dict)
 
     def issue(self, user):
         """Deferred[str]: a new token for ``user``."""
 
-        def txn(cursor):
-            cursor.execute("BEGIN IMMEDIATE")
-            return insert_token(cursor, user, self.clock.seconds())
-
-        return self.pool.runInteraction(txn)
+        token = new_token()
+        d = self.store.add_token(user, hash_token(token))
+        d.addCallback(lambda _: token)
+        return d
 
     @defer.inlineCallbacks
     def authenticate(self, token):
@@ -69,16 +64,13 @@ class TokenStore:
             and hmac.compare_digest(cached[0], digest)
         ):
             return cached[1]
-        rows = yield self.pool.runQuery(
-            "SELECT hash, user FROM tokens WHERE hash = ? AND revoked_at IS NULL",
-            (digest,),
-        )
-        if not rows or not hmac.compare_digest(rows[0][0], digest):
+        row = yield self.store.token_user(digest)
+        if row is None or not hmac.compare_digest(row[0], digest):
             raise Unauthorized(
                 "invalid or revoked token; get one with "
                 "ssh -o 'ProxyCommand bitelab contssh' -l lab bitelab"
             )
-        user = rows[0][1]
+        user = row[1]
         if len(self._cache) > 10000:
             self._cache.clear()
         self._cache[digest] = (digest, user, now + CACHE_SECONDS)
@@ -88,20 +80,4 @@ class TokenStore:
         """Deferred: the token no longer authenticates anyone."""
         digest = hash_token(token)
         self._cache.pop(digest, None)
-        now = self.clock.seconds()
-
-        def txn(cursor):
-            cursor.execute("BEGIN IMMEDIATE")
-            cursor.execute(
-                "SELECT user FROM tokens WHERE hash = ? AND revoked_at IS NULL",
-                (digest,),
-            )
-            row = cursor.fetchone()
-            if row is None:
-                raise Unauthorized("invalid or revoked token")
-            cursor.execute(
-                "UPDATE tokens SET revoked_at = ? WHERE hash = ?", (now, digest)
-            )
-            add_event(cursor, now, row[0], None, "token_revoke")
-
-        return self.pool.runInteraction(txn)
+        return self.store.revoke_token(digest)

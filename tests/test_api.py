@@ -110,8 +110,9 @@ def test_reserve_by_name_and_holder_rules(lab):
     assert status == 200 and board["state"] == "free"
     status, events = call(lab, "GET", "/events?board=pine-1", "root")
     actions = [e["action"] for e in events["events"]]
-    assert actions[:2] == ["force_release", "reserve"]
-    assert events["events"][0]["user"] == "root"
+    assert actions[:3] == ["freed", "releasing", "reserved"]
+    assert events["events"][1]["user"] == "root"
+    assert events["events"][1]["detail"] == "force_release: released by admin root"
 
 
 def test_release_by_holder(lab):
@@ -124,7 +125,7 @@ def test_release_by_holder(lab):
     status, body = call(lab, "GET", "/events?limit=x", "root")
     assert status == 400 and body["error"]["code"] == "invalid"
     status, body = call(lab, "GET", "/events?user=bob&limit=1", "root")
-    assert [(e["user"], e["action"]) for e in body["events"]] == [("bob", "release")]
+    assert [(e["user"], e["action"]) for e in body["events"]] == [("bob", "releasing")]
 
 
 @pytest.mark.parametrize(
@@ -203,7 +204,8 @@ def test_expiry_releases_and_is_audited(lab):
     assert status == 200
     wait_for(lambda: states(lab)["zynq-3"] == ("free", None), what="expiry")
     status, events = call(lab, "GET", "/events?board=zynq-3", "root")
-    assert events["events"][0]["action"] == "expire"
+    assert [e["action"] for e in events["events"][:2]] == ["freed", "releasing"]
+    assert events["events"][1]["detail"] == "expire: expired"
 
 
 def test_maintenance(lab):
@@ -315,9 +317,13 @@ def test_setup_script_protocol(lab_server, tmp_path):
 
 
 def test_failed_reserve_script_undoes_reservation(lab_server, tmp_path):
-    """A reserve script that fails gives setup_failed with its error and leaves the board free."""
+    """A reserve script that fails gives setup_failed with its error; the
+    release script undoes whatever it did, and the board is free again."""
+    record = tmp_path / "calls"
     path = script(
-        tmp_path, 'echo starting\necho "no VLAN $BITELAB_BOARD" >&2\nexit 3\n'
+        tmp_path,
+        f'echo "$1 $2" >> {record}\n[ "$1" = release ] && exit 0\n'
+        'echo starting\necho "no VLAN $BITELAB_BOARD" >&2\nexit 3\n',
     )
     server = lab_server(
         boards=f"setup_script = {path};\nclasses {{ c {{ arch = x; }} }}\n"
@@ -328,6 +334,7 @@ def test_failed_reserve_script_undoes_reservation(lab_server, tmp_path):
     assert status == 502 and body["error"]["code"] == "setup_failed"
     assert "no VLAN b1" in body["error"]["message"]
     assert server.get("/api/v1/boards/b1", token)["state"] == "free"
+    assert record.read_text().splitlines() == ["reserve b1", "release b1"]
 
 
 def test_failed_release_script_means_maintenance(lab_server, tmp_path):
@@ -349,7 +356,7 @@ def test_failed_release_script_means_maintenance(lab_server, tmp_path):
 
 def test_setup_script_timeout_kills_it(lab_server, tmp_path):
     """A reserve script that hangs is killed after setup_script_timeout and the board stays free."""
-    path = script(tmp_path, "sleep 600\n")
+    path = script(tmp_path, '[ "$1" = release ] && exit 0\nsleep 600\n')
     server = lab_server(
         boards=f"setup_script = {path};\nclasses {{ c {{ arch = x; }} }}\n"
         "boards [ { name = b1; brdclass = c; } ]",

@@ -8,11 +8,15 @@ from hypothesis import strategies as st
 from twisted.internet import defer, reactor, task, threads
 
 from bitelab import db
-from bitelab.boards import BoardManager, iso
+from bitelab.boardpower import BoardPower
 from bitelab.config import load_boards, load_config
 from bitelab.errors import Forbidden, Invalid, NotFound, Unavailable
+from bitelab.events import EventBus
+from bitelab.lifecycle import BoardManager
 from bitelab.script import ScriptRunner
-from bitelab.tap import sync_database
+from bitelab.store import Store
+from bitelab.tap import option_map, sync_database
+from bitelab.views import iso
 
 BOARDS = """
 classes { a { arch = x; } b { arch = y; } }
@@ -34,22 +38,25 @@ class Lab:
             "default_timeout=100\nmax_timeout=1000\n"
         )
         self.config = load_config(str(directory / ".env"))
-        self.lab = load_boards(self.config.board_conf, BoardManager._option_map)
+        self.lab = load_boards(self.config.board_conf, option_map())
         self.clock = task.Clock()
         self.clock.advance(1_000_000)
-        self.pool = db.make_pool(self.config.db_file)
+        sync_database(self.config, self.lab, self.clock.seconds())
+        self.writer = db.make_pool(self.config.db_file)
+        self.reader = db.make_pool(self.config.db_file)
+        store = Store(self.writer, self.reader, EventBus(), self.clock)
         self.manager = BoardManager(
             self.clock,
             self.config,
             self.lab,
-            self.pool,
-            runtime=None,
+            store,
+            BoardPower(self.clock, self.lab, None, store, 0),
             scripts=ScriptRunner(reactor, None),
         )
-        sync_database(self.config, self.lab, self.manager)
 
     def close(self):
-        self.pool.close()
+        self.writer.close()
+        self.reader.close()
 
 
 @pytest.fixture
@@ -82,7 +89,8 @@ async def test_expiry_follows_the_clock(lab):
     await lab.manager.expire_due()
     assert (await states(lab))["a3"] == ("free", None)
     events = await lab.manager.events(board="a1")
-    assert [e["action"] for e in events] == ["expire", "reserve"]
+    assert [e["action"] for e in events] == ["freed", "releasing", "reserved"]
+    assert events[1]["detail"] == "expire: expired"
 
 
 @pytest_twisted.ensureDeferred

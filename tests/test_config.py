@@ -4,14 +4,14 @@ import os
 
 import pytest
 
-from bitelab.boards import BoardManager
+from bitelab.tap import option_map
 from bitelab.config import check_lab, load_boards, load_config
 from bitelab.errors import ConfigError
 from bitelab.options import EtherIface, SerialConsole, Timeout
 from bitelab.power import CmdPower, SNMPPower
 from support.seed import SEED
 
-OPTIONS = BoardManager._option_map
+OPTIONS = option_map()
 
 
 def write(path, text):

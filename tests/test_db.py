@@ -17,7 +17,7 @@ def test_fresh_database_gets_current_schema_in_wal_mode(tmp_path):
     """A new file gets every table, the version row and WAL journaling."""
     path = tmp_path / "sub" / "lab.sqlite"
     conn = db.connect(str(path))
-    assert tables(conn) == {"boards", "tokens", "events", "version"}
+    assert tables(conn) == {"boards", "reservations", "tokens", "events", "version"}
     assert db.get_version(conn) == db.SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.execute("INSERT INTO events (at, action) VALUES (0, 'x')")
@@ -51,14 +51,15 @@ def test_upgrade_in_place_keeps_data(tmp_path, monkeypatch):
     path = str(tmp_path / "lab.sqlite")
     conn = db.connect(path)
     conn.execute("INSERT INTO boards (name, class, arch) VALUES ('b1', 'c', 'x')")
+    now = db.SCHEMA_VERSION
     files = {
-        "upgrade-to-v2.sql": "ALTER TABLE boards ADD COLUMN notes TEXT;\n"
+        f"upgrade-to-v{now + 1}.sql": "ALTER TABLE boards ADD COLUMN notes TEXT;\n"
         "UPDATE boards SET notes = 'v2';",
-        "upgrade-to-v3.sql": "-- a comment line\nCREATE TABLE extra (k TEXT);",
+        f"upgrade-to-v{now + 2}.sql": "-- a comment line\nCREATE TABLE extra (k TEXT);",
     }
     monkeypatch.setattr(db, "_read_schema", fake_schema(files))
-    assert db.ensure_schema(conn, target=3) == 3
-    assert db.get_version(conn) == 3
+    assert db.ensure_schema(conn, target=now + 2) == now + 2
+    assert db.get_version(conn) == now + 2
     assert conn.execute("SELECT name, notes FROM boards").fetchall() == [("b1", "v2")]
     assert "extra" in tables(conn)
 
@@ -68,13 +69,14 @@ def test_failed_upgrade_changes_nothing(tmp_path, monkeypatch):
     path = str(tmp_path / "lab.sqlite")
     conn = db.connect(path)
     before = tables(conn)
+    now = db.SCHEMA_VERSION
     files = {
-        "upgrade-to-v2.sql": "CREATE TABLE half (k TEXT);\nTHIS IS NOT SQL;",
+        f"upgrade-to-v{now + 1}.sql": "CREATE TABLE half (k TEXT);\nTHIS IS NOT SQL;",
     }
     monkeypatch.setattr(db, "_read_schema", fake_schema(files))
     with pytest.raises(sqlite3.OperationalError):
-        db.ensure_schema(conn, target=2)
-    assert db.get_version(conn) == 1
+        db.ensure_schema(conn, target=now + 1)
+    assert db.get_version(conn) == now
     assert tables(conn) == before
 
 
@@ -85,3 +87,51 @@ def test_unopenable_database_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="cannot open database") as info:
         db.connect(str(blocker / "lab.sqlite"))
     assert "\n" not in str(info.value)
+
+
+def test_version_1_database_upgrades_with_its_reservations(tmp_path):
+    """A schema-1 database (reserved boards, tokens, events) upgrades to the
+    current schema: each reserved board gets a reservation with an identity,
+    free and maintenance boards keep their state, tokens and events stay."""
+    path = str(tmp_path / "lab.sqlite")
+    conn = sqlite3.connect(path, isolation_level=None)
+    db.configure_connection(conn)
+    for statement in db._statements(db._read_schema("v1.sql")):
+        conn.execute(statement)
+    conn.execute("CREATE TABLE version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO version VALUES (1)")
+    conn.execute(
+        "INSERT INTO boards (name, class, arch, state, holder, reserved_at, "
+        "expires_at, sshpubkey, script_attrs) VALUES "
+        "('b1', 'c', 'x', 'reserved', 'alice', 10, 70, 'ssh-ed25519 AAAA', "
+        "'{\"ip\": \"10.0.0.2\"}')"
+    )
+    conn.execute(
+        "INSERT INTO boards (name, class, arch, state, reason) VALUES "
+        "('b2', 'c', 'x', 'maintenance', 'flaky'), ('b3', 'c', 'x', 'free', NULL)"
+    )
+    conn.execute("INSERT INTO tokens VALUES ('h', 'alice', 1, NULL)")
+    conn.execute("INSERT INTO events (at, action) VALUES (1, 'reserve')")
+    conn.close()
+    conn = db.connect(path)
+    assert db.get_version(conn) == db.SCHEMA_VERSION
+    boards = conn.execute(
+        "SELECT name, state, reservation_id, reason FROM boards ORDER BY name"
+    ).fetchall()
+    rid = boards[0][2]
+    assert boards == [
+        ("b1", "reserved", rid, None),
+        ("b2", "maintenance", None, "flaky"),
+        ("b3", "free", None, None),
+    ]
+    assert conn.execute(
+        "SELECT board, user, state, created_at, expires_at, sshpubkey, script_attrs "
+        "FROM reservations WHERE id = ?",
+        (rid,),
+    ).fetchone() == (
+        "b1", "alice", "reserved", 10, 70, "ssh-ed25519 AAAA", '{"ip": "10.0.0.2"}'
+    )
+    assert conn.execute("SELECT user FROM tokens").fetchall() == [("alice",)]
+    assert conn.execute("SELECT action, reservation FROM events").fetchall() == [
+        ("reserve", None)
+    ]

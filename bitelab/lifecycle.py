@@ -1,0 +1,582 @@
+"""The reservation lifecycle: the side effects around each committed transition.
+
+``BoardManager`` is what the API and SSH layers call.  Every step follows
+one pattern: commit the intent (``bitelab.store``, which asks
+``bitelab.rules``), let the committed events cut consoles, then run the
+side effects (reserve or release script, power), then commit the outcome.
+A crash at any point leaves a board ``reserving`` or ``releasing`` in the
+database; ``recover`` (at start, and periodically for anything no running
+step drives) rolls an interrupted setup back and finishes an interrupted
+ending.  Setup scripts must therefore be idempotent: a release may run
+again for a reservation whose release was cut short.
+"""
+
+from twisted.application import service
+from twisted.conch.ssh import keys
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from bitelab import events, rules
+from bitelab.console import ConsoleAccess
+from bitelab.errors import (
+    Forbidden,
+    Invalid,
+    NotFound,
+    PowerFailed,
+    SetupFailed,
+    StorageError,
+    Unavailable,
+)
+from bitelab.options import EtherIface, SerialConsole
+from bitelab.script import ScriptResult
+from bitelab.views import (
+    board_view,
+    class_view,
+    default_timeout,
+    event_view,
+    iso,
+    reservation_view,
+)
+
+MAX_PUBKEY = 16 * 1024
+#: longest wait between two tries of a commit that met a failing database
+MAX_RETRY_DELAY = 30.0
+
+
+def check_public_key(line):
+    """Refuse anything but one OpenSSH public key line (``Invalid``)."""
+    if "\n" in line or "\r" in line or "\0" in line:
+        raise Invalid("sshpubkey must be a single line")
+    try:
+        key = keys.Key.fromString(line.encode("utf-8"))
+    except Exception:  # noqa: BLE001 - any parse failure of untrusted input
+        raise Invalid(
+            "sshpubkey is not an OpenSSH public key line (e.g. the contents of "
+            "~/.ssh/id_ed25519.pub)"
+        ) from None
+    if not key.isPublic():
+        raise Invalid("sshpubkey is a private key; send the .pub file instead")
+
+
+class BoardManager(service.Service):
+    """Reservations and board operations over the store, power and scripts."""
+
+    log = Logger()
+
+    def __init__(self, clock, config, lab, store, power, scripts, consoles=None):
+        self.clock = clock
+        self.config = config
+        self.lab = lab
+        self.store = store
+        self.power = power
+        self.scripts = scripts
+        self.consoles = consoles if consoles is not None else {}
+        #: board -> reservation id of the step this process is driving
+        self.driving = {}
+        self._pending = set()
+        self._slots = defer.DeferredSemaphore(config.release_concurrency)
+        self._loop = None
+        self.store.bus.subscribe(self._cut_consoles)
+
+    # -- service --------------------------------------------------------
+
+    def startService(self):
+        """Bring every board between states to an end, then watch expiry."""
+        super().startService()
+        self._loop = task.LoopingCall(self.tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.config.expiry_interval, now=True)
+        self.power.refresh()
+
+    def stopService(self):
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self.store.bus.unsubscribe(self._cut_consoles)
+        return super().stopService()
+
+    @defer.inlineCallbacks
+    def tick(self):
+        """One round of the periodic work; errors are logged, not raised."""
+        try:
+            yield self.recover()
+            yield self.expire_due()
+        except Exception:  # noqa: BLE001 - the periodic check must survive anything
+            self.log.failure("periodic reservation check failed")
+
+    def settle(self):
+        """Deferred: fires once every step running in the background is done."""
+        return defer.DeferredList(list(self._pending), consumeErrors=True)
+
+    def _background(self, d, what):
+        self._pending.add(d)
+
+        def done(result):
+            self._pending.discard(d)
+            return result
+
+        d.addBoth(done)
+        d.addErrback(lambda f: self.log.failure(what, f))
+        return d
+
+    # -- helpers --------------------------------------------------------
+
+    def is_admin(self, user):
+        """Whether ``user`` is listed in ``admins``."""
+        return user in self.config.admins
+
+    def is_board(self, name):
+        """Whether ``name`` is a board of the board file."""
+        return name in self.lab.boards
+
+    def now(self):
+        return self.clock.seconds()
+
+    def _timeout_for(self, name):
+        return default_timeout(self.lab, self.config, name)
+
+    def _has_side_effects(self, name):
+        """Whether starting or ending a reservation of ``name`` runs anything."""
+        return name in self.lab.boards and (
+            bool(self.scripts.path)
+            or self.power.has_power(name)
+            or name in self.consoles
+        )
+
+    def _direct(self, name):
+        return not self._has_side_effects(name)
+
+    def view(self, row, user):
+        """The API's BOARD object for a store row, as ``user`` may see it."""
+        return board_view(
+            row,
+            user,
+            self.is_admin(user),
+            self.lab,
+            self.config,
+            self.power.errors,
+            self.consoles,
+        )
+
+    def script_env(self, row):
+        """The setup script's environment for the reservation in ``row``."""
+        name = row["name"]
+        board = self.lab.boards[name]
+        env = {
+            "BITELAB_BOARD": name,
+            "BITELAB_CLASS": board.brdclass,
+            "BITELAB_ARCH": self.lab.classes[board.brdclass].arch,
+            "BITELAB_USER": row["holder"],
+            "BITELAB_SSHPUBKEY": row["sshpubkey"] or "",
+            "BITELAB_RESERVATION": str(row["reservation_id"]),
+        }
+        ether = board.option(EtherIface)
+        if ether is not None:
+            env["BITELAB_ETHERIFACE"] = ether.val
+        console = board.option(SerialConsole)
+        if console is not None:
+            env["BITELAB_SERIALCONSOLE"] = console.val
+        return env
+
+    # -- queries --------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def list_boards(self, user):
+        """Deferred[list]: every board as ``user`` may see it."""
+        rows = yield self.store.boards()
+        return [self.view(row, user) for row in rows]
+
+    @defer.inlineCallbacks
+    def get_board(self, user, name):
+        """Deferred[dict]: one board."""
+        row = yield self.store.board(name)
+        return self.view(row, user)
+
+    @defer.inlineCallbacks
+    def list_classes(self):
+        """Deferred[list]: classes with their board counts."""
+        counts = yield self.store.class_counts()
+        return [
+            class_view(name, brdclass, *counts.get(name, (0, 0)))
+            for name, brdclass in sorted(self.lab.classes.items())
+        ]
+
+    @defer.inlineCallbacks
+    def events(self, limit=100, board=None, user=None, before=None):
+        """Deferred[list]: audit events, newest first."""
+        rows = yield self.store.events(limit=limit, board=board, user=user, before=before)
+        return [event_view(row) for row in rows]
+
+    @defer.inlineCallbacks
+    def reservations(self, user, of_user=None, board=None, limit=100):
+        """Deferred[list]: reservations, newest first; users see their own."""
+        if not self.is_admin(user):
+            if of_user not in (None, user):
+                raise Forbidden("only admins may list other users' reservations")
+            of_user = user
+        rows = yield self.store.reservations(user=of_user, board=board, limit=limit)
+        return [reservation_view(row) for row in rows]
+
+    @defer.inlineCallbacks
+    def reservation(self, user, rid):
+        """Deferred[dict]: one reservation, for its user or an admin."""
+        row = yield self.store.reservation(rid)
+        if row["user"] != user and not self.is_admin(user):
+            raise NotFound(f"no reservation {rid}")
+        return reservation_view(row)
+
+    # -- reserve --------------------------------------------------------
+
+    def _check_request(self, target, sshpubkey, timeout):
+        if timeout is not None:
+            rules.check_timeout(timeout, self.config.max_timeout)
+        if sshpubkey is not None:
+            if not isinstance(sshpubkey, str) or len(sshpubkey) > MAX_PUBKEY:
+                raise Invalid("sshpubkey must be an OpenSSH public key line")
+            sshpubkey = sshpubkey.strip() or None
+            if sshpubkey:
+                check_public_key(sshpubkey)
+        if target in self.lab.classes:
+            return True, sshpubkey
+        if target in self.lab.boards:
+            return False, sshpubkey
+        raise NotFound(f"no board or class named {target!r}")
+
+    @defer.inlineCallbacks
+    def reserve(self, user, target, sshpubkey=None, timeout=None):
+        """Deferred[dict]: reserve a board by name, or any free board of a class.
+
+        For a class, a board whose reserve script fails is wound down and the
+        next free board of the class is tried; the request fails with the
+        last script error once none is left.
+        """
+        is_class, sshpubkey = self._check_request(target, sshpubkey, timeout)
+
+        def timeout_for(name):
+            return timeout if timeout is not None else self._timeout_for(name)
+
+        tried, failure = [], None
+        while True:
+            try:
+                row = yield self.store.claim(
+                    target, is_class, user, sshpubkey, timeout_for, self._direct,
+                    tried,
+                )
+            except Unavailable:
+                if failure is None:
+                    raise
+                raise SetupFailed(
+                    f"{failure.message} (tried {', '.join(tried)}; no other board "
+                    f"of class {target} is free)"
+                ) from None
+            if row["state"] == rules.RESERVED:
+                return self.view(row, user)
+            try:
+                reserved = yield self._set_up(row)
+            except SetupFailed as e:
+                if not is_class:
+                    raise
+                tried.append(row["name"])
+                failure = e
+                continue
+            return self.view(reserved, user)
+
+    @defer.inlineCallbacks
+    def _set_up(self, row):
+        """Run the reserve script of a ``reserving`` board; the reserved row.
+
+        A failed script winds the reservation down (``SetupFailed``); a
+        failed final commit rolls it back in the background once the
+        database is back (``StorageError`` to the caller).
+        """
+        name, rid = row["name"], row["reservation_id"]
+        self.driving[name] = rid
+        handed_on = False
+        try:
+            try:
+                result = yield self._reserve_script(row)
+            except SetupFailed as e:
+                ending = yield self._retrying(self.store.fail_setup, name, rid, e.message)
+                if ending is not None:
+                    handed_on = True
+                    yield self._wind_down(ending)
+                raise
+            try:
+                reserved = yield self.store.confirm(name, rid, result.attrs)
+            except StorageError:
+                handed_on = True
+                self._background(self._roll_back(name, rid), f"rolling back {name}")
+                raise
+            if reserved is None:
+                raise Unavailable(f"the reservation of {name} ended during its setup")
+            return reserved
+        finally:
+            if not handed_on and self.driving.get(name) == rid:
+                del self.driving[name]
+
+    def _reserve_script(self, row):
+        if not self.scripts.path:
+            return defer.succeed(ScriptResult({}, b"", b""))
+        return self.scripts.run("reserve", row["name"], self.script_env(row))
+
+    @defer.inlineCallbacks
+    def _roll_back(self, name, rid):
+        """Undo a setup whose outcome could not be committed."""
+        self.driving[name] = rid
+        ending = yield self._retrying(self.store.interrupt, name, rid)
+        if ending is not None:
+            yield self._wind_down(ending)
+        elif self.driving.get(name) == rid:
+            del self.driving[name]
+
+    # -- ending ---------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def release(self, user, name, force=False, reason=None):
+        """Deferred[dict]: end the reservation of ``name`` held by ``user``.
+
+        Admins end anyone's with ``force`` and may give a ``reason`` the
+        holder sees.  Answers once the board is free (or in maintenance).
+        """
+        admin = self.is_admin(user)
+        if reason is not None:
+            reason = rules.check_reason(reason)
+        row = yield self.store.begin_release(
+            name, user, admin, force, reason, direct=self._direct(name)
+        )
+        if row is not None and row["state"] == rules.RELEASING:
+            row = yield self._wind_down(row)
+        if row is None:
+            return {"name": name, "state": "removed"}
+        return self.view(row, user)
+
+    @defer.inlineCallbacks
+    def expire_due(self):
+        """End every reservation whose time is up; the endings run in the background."""
+        direct = frozenset(n for n in self.lab.boards if self._direct(n))
+        ending = yield self.store.begin_expiry(direct)
+        for row in ending:
+            self.log.info(
+                "reservation {rid} of {name} by {holder} expired",
+                rid=row["reservation_id"],
+                name=row["name"],
+                holder=row["holder"],
+            )
+            self._background(self._wind_down(row), f"ending {row['name']}")
+
+    @defer.inlineCallbacks
+    def recover(self):
+        """Bring every board between states that no step drives to an end.
+
+        An interrupted setup is rolled back; an interrupted ending is run
+        again to its end.  The read goes through the write connection, so it
+        sees no reservation whose own step has not yet been told of its
+        commit.
+        """
+        rows = yield self.store.unsettled()
+        for row in rows:
+            name, rid = row["name"], row["reservation_id"]
+            if name in self.driving:
+                continue
+            self.log.info(
+                "board {name} was left {state} (reservation {rid}); recovering",
+                name=name,
+                state=row["state"],
+                rid=rid,
+            )
+            if row["state"] == rules.RESERVING:
+                d = self._roll_back(name, rid)
+            else:
+                d = self._wind_down(row)
+            self._background(d, f"recovering {name}")
+
+    @defer.inlineCallbacks
+    def _wind_down(self, row):
+        """Power off, run the release script, then free the board (or maintenance).
+
+        Consoles were cut when the ending was committed.  At most
+        ``release_concurrency`` endings run at once.
+        """
+        name, rid = row["name"], row["reservation_id"]
+        self.driving[name] = rid
+        try:
+            yield self._slots.acquire()
+            try:
+                problems = []
+                if name in self.lab.boards:
+                    problem = yield self.power.off(name)
+                    if problem:
+                        problems.append(problem)
+                    if self.scripts.path:
+                        try:
+                            yield self.scripts.run(
+                                "release", name, self.script_env(row)
+                            )
+                        except SetupFailed as e:
+                            problems.append(e.message)
+                result = yield self._retrying(
+                    self.store.finish,
+                    name,
+                    rid,
+                    problems,
+                    self.config.max_setup_failures,
+                )
+            finally:
+                self._slots.release()
+        finally:
+            if self.driving.get(name) == rid:
+                del self.driving[name]
+        return result
+
+    @defer.inlineCallbacks
+    def _retrying(self, step, *args):
+        """``step(*args)``, tried again while the database fails.
+
+        The side effects before it are done and must not be lost or run
+        again, so the commit waits for the storage to come back.
+        """
+        delay = 1.0
+        while True:
+            try:
+                result = yield step(*args)
+            except StorageError as e:
+                if not self.running:
+                    raise
+                self.log.warn(
+                    "cannot record {step}: {error}; retrying in {delay}s",
+                    step=step.__name__,
+                    error=e.message,
+                    delay=delay,
+                )
+                yield task.deferLater(self.clock, delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+                continue
+            return result
+
+    # -- attributes -----------------------------------------------------
+
+    def _accepted(self, name):
+        board = self.lab.boards.get(name)
+        accepted = {"timeout"}
+        if board is not None:
+            for option in board.options:
+                accepted.update(option.accepts)
+        return accepted
+
+    @defer.inlineCallbacks
+    def set_attrs(self, user, name, values):
+        """Deferred[dict]: apply ``{"power": ..., "timeout": ...}`` for the holder or an admin."""
+        row = yield self.store.board(name)
+        admin = self.is_admin(user)
+        rules.check_use(row, user, admin)
+        if not values:
+            raise Invalid("no attributes given")
+        accepted = self._accepted(name)
+        for key in values:
+            if key not in accepted:
+                raise Invalid(
+                    f"board {name} has no settable attribute {key!r} "
+                    f"(settable: {', '.join(sorted(accepted))})"
+                )
+        power = values.get("power")
+        if "power" in values and power not in ("on", "off", "cycle"):
+            raise Invalid("power must be 'on', 'off' or 'cycle'")
+        if "timeout" in values:
+            timeout = rules.check_timeout(values["timeout"], self.config.max_timeout)
+            if row["state"] != rules.RESERVED:
+                raise Unavailable(f"board {name} is not reserved")
+            row = yield self.store.extend(name, user, admin, timeout)
+        if power is not None:
+            yield self._switch(row, user, admin, power)
+            row = yield self.store.board(name)
+        return self.view(row, user)
+
+    @defer.inlineCallbacks
+    def _switch(self, row, user, admin, action):
+        name, rid = row["name"], row["reservation_id"]
+
+        @defer.inlineCallbacks
+        def still_allowed():
+            # the board's turn has come: is it still the caller's to switch?
+            now = yield self.store.board(name)
+            rules.check_use(now, user, admin)
+            if not admin and now["reservation_id"] != rid:
+                raise Forbidden(f"board {name} is not held by you")
+
+        try:
+            yield self.power.switch(name, action, still_allowed, admin)
+        except PowerFailed as e:
+            yield self.store.audit("power_failed", name, user, e.message, rid)
+            raise
+        yield self.store.audit(events.POWER, name, user, action, rid)
+
+    # -- maintenance ----------------------------------------------------
+
+    def _require_admin(self, user):
+        if not self.is_admin(user):
+            raise Forbidden("only admins may do this")
+
+    @defer.inlineCallbacks
+    def set_maintenance(self, user, name, reason):
+        """Deferred[dict]: take a free board out of service (admins)."""
+        self._require_admin(user)
+        yield self.store.board(name)
+        reason = rules.check_reason(reason)
+        row = yield self.store.start_maintenance(name, user, reason)
+        return self.view(row, user)
+
+    @defer.inlineCallbacks
+    def clear_maintenance(self, user, name):
+        """Deferred[dict]: power off, then put a board back in service (admins)."""
+        self._require_admin(user)
+        row = yield self.store.board(name)
+        rules.check_maintenance_end(row)
+        if self.power.has_power(name):
+            # a board is only handed out switched off (PowerFailed: stays put)
+            @defer.inlineCallbacks
+            def still_in_maintenance():
+                rules.check_maintenance_end((yield self.store.board(name)))
+
+            yield self.power.switch(name, "off", still_in_maintenance, admin=True)
+        row = yield self.store.end_maintenance(name, user)
+        if row is None:
+            return {"name": name, "state": "removed"}
+        return self.view(row, user)
+
+    # -- consoles -------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def open_console(self, user, name):
+        """Deferred[ConsoleAccess]: ``name``'s console for ``user``'s reservation.
+
+        The access is bound to the reservation the caller holds now: it
+        attaches only while that reservation is the console's, and every
+        session of it is cut when the reservation starts to end.
+        """
+        row = yield self.store.board(name)
+        console = self.consoles.get(name)
+        if console is None:
+            raise NotFound(f"board {name} has no serial console")
+        rid = rules.check_console(row, user, self.is_admin(user))
+        return ConsoleAccess(console, rid)
+
+    def _cut_consoles(self, event):
+        """Event subscriber: consoles follow their board's reservations."""
+        console = self.consoles.get(event.board)
+        if console is None:
+            return
+        when = iso(event.at)
+        if event.kind in (events.RESERVING, events.RESERVED):
+            console.begin(event.reservation, event.holder, when)
+        elif event.kind == events.RELEASING:
+            console.end(event.reservation, event.holder, when, event.detail)
+
+    def resume_consoles(self, held):
+        """At start: each console belongs to its board's current reservation.
+
+        ``held`` maps boards being set up or reserved to their reservation
+        ids (what ``bitelab.store.sync_boards`` returns).
+        """
+        for name, rid in held.items():
+            console = self.consoles.get(name)
+            if console is not None:
+                console.resume(rid)

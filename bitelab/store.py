@@ -1,0 +1,682 @@
+"""The store: every SQL statement bitelab runs, and nothing else.
+
+Each write is one transaction that re-reads the rows it decides on, asks
+``bitelab.rules`` whether the step is allowed, and changes them with a
+compare-and-set on the board's state *and* reservation id: a step that
+belongs to an earlier reservation matches no row and changes nothing.  The
+transaction writes its audit-log entries too; once it has committed, its
+events are published on the ``EventBus``.
+
+Writes go through one connection, reads through another (see
+``bitelab.db.make_pool``).  A database that is busy past its wait, full or
+gone raises ``StorageError`` (503 ``storage``) with nothing changed.
+"""
+
+import json
+
+from bitelab import rules
+from bitelab.db import file_identity, storage_problem
+from bitelab.errors import NotFound, StorageError, Unauthorized, Unavailable
+from bitelab.events import Event
+
+_BOARD_COLUMNS = (
+    ("name", "b.name"),
+    ("class", "b.class"),
+    ("arch", "b.arch"),
+    ("configured", "b.configured"),
+    ("state", "b.state"),
+    ("reservation_id", "b.reservation_id"),
+    ("reason", "b.reason"),
+    ("released_at", "b.released_at"),
+    ("setup_failures", "b.setup_failures"),
+    ("power", "b.power"),
+    ("power_at", "b.power_at"),
+    ("holder", "r.user"),
+    ("reserved_at", "r.created_at"),
+    ("expires_at", "r.expires_at"),
+    ("sshpubkey", "r.sshpubkey"),
+    ("script_attrs", "r.script_attrs"),
+    ("detail", "r.detail"),
+)
+_BOARD_KEYS = tuple(key for key, _ in _BOARD_COLUMNS)
+_BOARD_SELECT = (
+    "SELECT "
+    + ", ".join(column for _, column in _BOARD_COLUMNS)
+    + " FROM boards b LEFT JOIN reservations r ON r.id = b.reservation_id"
+)
+_RESERVATION_KEYS = (
+    "id",
+    "board",
+    "user",
+    "state",
+    "created_at",
+    "expires_at",
+    "ended_at",
+    "cause",
+    "actor",
+    "detail",
+    "outcome",
+)
+#: reservation states that hold a board
+_HOLDING = (rules.RESERVING, rules.RESERVED, rules.RELEASING)
+
+
+def _board(row):
+    if row is None:
+        return None
+    board = dict(zip(_BOARD_KEYS, row))
+    board["script_attrs"] = json.loads(board["script_attrs"] or "{}")
+    return board
+
+
+class Txn:
+    """One write transaction: its cursor, and the events it will publish."""
+
+    def __init__(self, cursor, now):
+        self.cursor = cursor
+        self.now = now
+        self.events = []
+
+    def execute(self, sql, args=()):
+        """Run one statement; the cursor, for ``fetchone``/``rowcount``."""
+        self.cursor.execute(sql, args)
+        return self.cursor
+
+    def board(self, name):
+        """One board's row (joined with its reservation) as a dict, or None."""
+        return _board(self.execute(_BOARD_SELECT + " WHERE b.name = ?", (name,)).fetchone())
+
+    def event(self, kind, board, user=None, detail="", reservation=None, holder=None):
+        """Append to the audit log; the ``Event`` is published after commit."""
+        cursor = self.execute(
+            "INSERT INTO events (at, user, board, action, detail, reservation) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (self.now, user, board, kind, detail, reservation),
+        )
+        self.events.append(
+            Event(
+                kind=kind,
+                board=board,
+                at=self.now,
+                reservation=reservation,
+                user=user,
+                holder=holder,
+                detail=detail,
+                id=cursor.lastrowid,
+            )
+        )
+
+    def set_board(self, name, expect_state, expect_reservation, **values):
+        """Compare-and-set: change ``name`` only if it is still in
+        ``expect_state`` with ``expect_reservation``; False if it is not."""
+        assignments = ", ".join(f"{key} = ?" for key in values)
+        cursor = self.execute(
+            f"UPDATE boards SET {assignments} WHERE name = ? AND state = ? "
+            "AND reservation_id IS ?",
+            (*values.values(), name, expect_state, expect_reservation),
+        )
+        return cursor.rowcount == 1
+
+    def set_reservation(self, rid, **values):
+        """Update reservation ``rid``'s columns."""
+        assignments = ", ".join(f"{key} = ?" for key in values)
+        self.execute(
+            f"UPDATE reservations SET {assignments} WHERE id = ?",
+            (*values.values(), rid),
+        )
+
+
+def sync_boards(cursor, lab, now):
+    """Bring the boards table in line with the board file (one transaction).
+
+    A board that left the file is deleted unless a reservation holds it: then
+    it is kept, marked removed, until that reservation has ended.  Returns
+    the reservation id of each board being set up or reserved.
+    """
+    txn = Txn(cursor, now)
+    txn.execute("BEGIN IMMEDIATE")
+    for board in lab.boards.values():
+        arch = lab.classes[board.brdclass].arch
+        txn.execute(
+            "INSERT INTO boards (name, class, arch) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET class = excluded.class, "
+            "arch = excluded.arch, configured = 1",
+            (board.name, board.brdclass, arch),
+        )
+    held = {}
+    rows = txn.execute("SELECT name, state, reservation_id FROM boards").fetchall()
+    for name, state, rid in rows:
+        if state in (rules.RESERVING, rules.RESERVED):
+            held[name] = rid
+        if name in lab.boards:
+            continue
+        if state in _HOLDING:
+            txn.execute("UPDATE boards SET configured = 0 WHERE name = ?", (name,))
+        else:
+            txn.execute("DELETE FROM boards WHERE name = ?", (name,))
+            txn.event("removed", name, detail="left the board file")
+    return held
+
+
+def insert_token(cursor, user, token_hash, now):
+    """Store a new token's hash and audit it (inside the caller's transaction)."""
+    txn = Txn(cursor, now)
+    txn.execute(
+        "INSERT INTO tokens (hash, user, created_at) VALUES (?, ?, ?)",
+        (token_hash, user, now),
+    )
+    txn.event("token_issue", None, user)
+
+
+def revoke_user_tokens(cursor, user, now, detail):
+    """Revoke every token of ``user``; how many (inside a transaction)."""
+    txn = Txn(cursor, now)
+    count = txn.execute(
+        "UPDATE tokens SET revoked_at = ? WHERE user = ? AND revoked_at IS NULL",
+        (now, user),
+    ).rowcount
+    txn.event("token_revoke", None, user, f"{count} tokens, {detail}")
+    return count
+
+
+def read_events(cursor, limit=100, board=None, user=None, before=None):
+    """Audit entries, newest first, as dicts."""
+    clauses, args = [], []
+    for column, value in (("board", board), ("user", user)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            args.append(value)
+    if before is not None:
+        clauses.append("id < ?")
+        args.append(before)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    cursor.execute(
+        "SELECT id, at, user, board, action, detail, reservation FROM events "
+        f"{where} ORDER BY id DESC LIMIT ?",
+        (*args, limit),
+    )
+    keys = ("id", "at", "user", "board", "action", "detail", "reservation")
+    return [dict(zip(keys, row)) for row in cursor.fetchall()]
+
+
+class Store:
+    """The lab's state: boards, reservations, tokens and the audit log.
+
+    ``writer`` and ``reader`` are adbapi-style pools (``runInteraction``);
+    ``bus`` gets each write's events after it commits; ``path`` is the
+    database file, watched so that a file deleted or replaced under the
+    server refuses writes instead of losing them.
+    """
+
+    def __init__(self, writer, reader, bus, clock, path=None):
+        self.writer = writer
+        self.reader = reader
+        self.bus = bus
+        self.clock = clock
+        self.path = path
+        self._identity = file_identity(path) if path else None
+
+    # -- plumbing ---------------------------------------------------------
+
+    def _check_file(self):
+        if self._identity is None:
+            return
+        if file_identity(self.path) != self._identity:
+            raise StorageError(
+                f"the database file {self.path} was removed or replaced while "
+                "the server ran; restart the server"
+            )
+
+    def write(self, fn, *args):
+        """Deferred: ``fn(txn, *args)`` in one write transaction, events after."""
+        now = self.clock.seconds()
+
+        def interaction(cursor):
+            self._check_file()
+            txn = Txn(cursor, now)
+            txn.execute("BEGIN IMMEDIATE")
+            result = fn(txn, *args)
+            return result, txn.events
+
+        d = self.writer.runInteraction(interaction)
+        d.addCallbacks(self._committed, _storage_failure)
+        return d
+
+    def _committed(self, outcome):
+        result, events = outcome
+        self.bus.publish(events)
+        return result
+
+    def read(self, fn, *args, **kwargs):
+        """Deferred: ``fn(cursor, *args, **kwargs)`` on the read connection."""
+
+        def interaction(cursor):
+            self._check_file()
+            return fn(cursor, *args, **kwargs)
+
+        d = self.reader.runInteraction(interaction)
+        d.addErrback(_storage_failure)
+        return d
+
+    # -- reads ------------------------------------------------------------
+
+    def boards(self):
+        """Deferred[list[dict]]: every board, by name."""
+        return self.read(
+            lambda c: [_board(r) for r in c.execute(_BOARD_SELECT + " ORDER BY b.name")]
+        )
+
+    def board(self, name):
+        """Deferred[dict]: one board; ``NotFound`` if there is none."""
+
+        def get(cursor):
+            row = _board(
+                cursor.execute(_BOARD_SELECT + " WHERE b.name = ?", (name,)).fetchone()
+            )
+            if row is None:
+                raise NotFound(f"no board named {name!r}")
+            return row
+
+        return self.read(get)
+
+    def class_counts(self):
+        """Deferred[dict]: class -> (boards configured, boards free)."""
+
+        def counts(cursor):
+            cursor.execute(
+                "SELECT class, COUNT(*), "
+                "COUNT(CASE WHEN state = 'free' THEN 1 END) "
+                "FROM boards WHERE configured = 1 GROUP BY class"
+            )
+            return {name: (total, free) for name, total, free in cursor.fetchall()}
+
+        return self.read(counts)
+
+    def unsettled(self):
+        """Deferred[list[dict]]: boards between states (reserving or releasing).
+
+        Read through the write connection: a step's commit is always told to
+        its caller before this read sees it, so a caller's board never looks
+        abandoned.
+        """
+        d = self.writer.runInteraction(
+            lambda c: [
+                _board(r)
+                for r in c.execute(
+                    _BOARD_SELECT + " WHERE b.state IN (?, ?)", rules.TRANSITIONAL
+                )
+            ]
+        )
+        d.addErrback(_storage_failure)
+        return d
+
+    def events(self, **filters):
+        """Deferred[list[dict]]: audit entries, newest first."""
+        return self.read(read_events, **filters)
+
+    def reservations(self, user=None, board=None, limit=100):
+        """Deferred[list[dict]]: reservations, newest first."""
+
+        def get(cursor):
+            clauses, args = [], []
+            for column, value in (("user", user), ("board", board)):
+                if value is not None:
+                    clauses.append(f"{column} = ?")
+                    args.append(value)
+            where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+            cursor.execute(
+                f"SELECT {', '.join(_RESERVATION_KEYS)} FROM reservations {where} "
+                "ORDER BY id DESC LIMIT ?",
+                (*args, limit),
+            )
+            return [dict(zip(_RESERVATION_KEYS, row)) for row in cursor.fetchall()]
+
+        return self.read(get)
+
+    def reservation(self, rid):
+        """Deferred[dict]: one reservation; ``NotFound`` if there is none."""
+
+        def get(cursor):
+            cursor.execute(
+                f"SELECT {', '.join(_RESERVATION_KEYS)} FROM reservations "
+                "WHERE id = ?",
+                (rid,),
+            )
+            row = cursor.fetchone()
+            if row is None:
+                raise NotFound(f"no reservation {rid}")
+            return dict(zip(_RESERVATION_KEYS, row))
+
+        return self.read(get)
+
+    def token_user(self, token_hash):
+        """Deferred[(hash, user) or None]: an unrevoked token's owner."""
+        return self.read(
+            lambda c: c.execute(
+                "SELECT hash, user FROM tokens WHERE hash = ? AND revoked_at IS NULL",
+                (token_hash,),
+            ).fetchone()
+        )
+
+    # -- reservations -----------------------------------------------------
+
+    def claim(self, target, is_class, user, sshpubkey, timeout_for, direct, skip=()):
+        """Deferred[dict]: record a reservation of ``target`` for ``user``.
+
+        For a class, the free board that has been free longest (not in
+        ``skip``) is picked.  ``direct(name)``: nothing needs setting up, so
+        the board goes straight to ``reserved``; otherwise to ``reserving``.
+        """
+        return self.write(
+            self._claim, target, is_class, user, sshpubkey, timeout_for, direct, skip
+        )
+
+    def _claim(self, txn, target, is_class, user, sshpubkey, timeout_for, direct, skip):
+        if is_class:
+            marks = ", ".join("?" for _ in skip)
+            exclude = f" AND name NOT IN ({marks})" if skip else ""
+            row = txn.execute(
+                "SELECT name FROM boards WHERE class = ? AND state = 'free' "
+                f"AND configured = 1{exclude} ORDER BY released_at, name LIMIT 1",
+                (target, *skip),
+            ).fetchone()
+            if row is None:
+                raise Unavailable(f"no free board of class {target!r}")
+            name = row[0]
+        else:
+            name = target
+        board = txn.board(name)
+        if board is None:
+            raise NotFound(f"no board named {name!r}")
+        rules.check_claim(board, user)
+        timeout = timeout_for(name)
+        state = rules.RESERVED if direct(name) else rules.RESERVING
+        rid = txn.execute(
+            "INSERT INTO reservations (board, user, sshpubkey, state, created_at, "
+            "expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (name, user, sshpubkey, state, txn.now, txn.now + timeout),
+        ).lastrowid
+        if not txn.set_board(name, rules.FREE, None, state=state, reservation_id=rid):
+            raise Unavailable(f"board {name} was taken")
+        txn.event(
+            state, name, user, f"timeout={timeout}", reservation=rid, holder=user
+        )
+        return txn.board(name)
+
+    def confirm(self, name, rid, script_attrs):
+        """Deferred[dict or None]: setup done; ``reserving`` -> ``reserved``.
+
+        None if the reservation is no longer being set up (it was ended
+        meanwhile): the caller must not report it as reserved.
+        """
+
+        def txn_fn(txn):
+            board = txn.board(name)
+            if not txn.set_board(
+                name, rules.RESERVING, rid, state=rules.RESERVED, setup_failures=0
+            ):
+                return None
+            txn.set_reservation(
+                rid, state=rules.RESERVED, script_attrs=json.dumps(script_attrs)
+            )
+            txn.event(
+                rules.RESERVED, name, board["holder"], reservation=rid,
+                holder=board["holder"],
+            )
+            return txn.board(name)
+
+        return self.write(txn_fn)
+
+    def begin_release(self, name, user, admin, force, reason=None, direct=False):
+        """Deferred[dict]: ``reserved`` -> ``releasing`` by ``user``.
+
+        Refused (``rules.check_release``) unless the board is reserved, by
+        ``user`` or by an admin forcing it.  ``direct``: nothing to wind down,
+        so the board is freed in the same transaction.
+        """
+
+        def txn_fn(txn):
+            board = txn.board(name)
+            if board is None:
+                raise NotFound(f"no board named {name!r}")
+            cause = rules.check_release(board, user, admin, force)
+            self._start_ending(txn, board, cause, user, reason)
+            if direct:
+                return self._finish(txn, name, board["reservation_id"], [], 0)
+            return txn.board(name)
+
+        return self.write(txn_fn)
+
+    def begin_expiry(self, direct_names=frozenset()):
+        """Deferred[list[dict]]: every reservation whose time is up -> ``releasing``.
+
+        Boards in ``direct_names`` have nothing to wind down and are freed at
+        once; the rows returned are the boards left releasing.
+        """
+
+        def txn_fn(txn):
+            due = [
+                _board(row)
+                for row in txn.execute(
+                    _BOARD_SELECT + " WHERE b.state = 'reserved' AND r.expires_at <= ?",
+                    (txn.now,),
+                ).fetchall()
+            ]
+            ending = []
+            for board in due:
+                self._start_ending(txn, board, rules.EXPIRE, None, None)
+                if board["name"] in direct_names:
+                    self._finish(txn, board["name"], board["reservation_id"], [], 0)
+                else:
+                    ending.append(txn.board(board["name"]))
+            return ending
+
+        return self.write(txn_fn)
+
+    def _start_ending(self, txn, board, cause, actor, reason):
+        name, rid = board["name"], board["reservation_id"]
+        detail = rules.release_detail(cause, actor, reason)
+        if not txn.set_board(name, board["state"], rid, state=rules.RELEASING):
+            raise Unavailable(f"board {name} changed meanwhile; try again")
+        txn.set_reservation(
+            rid, state=rules.RELEASING, cause=cause, actor=actor, detail=detail
+        )
+        txn.event(
+            rules.RELEASING, name, actor, f"{cause}: {detail}", reservation=rid,
+            holder=board["holder"],
+        )
+
+    def fail_setup(self, name, rid, message):
+        """Deferred[dict or None]: the reserve script failed; -> ``releasing``."""
+
+        def txn_fn(txn):
+            board = txn.board(name)
+            if board is None or board["state"] != rules.RESERVING:
+                return None
+            if board["reservation_id"] != rid:
+                return None
+            txn.execute(
+                "UPDATE boards SET setup_failures = setup_failures + 1 "
+                "WHERE name = ?",
+                (name,),
+            )
+            txn.event(
+                rules.SETUP_FAILED, name, board["holder"], message, reservation=rid,
+                holder=board["holder"],
+            )
+            self._start_ending(txn, board, rules.SETUP_FAILED, None, message)
+            return txn.board(name)
+
+        return self.write(txn_fn)
+
+    def interrupt(self, name, rid):
+        """Deferred[dict or None]: roll back a setup cut short by a crash."""
+
+        def txn_fn(txn):
+            board = txn.board(name)
+            if board is None or board["state"] != rules.RESERVING:
+                return None
+            if board["reservation_id"] != rid:
+                return None
+            self._start_ending(txn, board, rules.INTERRUPTED, None, None)
+            return txn.board(name)
+
+        return self.write(txn_fn)
+
+    def finish(self, name, rid, problems, max_setup_failures):
+        """Deferred[dict or None]: ``releasing`` -> ``free`` or ``maintenance``.
+
+        None when the board has left the board file and is gone, or when the
+        reservation already ended (a step of a finished ending changes
+        nothing).
+        """
+        return self.write(self._finish, name, rid, problems, max_setup_failures)
+
+    def _finish(self, txn, name, rid, problems, max_setup_failures):
+        board = txn.board(name)
+        if board is None or board["state"] != rules.RELEASING:
+            return None
+        if board["reservation_id"] != rid:
+            return None
+        last_error = None
+        if board["setup_failures"]:
+            row = txn.execute(
+                "SELECT detail FROM events WHERE board = ? AND action = ? "
+                "ORDER BY id DESC LIMIT 1",
+                (name, rules.SETUP_FAILED),
+            ).fetchone()
+            last_error = row[0] if row else None
+        state, reason = rules.ending_outcome(
+            problems,
+            board["setup_failures"],
+            max_setup_failures,
+            board["configured"],
+            last_error,
+        )
+        values = {"state": state, "reservation_id": None, "released_at": txn.now}
+        values["reason"] = reason
+        if state == rules.MAINTENANCE:
+            values["setup_failures"] = 0
+        txn.set_board(name, rules.RELEASING, rid, **values)
+        detail = board["detail"] or ""
+        if reason:
+            detail = f"{detail}; {reason}" if detail else reason
+        txn.set_reservation(
+            rid, state="ended", ended_at=txn.now, outcome=state, detail=detail
+        )
+        kind = rules.MAINTENANCE if state == rules.MAINTENANCE else "freed"
+        txn.event(
+            kind, name, None, reason or "", reservation=rid, holder=board["holder"]
+        )
+        if state == rules.FREE and not board["configured"]:
+            txn.execute("DELETE FROM boards WHERE name = ?", (name,))
+            txn.event("removed", name, detail="left the board file")
+            return None
+        return txn.board(name)
+
+    def extend(self, name, user, admin, timeout):
+        """Deferred[dict]: the reservation ends ``timeout`` seconds from now."""
+
+        def txn_fn(txn):
+            board = txn.board(name)
+            if board is None:
+                raise NotFound(f"no board named {name!r}")
+            rules.check_use(board, user, admin)
+            if board["state"] != rules.RESERVED:
+                raise Unavailable(f"board {name} is not reserved")
+            rid = board["reservation_id"]
+            txn.execute(
+                "UPDATE reservations SET expires_at = ? WHERE id = ? AND state = ?",
+                (txn.now + timeout, rid, rules.RESERVED),
+            )
+            txn.event(
+                "extended", name, user, f"timeout={timeout}", reservation=rid,
+                holder=board["holder"],
+            )
+            return txn.board(name)
+
+        return self.write(txn_fn)
+
+    # -- maintenance and power ----------------------------------------------
+
+    def start_maintenance(self, name, user, reason):
+        """Deferred[dict]: a free board (or one in maintenance) -> ``maintenance``."""
+
+        def txn_fn(txn):
+            board = txn.board(name)
+            if board is None:
+                raise NotFound(f"no board named {name!r}")
+            rules.check_maintenance_start(board)
+            txn.set_board(name, board["state"], None, state=rules.MAINTENANCE, reason=reason)
+            txn.event(rules.MAINTENANCE, name, user, reason)
+            return txn.board(name)
+
+        return self.write(txn_fn)
+
+    def end_maintenance(self, name, user):
+        """Deferred[dict or None]: ``maintenance`` -> ``free`` (None: board gone)."""
+
+        def txn_fn(txn):
+            board = txn.board(name)
+            if board is None:
+                raise NotFound(f"no board named {name!r}")
+            rules.check_maintenance_end(board)
+            txn.set_board(
+                name, rules.MAINTENANCE, None, state=rules.FREE, reason=None,
+                released_at=txn.now, setup_failures=0,
+            )
+            txn.event("maintenance_end", name, user)
+            if not board["configured"]:
+                txn.execute("DELETE FROM boards WHERE name = ?", (name,))
+                return None
+            return txn.board(name)
+
+        return self.write(txn_fn)
+
+    def record_power(self, name, on):
+        """Deferred: the power state just read back from the device."""
+
+        def txn_fn(txn):
+            txn.execute(
+                "UPDATE boards SET power = ?, power_at = ? WHERE name = ?",
+                ("on" if on else "off", txn.now, name),
+            )
+
+        return self.write(txn_fn)
+
+    def audit(self, kind, board, user, detail="", reservation=None):
+        """Deferred: one audit entry (and its event) on its own."""
+        return self.write(
+            lambda txn: txn.event(kind, board, user, detail, reservation=reservation)
+        )
+
+    # -- tokens -------------------------------------------------------------
+
+    def add_token(self, user, token_hash):
+        """Deferred: store a new token's hash."""
+        return self.write(lambda txn: insert_token(txn.cursor, user, token_hash, txn.now))
+
+    def revoke_token(self, token_hash):
+        """Deferred: revoke one token; ``Unauthorized`` if it is not valid."""
+
+        def txn_fn(txn):
+            row = txn.execute(
+                "SELECT user FROM tokens WHERE hash = ? AND revoked_at IS NULL",
+                (token_hash,),
+            ).fetchone()
+            if row is None:
+                raise Unauthorized("invalid or revoked token")
+            txn.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE hash = ?", (txn.now, token_hash)
+            )
+            txn.event("token_revoke", None, row[0])
+
+        return self.write(txn_fn)
+
+
+def _storage_failure(failure):
+    """Turn a database that cannot serve into ``StorageError``; pass the rest."""
+    problem = storage_problem(failure.value)
+    if problem is not None:
+        raise StorageError(problem)
+    return failure

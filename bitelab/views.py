@@ -1,0 +1,110 @@
+"""The API's JSON objects: boards, classes, reservations and audit entries.
+
+Pure functions of the store's rows, the board file and what the caller may
+see: setup-script attributes and power-failure details only for the holder
+(attributes) and admins (both).
+"""
+
+from datetime import UTC, datetime
+
+from bitelab import rules
+from bitelab.boardpower import public_message
+from bitelab.options import PowerOption, SerialConsole, Timeout
+
+#: states in which a reservation exists and is shown with the board
+_HELD = (rules.RESERVING, rules.RESERVED, rules.RELEASING)
+
+
+def iso(seconds):
+    """An ISO 8601 UTC string for a POSIX time, or None."""
+    if seconds is None:
+        return None
+    stamp = datetime.fromtimestamp(seconds, UTC)
+    return stamp.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def default_timeout(lab, config, name):
+    """How long a reservation of board ``name`` lasts unless asked otherwise."""
+    board = lab.boards.get(name)
+    option = board.option(Timeout) if board else None
+    return option.val if option else config.default_timeout
+
+
+def board_view(row, user, admin, lab, config, power_errors, consoles):
+    """The BOARD object for one store row, as ``user`` may see it."""
+    name = row["name"]
+    board = lab.boards.get(name)
+    brdclass = lab.classes.get(row["class"])
+    attributes = dict(brdclass.attrs) if brdclass is not None else {}
+    if board is not None:
+        for option in board.options:
+            attributes.update(option.static_attrs())
+        if board.option(PowerOption) is not None:
+            attributes["power"] = row["power"]
+            attributes["power_read_at"] = iso(row["power_at"])
+            problem = power_errors.get(name)
+            if problem is not None:
+                attributes["power_error"] = (
+                    problem if admin else public_message(problem)
+                )
+        attributes["default_timeout"] = default_timeout(lab, config, name)
+        if board.option(SerialConsole) is not None:
+            attributes["console"] = True
+            console = consoles.get(name)
+            if console is not None:
+                attributes["console_connected"] = console.connected
+    held = row["state"] in _HELD
+    if row["state"] == rules.RESERVED and (user == row["holder"] or admin):
+        attributes.update(row["script_attrs"])
+    result = {
+        "name": name,
+        "class": row["class"],
+        "arch": row["arch"],
+        "state": row["state"],
+        "holder": row["holder"] if held else None,
+        "reserved_at": iso(row["reserved_at"]) if held else None,
+        "expires_at": iso(row["expires_at"]) if held else None,
+        "reservation_id": row["reservation_id"] if held else None,
+        "attrs": attributes,
+    }
+    if row["state"] == rules.MAINTENANCE:
+        result["reason"] = row["reason"]
+    if not row["configured"]:
+        result["removed"] = True
+    return result
+
+
+def class_view(name, brdclass, total, free):
+    """One entry of ``GET /classes``."""
+    entry = dict(brdclass.attrs)
+    entry.update({"name": name, "arch": brdclass.arch, "boards": total, "free": free})
+    return entry
+
+
+def reservation_view(row):
+    """One reservation as the API shows it."""
+    return {
+        "id": row["id"],
+        "board": row["board"],
+        "user": row["user"],
+        "state": row["state"],
+        "reserved_at": iso(row["created_at"]),
+        "expires_at": iso(row["expires_at"]),
+        "ended_at": iso(row["ended_at"]),
+        "cause": row["cause"],
+        "detail": row["detail"],
+        "outcome": row["outcome"],
+    }
+
+
+def event_view(row):
+    """One audit log entry as the API shows it."""
+    return {
+        "id": row["id"],
+        "time": iso(row["at"]),
+        "user": row["user"],
+        "board": row["board"],
+        "action": row["action"],
+        "detail": row["detail"],
+        "reservation": row["reservation"],
+    }
