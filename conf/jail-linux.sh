@@ -250,6 +250,29 @@ jail_pids() {
     fi
 }
 
+# One run per board at a time.  The server never starts two, so a run still
+# going for BOARD was left behind by a server that crashed: end it, with its
+# process group, so that it cannot build again what this run takes down.
+# Every run for BOARD holds the board's lock file open as descriptor 7.
+take_board() {
+    mkdir -p "$STATE_DIR/locks"
+    exec 7>>"$STATE_DIR/locks/$NS"
+    flock -n 7 && return 0
+    _lock=$(readlink /proc/$$/fd/7)
+    for _fd in /proc/[0-9]*/fd/7; do
+        [ "$(readlink "$_fd" 2>/dev/null)" = "$_lock" ] || continue
+        _pid=${_fd#/proc/}
+        _pid=${_pid%%/*}
+        [ "$_pid" = $$ ] && continue
+        if [ "$(ps -o pgid= -p "$_pid" | tr -d ' ')" = "$_pid" ]; then
+            kill -KILL -- "-$_pid" 2>/dev/null || true
+        else
+            kill -KILL "$_pid" 2>/dev/null || true
+        fi
+    done
+    flock -w 10 7 || fail "another run for $BOARD holds $_lock and would not end"
+}
+
 # --- Teardown (release, and cleanup of a failed reserve) -------------------
 
 # Kill every process of the jail and wait until none is left.  The first
@@ -499,7 +522,7 @@ make_netns() {
             for cg; do echo $$ >"$cg/cgroup.procs" || exit 1; done
             exec setpriv --reuid="$uid" --regid="$uid" --clear-groups \
                 unshare --user --net sleep infinity' sh "$JAIL_UID" $JAIL_CGROUPS \
-            >"$ERRFILE" 2>&1 </dev/null &
+            >"$ERRFILE" 2>&1 </dev/null 7>&- &
         HOLDER=$!
         _try=0
         while kill -0 "$HOLDER" 2>/dev/null && [ "$_try" -lt 100 ]; do
@@ -533,7 +556,6 @@ reserve() {
     SSHPUBKEY=${BITELAB_SSHPUBKEY:-}
     IFACE=${BITELAB_ETHERIFACE:-}
 
-    check_limits
     for _dir in /run $PRIVATE_DIRS; do
         case $STATE_DIR/ in "$_dir"/*) fail "BITELAB_JAIL_STATE_DIR $STATE_DIR lies below private dir $_dir; move it" ;; esac
         case $HOME_BASE/ in "$_dir"/*) fail "BITELAB_JAIL_HOME_DIR $HOME_BASE lies below private dir $_dir; move it" ;; esac
@@ -683,7 +705,7 @@ EOF
             --pid --fork --kill-child --ipc --uts --cgroup \
             "$script" jail-init "$board" ${holder:+"$holder"}
         ' sh "/var/run/netns/$NS" "$0" "$BOARD" "$HOLDER" $JAIL_CGROUPS \
-        </dev/null >/dev/null 2>>"$JAIL_DIR/jail.log" || fail "cannot start the jail of $BOARD"
+        </dev/null >/dev/null 2>>"$JAIL_DIR/jail.log" 7>&- || fail "cannot start the jail of $BOARD"
 
     # Ready when sshd listens; failed when the jail, once started, is empty.
     _try=0
@@ -859,10 +881,13 @@ reserve)
     # so a reserve killed outright leaves nothing that teardown does not
     # remove.
     ERRFILE=$STATE_DIR/run/$NS.err
+    check_limits
+    take_board
     reserve
     ;;
 release)
     ERRFILE=$STATE_DIR/run/$NS.err
+    take_board
     teardown 2>/dev/null || fail "$TEARDOWN_PROBLEM"
     ;;
 jail-init) jail_init "${3:-}" ;;

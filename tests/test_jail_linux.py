@@ -663,3 +663,33 @@ def test_reserve_after_killed_reserve(jail_site, board_link, tmp_path, delay):
     assert release.returncode == 0, release.stderr
     assert_released(jail_site, "cora-13", board_link)
     assert jail_site.leftovers() == []
+
+
+def test_release_ends_a_reserve_left_running(jail_site, board_link, tmp_path):
+    """A reserve still running for the board (left behind by a server that
+    crashed) is ended by the release that undoes it, so it cannot build
+    again what release took down."""
+    hang = tmp_path / "sshd-that-hangs"
+    started = tmp_path / "sshd-started"
+    hang.write_text(f"#!/bin/sh\ntouch {started}\nexec sleep 60\n")
+    hang.chmod(0o755)
+    stale = jail_site.start(
+        "reserve",
+        "cora-14",
+        BITELAB_ETHERIFACE=board_link.name,
+        BITELAB_JAIL_SSHD=str(hang),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert started.exists(), "reserve never reached sshd"
+        release = jail_site.run("release", "cora-14")
+        assert release.returncode == 0, release.stderr
+        assert stale.poll() is not None
+        assert processes_mentioning(str(hang)) == []
+    finally:
+        if stale.poll() is None:
+            os.killpg(stale.pid, 9)
+        stale.wait()
+    assert_released(jail_site, "cora-14", board_link)
