@@ -265,7 +265,7 @@ take_board() {
         _pid=${_pid%%/*}
         [ "$_pid" = $$ ] && continue
         if [ "$(ps -o pgid= -p "$_pid" | tr -d ' ')" = "$_pid" ]; then
-            kill -KILL -- "-$_pid" 2>/dev/null || true
+            kill -KILL "-$_pid" 2>/dev/null || true
         else
             kill -KILL "$_pid" 2>/dev/null || true
         fi

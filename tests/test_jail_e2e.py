@@ -9,6 +9,7 @@ import os
 import secrets
 import shlex
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -307,5 +308,68 @@ def test_fork_bomb_leaves_server_answering(lab_server, site, tmp_path):
         assert status == 200 and boards["boards"][0]["state"] == "reserved"
     assert subprocess.run(["true"], check=False).returncode == 0
 
+    release(server, "alice")
+    assert site.leftovers() == []
+
+
+def test_server_killed_in_a_reserve_recovers_the_board(
+    lab_server, site, link, tmp_path
+):
+    """The server dies (SIGKILL) while the jail script is half-way through a
+    reserve; after a restart the board is free again with nothing of the
+    jail left, although the killed server's reserve was still running, and
+    the next reserve builds a working jail."""
+    # sshd that hangs the first time it is checked, as a stuck reserve would;
+    # all of it outside /tmp, which the jail has its own of.
+    started = site.base / "sshd-started"
+    once = site.base / "sshd-once"
+    sshd = site.base / "sshd"
+    sshd.write_text(
+        f"#!/bin/sh\nif [ ! -e {once} ]; then touch {once} {started}; exec sleep 60; fi\n"
+        'exec /usr/sbin/sshd "$@"\n'
+    )
+    sshd.chmod(0o755)
+    script = wrapper(site, tmp_path, BITELAB_JAIL_SSHD=str(sshd))
+    server = one_board_lab(
+        lab_server, script, f'{{ cls = etheriface, val = "{link.name}" }}'
+    )
+    key = jail.make_key(tmp_path, "alice")
+    token = server.token("alice")
+    pub = key.with_suffix(".pub").read_text().strip()
+    outcome = []
+
+    def attempt():
+        try:
+            outcome.append(
+                server.request(
+                    "POST", "/api/v1/boards/j1/reserve", {"sshpubkey": pub}, token
+                )
+            )
+        except OSError as e:
+            outcome.append(e)
+
+    caller = threading.Thread(target=attempt, daemon=True)
+    caller.start()
+    wait_for(started.exists, what="the reserve to get stuck")
+    stuck = f"{jail.SCRIPT} reserve j1"
+    assert jail.processes_mentioning(stuck)
+    server.kill()
+    caller.join(30)
+    assert isinstance(outcome[0], OSError)
+    server.start()
+
+    def free():
+        status, board = server.request("GET", "/api/v1/boards/j1", token=token)
+        return status == 200 and board["state"] == "free"
+
+    wait_for(free, 60, what="the board to be recovered")
+    assert jail.processes_mentioning(stuck) == []
+    assert site.leftovers() == []
+    assert jail.link_is_up(link.name)
+
+    attributes = reserve(server, "alice", key)
+    result = jail.ssh(attributes, key, "ip -o link")
+    assert result.returncode == 0, result.stderr
+    assert link.name in result.stdout
     release(server, "alice")
     assert site.leftovers() == []
