@@ -690,6 +690,9 @@ PrintLastLog no
 LogLevel VERBOSE
 Subsystem sftp internal-sftp
 EOF
+    # Debian's sshd checks for its privilege separation directory even with
+    # -t; it exists only while the host's own sshd service runs.
+    [ -d /run/sshd ] || mkdir -m 0755 /run/sshd
     run "check the jail's sshd configuration" "$SSHD" -t -f "$JAIL_DIR/sshd_config"
 
     # The jail proper: this script again ("jail-init", below) as the first
