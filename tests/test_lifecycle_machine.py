@@ -71,8 +71,11 @@ class LifecycleMachine(RuleBasedStateMachine):
     def reserve(self, user, where):
         self.lab.request("POST", f"/boards/{where}/reserve", user, {"timeout": 20})
 
-    @rule(user=st.sampled_from(USERS), name=st.sampled_from(BOARD_NAMES),
-          force=st.booleans())
+    @rule(
+        user=st.sampled_from(USERS),
+        name=st.sampled_from(BOARD_NAMES),
+        force=st.booleans(),
+    )
     def release(self, user, name, force):
         self.lab.request("POST", f"/boards/{name}/release", user, {"force": force})
 
@@ -80,16 +83,20 @@ class LifecycleMachine(RuleBasedStateMachine):
     def extend(self, user, name):
         self.lab.request("POST", f"/boards/{name}/attrs", user, {"timeout": 25})
 
-    @rule(user=st.sampled_from(USERS), name=st.sampled_from(("a1", "a2")),
-          action=st.sampled_from(("on", "off", "cycle")))
+    @rule(
+        user=st.sampled_from(USERS),
+        name=st.sampled_from(("a1", "a2")),
+        action=st.sampled_from(("on", "off", "cycle")),
+    )
     def power(self, user, name, action):
         self.lab.request("POST", f"/boards/{name}/attrs", user, {"power": action})
 
     @rule(name=st.sampled_from(BOARD_NAMES), start=st.booleans())
     def maintenance(self, name, start):
         if start:
-            self.lab.request("POST", f"/boards/{name}/maintenance", "root",
-                             {"reason": "checked"})
+            self.lab.request(
+                "POST", f"/boards/{name}/maintenance", "root", {"reason": "checked"}
+            )
         else:
             self.lab.request("DELETE", f"/boards/{name}/maintenance", "root")
 
@@ -159,9 +166,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         )
         assert all(count == 1 for count in reserves.values()), reserves
         running = collections.Counter(
-            c.board
-            for c in self.lab.calls.pending
-            if c.kind in ("reserve", "release")
+            c.board for c in self.lab.calls.pending if c.kind in ("reserve", "release")
         )
         assert all(count == 1 for count in running.values()), running
         released = set()
@@ -199,14 +204,18 @@ class LifecycleMachine(RuleBasedStateMachine):
                 break
         states = {b["name"]: b["state"] for b in self.lab.boards()}
         assert not set(states.values()) & {"reserving", "releasing"}, states
-        set_up = {rid for _, action, _, rid in self.lab.script_runs if action == "reserve"}
+        set_up = {
+            rid for _, action, _, rid in self.lab.script_runs if action == "reserve"
+        }
         ended = {
             rid
             for (rid,) in self.lab.pool.conn.execute(
                 "SELECT id FROM reservations WHERE state = 'ended'"
             )
         }
-        released = {rid for _, action, _, rid in self.lab.script_runs if action == "release"}
+        released = {
+            rid for _, action, _, rid in self.lab.script_runs if action == "release"
+        }
         assert (set_up & ended) <= released
 
 

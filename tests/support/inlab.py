@@ -133,7 +133,9 @@ class RecordingScripts:
                 self.lab.jails.pop(board, None)
                 self.lab.released.setdefault(rid, 0)
                 self.lab.released[rid] += 1
-            return ScriptResult({"ip": f"10.0.0.{rid % 250}"} if action == "reserve" else {}, b"", b"")
+            return ScriptResult(
+                {"ip": f"10.0.0.{rid % 250}"} if action == "reserve" else {}, b"", b""
+            )
 
         return d.addCallback(done)
 
@@ -259,7 +261,9 @@ class InLab:
         self.calls = Calls()
         held = sync_database(self.config, self.lab, self.clock.seconds())
         self.pool = InlinePool(self.config.db_file)
-        self.store = Store(self.pool, self.pool, EventBus(), self.clock, self.config.db_file)
+        self.store = Store(
+            self.pool, self.pool, EventBus(), self.clock, self.config.db_file
+        )
         self.consoles = {}
         for name, board in self.lab.boards.items():
             option = board.option(SerialConsole)
@@ -276,10 +280,19 @@ class InLab:
                 self.consoles[name] = console
         self.scripts = RecordingScripts(self)
         self.power = BoardPower(
-            self.clock, self.lab, Runtime(self), self.store, self.config.power_cycle_pause
+            self.clock,
+            self.lab,
+            Runtime(self),
+            self.store,
+            self.config.power_cycle_pause,
         )
         self.manager = BoardManager(
-            self.clock, self.config, self.lab, self.store, self.power, self.scripts,
+            self.clock,
+            self.config,
+            self.lab,
+            self.store,
+            self.power,
+            self.scripts,
             self.consoles,
         )
         self.manager.resume_consoles(held)
@@ -320,7 +333,9 @@ class InLab:
             self.tokens[user] = self._run(self.token_store.issue(user))
         headers = {"Authorization": [f"Bearer {self.tokens[user]}"]}
         data = json.dumps(body).encode() if body is not None else None
-        d = self.http.request(method, "http://lab/api/v1" + path, headers=headers, data=data)
+        d = self.http.request(
+            method, "http://lab/api/v1" + path, headers=headers, data=data
+        )
 
         def got(r):
             response.status = r.code
