@@ -318,14 +318,15 @@ def _database_problems(settings):
 def _events(settings, args):
     from datetime import UTC, datetime
 
-    from bitelab import db
     from bitelab.client.render import show_time
     from bitelab.store import read_events
     from bitelab.views import event_view
 
     conn = _connect(settings)
     try:
-        rows = read_events(conn.cursor(), limit=args.n, board=args.board, user=args.user)
+        rows = read_events(
+            conn.cursor(), limit=args.n, board=args.board, user=args.user
+        )
     finally:
         conn.close()
     if args.json:

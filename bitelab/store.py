@@ -90,10 +90,18 @@ class Txn:
 
     def board(self, name):
         """One board's row (joined with its reservation) as a dict, or None."""
-        return _board(self.execute(_BOARD_SELECT + " WHERE b.name = ?", (name,)).fetchone())
+        return _board(
+            self.execute(_BOARD_SELECT + " WHERE b.name = ?", (name,)).fetchone()
+        )
 
     def event(
-        self, kind, board, user=None, detail="", reservation=None, holder=None,
+        self,
+        kind,
+        board,
+        user=None,
+        detail="",
+        reservation=None,
+        holder=None,
         waiter=None,
     ):
         """Append to the audit log; the ``Event`` is published after commit."""
@@ -398,7 +406,14 @@ class Store:
     # -- reservations -----------------------------------------------------
 
     def claim(
-        self, target, is_class, user, sshpubkey, timeout_for, direct, skip=(),
+        self,
+        target,
+        is_class,
+        user,
+        sshpubkey,
+        timeout_for,
+        direct,
+        skip=(),
         wait=None,
     ):
         """Deferred[dict]: record a reservation of ``target`` for ``user``.
@@ -411,8 +426,15 @@ class Store:
         ``{"waiter": ID}``.
         """
         return self.write(
-            self._claim_or_wait, target, is_class, user, sshpubkey, timeout_for,
-            direct, skip, wait,
+            self._claim_or_wait,
+            target,
+            is_class,
+            user,
+            sshpubkey,
+            timeout_for,
+            direct,
+            skip,
+            wait,
         )
 
     def _claim_or_wait(
@@ -438,11 +460,24 @@ class Store:
             "INSERT INTO waiters (user, target, class, board, priority, created_at, "
             "deadline, sshpubkey, timeout, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
             "'waiting')",
-            (user, target, cls, board, wait.priority, txn.now, wait.deadline,
-             sshpubkey, wait.timeout),
+            (
+                user,
+                target,
+                cls,
+                board,
+                wait.priority,
+                txn.now,
+                wait.deadline,
+                sshpubkey,
+                wait.timeout,
+            ),
         ).lastrowid
         txn.event(
-            events.QUEUED, board, user, f"waits for {target}: {why}", holder=user,
+            events.QUEUED,
+            board,
+            user,
+            f"waits for {target}: {why}",
+            holder=user,
             waiter=wid,
         )
         return {"waiter": wid, "why": why}
@@ -481,7 +516,11 @@ class Store:
             (brdclass, user),
         ).fetchone()
         rules.check_limits(
-            user, held, in_class, brdclass, policy.user_limit,
+            user,
+            held,
+            in_class,
+            brdclass,
+            policy.user_limit,
             policy.class_limit(brdclass),
         )
 
@@ -525,11 +564,21 @@ class Store:
                 (rid, txn.now, waiter),
             )
             txn.event(
-                events.GRANTED, name, user, f"waiter {waiter}", reservation=rid,
-                holder=user, waiter=waiter,
+                events.GRANTED,
+                name,
+                user,
+                f"waiter {waiter}",
+                reservation=rid,
+                holder=user,
+                waiter=waiter,
             )
         txn.event(
-            state, name, user, f"timeout={timeout}", reservation=rid, holder=user,
+            state,
+            name,
+            user,
+            f"timeout={timeout}",
+            reservation=rid,
+            holder=user,
             waiter=waiter,
         )
         return txn.board(name)
@@ -575,8 +624,13 @@ class Store:
                     continue
                 free.remove(name)
                 self._start(
-                    txn, name, user, sshpubkey, timeout or policy.timeout_for(name),
-                    policy.direct(name), waiter=wid,
+                    txn,
+                    name,
+                    user,
+                    sshpubkey,
+                    timeout or policy.timeout_for(name),
+                    policy.direct(name),
+                    waiter=wid,
                 )
 
     def confirm(self, name, rid, script_attrs):
@@ -596,7 +650,10 @@ class Store:
                 rid, state=rules.RESERVED, script_attrs=json.dumps(script_attrs)
             )
             txn.event(
-                rules.RESERVED, name, board["holder"], reservation=rid,
+                rules.RESERVED,
+                name,
+                board["holder"],
+                reservation=rid,
                 holder=board["holder"],
             )
             return txn.board(name)
@@ -658,7 +715,11 @@ class Store:
             rid, state=rules.RELEASING, cause=cause, actor=actor, detail=detail
         )
         txn.event(
-            rules.RELEASING, name, actor, f"{cause}: {detail}", reservation=rid,
+            rules.RELEASING,
+            name,
+            actor,
+            f"{cause}: {detail}",
+            reservation=rid,
             holder=board["holder"],
         )
 
@@ -677,7 +738,11 @@ class Store:
                 (name,),
             )
             txn.event(
-                rules.SETUP_FAILED, name, board["holder"], message, reservation=rid,
+                rules.SETUP_FAILED,
+                name,
+                board["holder"],
+                message,
+                reservation=rid,
                 holder=board["holder"],
             )
             self._start_ending(txn, board, rules.SETUP_FAILED, None, message)
@@ -769,7 +834,11 @@ class Store:
                 (txn.now + timeout, rid, rules.RESERVED),
             )
             txn.event(
-                "extended", name, user, f"timeout={timeout}", reservation=rid,
+                "extended",
+                name,
+                user,
+                f"timeout={timeout}",
+                reservation=rid,
                 holder=board["holder"],
             )
             return txn.board(name)
@@ -786,7 +855,9 @@ class Store:
             if board is None:
                 raise NotFound(f"no board named {name!r}")
             rules.check_maintenance_start(board)
-            txn.set_board(name, board["state"], None, state=rules.MAINTENANCE, reason=reason)
+            txn.set_board(
+                name, board["state"], None, state=rules.MAINTENANCE, reason=reason
+            )
             txn.event(rules.MAINTENANCE, name, user, reason)
             return txn.board(name)
 
@@ -801,8 +872,13 @@ class Store:
                 raise NotFound(f"no board named {name!r}")
             rules.check_maintenance_end(board)
             txn.set_board(
-                name, rules.MAINTENANCE, None, state=rules.FREE, reason=None,
-                released_at=txn.now, setup_failures=0,
+                name,
+                rules.MAINTENANCE,
+                None,
+                state=rules.FREE,
+                reason=None,
+                released_at=txn.now,
+                setup_failures=0,
             )
             txn.event("maintenance_end", name, user)
             if not board["configured"]:
@@ -835,7 +911,9 @@ class Store:
 
     def add_token(self, user, token_hash):
         """Deferred: store a new token's hash."""
-        return self.write(lambda txn: insert_token(txn.cursor, user, token_hash, txn.now))
+        return self.write(
+            lambda txn: insert_token(txn.cursor, user, token_hash, txn.now)
+        )
 
     def revoke_token(self, token_hash):
         """Deferred: revoke one token; ``Unauthorized`` if it is not valid."""
@@ -853,7 +931,6 @@ class Store:
             txn.event("token_revoke", None, row[0])
 
         return self.write(txn_fn)
-
 
     # -- the queue ----------------------------------------------------------
 
@@ -884,8 +961,12 @@ class Store:
                 (why, txn.now, wid),
             )
             txn.event(
-                events.LEFT, board, user if user != owner else owner, why,
-                holder=owner, waiter=wid,
+                events.LEFT,
+                board,
+                user if user != owner else owner,
+                why,
+                holder=owner,
+                waiter=wid,
             )
             return ("left", None)
 
@@ -943,8 +1024,17 @@ class Store:
 
     def queue(self):
         """Deferred[list[dict]]: the waiting entries, in no particular order."""
-        keys = ("id", "user", "target", "class", "board", "priority", "created_at",
-                "deadline", "lease_until")
+        keys = (
+            "id",
+            "user",
+            "target",
+            "class",
+            "board",
+            "priority",
+            "created_at",
+            "deadline",
+            "lease_until",
+        )
         return self.read(
             lambda c: [
                 dict(zip(keys, row))
@@ -952,19 +1042,6 @@ class Store:
                     f"SELECT {', '.join(keys)} FROM waiters WHERE state = 'waiting'"
                 )
             ]
-        )
-
-    def waiter(self, wid):
-        """Deferred[dict or None]: one queue entry."""
-        keys = ("id", "user", "target", "state", "reservation_id", "deadline")
-        return self.read(
-            lambda c: (
-                lambda row: dict(zip(keys, row)) if row else None
-            )(
-                c.execute(
-                    f"SELECT {', '.join(keys)} FROM waiters WHERE id = ?", (wid,)
-                ).fetchone()
-            )
         )
 
     def abandon(self, name, rid):
@@ -998,10 +1075,16 @@ class Store:
                 due = rules.notices_due(expires_at, noticed, thresholds, txn.now)
                 if due is None:
                     continue
-                txn.execute("UPDATE reservations SET noticed = ? WHERE id = ?", (due, rid))
+                txn.execute(
+                    "UPDATE reservations SET noticed = ? WHERE id = ?", (due, rid)
+                )
                 txn.event(
-                    events.EXPIRING, board, None, str(int(expires_at - txn.now)),
-                    reservation=rid, holder=holder,
+                    events.EXPIRING,
+                    board,
+                    None,
+                    str(int(expires_at - txn.now)),
+                    reservation=rid,
+                    holder=holder,
                 )
 
         return self.write(txn_fn)

@@ -207,8 +207,8 @@ def make_lab_service(settings, lab, reactor):
     from bitelab.boardpower import BoardPower
     from bitelab.console import ConsoleService
     from bitelab.events import EventBus
-    from bitelab.lifecycle import BoardManager
     from bitelab.httpserver import LabSite, LimitedHTTPFactory
+    from bitelab.lifecycle import BoardManager
     from bitelab.limits import files_needed, raise_file_limit
     from bitelab.options import Runtime, SerialConsole
     from bitelab.script import ScriptRunner

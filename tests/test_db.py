@@ -18,7 +18,12 @@ def test_fresh_database_gets_current_schema_in_wal_mode(tmp_path):
     path = tmp_path / "sub" / "lab.sqlite"
     conn = db.connect(str(path))
     assert tables(conn) == {
-        "boards", "reservations", "waiters", "tokens", "events", "version"
+        "boards",
+        "reservations",
+        "waiters",
+        "tokens",
+        "events",
+        "version",
     }
     assert db.get_version(conn) == db.SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

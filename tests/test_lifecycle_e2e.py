@@ -357,16 +357,16 @@ def test_past_reservation_console_log_over_http(lab_server):
     )
     pty.print(b"alice-output\n")
     wait_for(
-        lambda: b"alice-output" in server.request(
-            "GET", "/api/v1/boards/con-1/console", token=alice)[1],
+        lambda: b"alice-output"
+        in server.request("GET", "/api/v1/boards/con-1/console", token=alice)[1],
         what="output logged",
     )
     server.request("POST", "/api/v1/boards/con-1/release", {}, alice)
     server.request("POST", "/api/v1/boards/con-1/reserve", {}, bob)
     pty.print(b"bob-output\n")
     wait_for(
-        lambda: b"bob-output" in server.request(
-            "GET", "/api/v1/boards/con-1/console", token=bob)[1],
+        lambda: b"bob-output"
+        in server.request("GET", "/api/v1/boards/con-1/console", token=bob)[1],
         what="bob's output logged",
     )
     status, body = server.request(

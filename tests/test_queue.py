@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 
 from bitelab.errors import Unavailable
-from support.inlab import InLab, Viewer
+from support.inlab import InLab
 
 #: five plain boards (nothing to set up) and one with a setup script and a
 #: console, in two classes; class c allows two boards per user
@@ -186,7 +186,9 @@ def test_limits_refuse_and_waiting_past_them_waits(lab):
     fill(lab, "alice", ["c1", "c2"])
     refused = lab.request("POST", "/boards/c/reserve", "alice")
     assert refused.status == 409
-    assert "holds 2 boards of class c; its limit is 2" in refused.body["error"]["message"]
+    assert (
+        "holds 2 boards of class c; its limit is 2" in refused.body["error"]["message"]
+    )
     waiter = Waiter(lab, "alice", "c")
     assert waiter.result is None and lab.board("c3")["state"] == "free"
     release(lab, "alice", "c1")
@@ -241,7 +243,9 @@ def test_expiry_notices_reach_the_holders_console(lab):
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     steps=st.lists(
@@ -283,5 +287,7 @@ def test_queue_interleavings(tmp_path_factory, steps):
         queue = lab.request("GET", "/queue", "root").body["queue"]
         connected = [e for e in queue if e["connected"]]
         assert not (free and connected), (free, connected)
-        assert len(holders) == len({b["name"] for b in lab.boards() if b["state"] != "free"})
+        assert len(holders) == len(
+            {b["name"] for b in lab.boards() if b["state"] != "free"}
+        )
     lab.close()

@@ -61,7 +61,7 @@ class InlinePool:
             result = interaction(cursor, *args, **kwargs)
             if self.conn.in_transaction:
                 self.conn.commit()
-        except BaseException:
+        except Exception:  # noqa: BLE001 - as in adbapi, any failure rolls back
             if self.conn.in_transaction:
                 self.conn.rollback()
             return defer.fail()
