@@ -170,9 +170,11 @@ def _check(settings, args):
     if os.path.exists(settings.ssh_host_key):
         check_host_key(settings.ssh_host_key)
     # what stops the server from starting, then what it would meet later
+    # this lab's own server holds its ports: they are not a problem then
+    running = _server_running(settings)
     errors = [
         *_limit_problems(settings),
-        *_listen_problems(settings),
+        *([] if running else _listen_problems(settings)),
         *_database_problems(settings),
     ]
     warnings = [
@@ -187,6 +189,8 @@ def _check(settings, args):
     if errors:
         return 1
     counts = f"{len(lab.classes)} classes, {len(lab.boards)} boards"
+    if running:
+        counts += ", server running"
     if warnings:
         counts += f", {len(warnings)} warning{'s' if len(warnings) > 1 else ''}"
     print(f"{settings.path}: ok ({counts})")
@@ -216,6 +220,25 @@ def _limit_problems(settings):
             "needs (http_max_connections + ssh_max_unauthenticated + 256); lower "
             "them or raise the limit (ulimit -n, LimitNOFILE=)"
         )
+
+
+def _server_running(settings):
+    """Whether this lab's server answers on its HTTP endpoint (plain TCP)."""
+    import urllib.request
+
+    address = endpoint_address(settings.http_endpoint)
+    if address is None or address[0] not in ("tcp", "tcp6") or int(address[2]) == 0:
+        return False
+    host = address[1] or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        with urllib.request.urlopen(
+            f"http://{host}:{address[2]}/api/v1/info", timeout=2
+        ) as response:
+            return json.load(response).get("name") == settings.lab_name
+    except (OSError, ValueError):
+        return False
 
 
 def _listen_problems(settings):

@@ -125,8 +125,8 @@ class LabServer:
         #: with a CA file, the settings serve HTTPS and requests check it so;
         #: with ``tls`` alone the test trusts its own server's certificate
         self.cacert = cacert
-        tls = tls or bool(cacert)
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.http_port}"
+        scheme = "https" if tls or cacert else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.http_port}"
         self._tls_context = ssl._create_unverified_context() if tls else None
         self.env_path = os.path.join(self.dir, ".env")
         self.keys_dir = os.path.join(self.dir, "keys")
