@@ -49,7 +49,7 @@ def _connect(settings):
     from bitelab import db
 
     try:
-        return db.connect(settings.db_file)
+        return db.open_database(settings)
     except ConfigError as e:
         raise _Unusable(str(e)) from None
 

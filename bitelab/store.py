@@ -14,7 +14,7 @@ gone raises ``StorageError`` (503 ``storage``) with nothing changed.
 
 import json
 
-from bitelab import events, rules
+from bitelab import events, postgres, rules
 from bitelab.db import file_identity, storage_problem
 from bitelab.errors import (
     Forbidden,
@@ -249,11 +249,14 @@ class Store:
     server refuses writes instead of losing them.
     """
 
-    def __init__(self, writer, reader, bus, clock, path=None):
+    def __init__(self, writer, reader, bus, clock, path=None, wrap=None):
         #: what the lab decides for the store: ``timeout_for(name)``,
         #: ``direct(name)``, ``user_limit``, ``class_limit(cls)``; set by the
         #: board manager
         self.policy = None
+        #: the database's view of a cursor: identity for SQLite,
+        #: ``bitelab.postgres.wrap`` for PostgreSQL
+        self.wrap = wrap or (lambda cursor: cursor)
         self.writer = writer
         self.reader = reader
         self.bus = bus
@@ -278,7 +281,7 @@ class Store:
 
         def interaction(cursor):
             self._check_file()
-            txn = Txn(cursor, now)
+            txn = Txn(self.wrap(cursor), now)
             txn.execute("BEGIN IMMEDIATE")
             result = fn(txn, *args)
             return result, txn.events
@@ -297,7 +300,7 @@ class Store:
 
         def interaction(cursor):
             self._check_file()
-            return fn(cursor, *args, **kwargs)
+            return fn(self.wrap(cursor), *args, **kwargs)
 
         d = self.reader.runInteraction(interaction)
         d.addErrback(_storage_failure)
@@ -345,9 +348,9 @@ class Store:
         abandoned.
         """
         d = self.writer.runInteraction(
-            lambda c: [
+            lambda raw: [
                 _board(r)
-                for r in c.execute(
+                for r in self.wrap(raw).execute(
                     _BOARD_SELECT + " WHERE b.state IN (?, ?)", rules.TRANSITIONAL
                 )
             ]
@@ -1092,7 +1095,7 @@ class Store:
 
 def _storage_failure(failure):
     """Turn a database that cannot serve into ``StorageError``; pass the rest."""
-    problem = storage_problem(failure.value)
+    problem = storage_problem(failure.value) or postgres.storage_problem(failure.value)
     if problem is not None:
         raise StorageError(problem)
     return failure

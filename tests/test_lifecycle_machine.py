@@ -24,6 +24,8 @@ had its release run.
 import collections
 import os
 
+import pytest
+
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -55,10 +57,16 @@ class LifecycleMachine(RuleBasedStateMachine):
     """Random steps against one in-process lab; invariants after each."""
 
     directory = None
+    #: a callable giving a fresh PostgreSQL URL, or None for SQLite
+    database = None
 
     def __init__(self):
         super().__init__()
-        self.lab = InLab(self.directory.mktemp("lab"), BOARDS)
+        self.lab = InLab(
+            self.directory.mktemp("lab"),
+            BOARDS,
+            database=self.database() if self.database else None,
+        )
         self.crashes = 0
 
     def teardown(self):
@@ -129,17 +137,17 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @invariant()
     def one_holder_per_board(self):
-        rows = self.lab.pool.conn.execute(
+        rows = self.lab.pool.sql(
             "SELECT board, COUNT(*) FROM reservations WHERE state != 'ended' "
             "GROUP BY board"
-        ).fetchall()
+        )
         assert all(count == 1 for _, count in rows), rows
         for board in self.lab.boards():
             if board["state"] in HELD:
                 rid = board["reservation_id"]
-                state = self.lab.pool.conn.execute(
+                state = self.lab.pool.sql(
                     "SELECT state FROM reservations WHERE id = ?", (rid,)
-                ).fetchone()[0]
+                )[0][0]
                 assert state == board["state"], (board, state)
             else:
                 assert board["reservation_id"] is None, board
@@ -209,7 +217,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         }
         ended = {
             rid
-            for (rid,) in self.lab.pool.conn.execute(
+            for (rid,) in self.lab.pool.sql(
                 "SELECT id FROM reservations WHERE state = 'ended'"
             )
         }
@@ -219,14 +227,21 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert (set_up & ended) <= released
 
 
-def test_lifecycle_interleavings(tmp_path_factory):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_lifecycle_interleavings(tmp_path_factory, backend, request):
     """Any interleaving of steps, slow side effects and crashes keeps the
-    invariants in the module docstring (hypothesis stateful testing)."""
+    invariants in the module docstring (hypothesis stateful testing), on
+    SQLite and on PostgreSQL."""
     LifecycleMachine.directory = tmp_path_factory
+    examples = int(os.environ.get("BITELAB_MACHINE_EXAMPLES", "150"))
+    LifecycleMachine.database = None
+    if backend == "postgresql":
+        LifecycleMachine.database = request.getfixturevalue("postgres_server").database
+        examples = max(1, examples // 3)
     run_state_machine_as_test(
         LifecycleMachine,
         settings=settings(
-            max_examples=int(os.environ.get("BITELAB_MACHINE_EXAMPLES", "150")),
+            max_examples=examples,
             stateful_step_count=40,
             deadline=None,
             database=None,

@@ -46,10 +46,18 @@ class Waiter:
         self.gone.callback(None)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request):
+    """None (a SQLite file) or the URL of a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_server").database()
+
+
 @pytest.fixture
-def lab(tmp_path):
+def lab(tmp_path, database):
     """An in-process lab with the queue's boards."""
-    made = InLab(tmp_path, BOARDS)
+    made = InLab(tmp_path, BOARDS, database=database)
     # the plain boards need nothing; answer the setup of s1 whenever asked
     yield made
     made.close()
@@ -87,10 +95,10 @@ def test_freed_board_goes_to_the_first_waiter_in_the_same_step(lab):
     assert late.status == 409
 
 
-def test_fifty_waiters_five_boards_fair_order(tmp_path):
+def test_fifty_waiters_five_boards_fair_order(tmp_path, database):
     """50 waiters for a class of 5: each freed board goes to exactly one
     waiter, in priority-then-arrival order; no waiter gets two boards."""
-    lab = InLab(tmp_path, BOARDS.replace("user_limit = 2;", ""))
+    lab = InLab(tmp_path, BOARDS.replace("user_limit = 2;", ""), database=database)
     fill(lab, "root", ["c1", "c2", "c3", "c4", "c5"])
     waiters = [Waiter(lab, f"u{i}", "c") for i in range(49)]
     waiters.insert(10, Waiter(lab, "root", "c", priority=5))
@@ -195,9 +203,9 @@ def test_limits_refuse_and_waiting_past_them_waits(lab):
     assert waiter.result is not None and waiter.result["holder"] == "alice"
 
 
-def test_lab_limit(tmp_path):
+def test_lab_limit(tmp_path, database):
     """user_board_limit caps a user's boards over the whole lab."""
-    lab = InLab(tmp_path, BOARDS, "user_board_limit=1\n")
+    lab = InLab(tmp_path, BOARDS, "user_board_limit=1\n", database=database)
     fill(lab, "alice", ["c1"])
     refused = lab.request("POST", "/boards/s1/reserve", "alice")
     assert refused.status == 409

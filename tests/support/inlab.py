@@ -27,7 +27,7 @@ import attrs
 from treq.testing import StubTreq
 from twisted.internet import defer, task
 
-from bitelab import db
+from bitelab import db, postgres
 from bitelab.api import API
 from bitelab.boardpower import BoardPower
 from bitelab.config import load_boards, load_config
@@ -44,28 +44,42 @@ from bitelab.tokens import TokenStore
 
 
 class InlinePool:
-    """``runInteraction`` on one SQLite connection, run at once.
+    """``runInteraction`` on one database connection, run at once.
 
     It commits after the interaction returns and rolls back if it raises,
     as ``adbapi.ConnectionPool`` does, but in the caller's thread, so the
-    test decides when each transaction happens.
+    test decides when each transaction happens.  ``database`` is a SQLite
+    file or a PostgreSQL URL.
     """
 
-    def __init__(self, path):
-        self.conn = sqlite3.connect(path, isolation_level=None)
-        db.configure_connection(self.conn)
+    def __init__(self, database):
+        if database.startswith("postgresql://"):
+            import psycopg
+
+            self.conn = psycopg.connect(database)
+            self.wrap = postgres.wrap
+        else:
+            self.conn = sqlite3.connect(database, isolation_level=None)
+            db.configure_connection(self.conn)
+            self.wrap = None
 
     def runInteraction(self, interaction, *args, **kwargs):
         cursor = self.conn.cursor()
         try:
             result = interaction(cursor, *args, **kwargs)
-            if self.conn.in_transaction:
-                self.conn.commit()
+            self.conn.commit()
         except Exception:  # noqa: BLE001 - as in adbapi, any failure rolls back
-            if self.conn.in_transaction:
-                self.conn.rollback()
+            self.conn.rollback()
             return defer.fail()
         return defer.succeed(result)
+
+    def sql(self, query, args=()):
+        """Rows of one query in the store's SQL (for the tests' checks)."""
+        cursor = self.conn.cursor()
+        rows = (self.wrap(cursor) if self.wrap else cursor).execute(query, args)
+        result = rows.fetchall()
+        self.conn.commit()
+        return result
 
     def close(self):
         self.conn.close()
@@ -214,13 +228,15 @@ class Viewer:
 class InLab:
     """One lab directory and the server currently running on it."""
 
-    def __init__(self, directory, boards, settings=""):
+    def __init__(self, directory, boards, settings="", database=None):
+        """``database``: a PostgreSQL URL; a SQLite file in ``directory`` if None."""
         self.dir = str(directory)
         with open(os.path.join(self.dir, "boards.ucl"), "w") as f:
             f.write(boards)
         with open(os.path.join(self.dir, ".env"), "w") as f:
             f.write(
-                "db_file=lab.sqlite\nboard_conf=boards.ucl\nadmins=root\n"
+                (f"db_url={database}\n" if database else "db_file=lab.sqlite\n")
+                + "board_conf=boards.ucl\nadmins=root\n"
                 "default_timeout=100\nmax_timeout=1000\nexpiry_interval=1\n"
                 "power_cycle_pause=1\nrelease_concurrency=2\n" + settings
             )
@@ -260,9 +276,14 @@ class InLab:
         self.epoch += 1
         self.calls = Calls()
         held = sync_database(self.config, self.lab, self.clock.seconds())
-        self.pool = InlinePool(self.config.db_file)
+        self.pool = InlinePool(self.config.db_url or self.config.db_file)
         self.store = Store(
-            self.pool, self.pool, EventBus(), self.clock, self.config.db_file
+            self.pool,
+            self.pool,
+            EventBus(),
+            self.clock,
+            self.config.db_file or None,
+            self.pool.wrap,
         )
         self.consoles = {}
         for name, board in self.lab.boards.items():
