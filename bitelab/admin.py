@@ -323,6 +323,14 @@ def _database_problems(settings):
     """A database that exists but is damaged."""
     from bitelab.tap import database_damage
 
+    if settings.db_url:
+        from bitelab import postgres
+
+        try:
+            postgres.connect(settings.db_url).close()
+        except ConfigError as e:
+            yield str(e)
+        return
     if not os.path.exists(settings.db_file):
         return
     try:

@@ -153,6 +153,8 @@ class LabServer:
             "power_cycle_pause": "0.1",
         }
         values.update(settings or {})
+        if "db_url" in values:
+            del values["db_file"]
         with open(self.env_path, "w") as f:
             f.writelines(f"{key}={value}\n" for key, value in values.items())
         for user in users:
