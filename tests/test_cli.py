@@ -962,7 +962,7 @@ def test_console_without_ssh_exits_2(tmp_path):
 @pytest.mark.parametrize(
     "command",
     ["list", "classes", "info", "reserve", "release", "set", "console", "contssh"]
-    + ["whoami", "log", "token", "labs", "logout", "maintenance"],
+    + ["whoami", "log", "token", "labs", "logout", "maintenance", "queue", "watch"],
 )
 def test_every_command_has_help(command):
     """``bitelab COMMAND --help`` prints usage and exits 0."""

@@ -1,8 +1,10 @@
 """The calls of the bitelab HTTP API, one method each, whatever the transport.
 
-A subclass provides ``call(method, path, body=None, auth=True)``, returning
-something to ``await`` for the decoded JSON answer: ``http.LabAPI`` does it
-with treq, ``quick.QuickAPI`` with the standard library.
+A subclass provides ``call(method, path, body=None, auth=True, longer=0)``,
+returning something to ``await`` for the decoded JSON answer (``longer``:
+seconds the server may hold the answer beyond the usual time-out):
+``http.LabAPI`` does it with treq, ``quick.QuickAPI`` with the standard
+library.
 """
 
 from urllib.parse import quote, urlencode
@@ -46,14 +48,28 @@ class Calls:
         """``GET /boards/NAME``: one board."""
         return self.call("GET", "/boards/" + segment(name))
 
-    def reserve(self, name, sshpubkey=None, timeout=None):
-        """``POST /boards/NAME_OR_CLASS/reserve``: the board reserved."""
+    def reserve(
+        self, name, sshpubkey=None, timeout=None, wait=None, waiter=None, priority=None
+    ):
+        """``POST /boards/NAME_OR_CLASS/reserve``: the board reserved.
+
+        With ``wait`` (seconds) the server holds the request that long for a
+        board to be freed; ``waiter`` resumes a place in the queue, and
+        ``priority`` (admins) orders it.
+        """
         body = {}
-        if sshpubkey is not None:
-            body["sshpubkey"] = sshpubkey
-        if timeout is not None:
-            body["timeout"] = timeout
-        return self.call("POST", f"/boards/{segment(name)}/reserve", body)
+        for key, value in (
+            ("sshpubkey", sshpubkey),
+            ("timeout", timeout),
+            ("wait", wait),
+            ("waiter", waiter),
+            ("priority", priority),
+        ):
+            if value is not None:
+                body[key] = value
+        return self.call(
+            "POST", f"/boards/{segment(name)}/reserve", body, longer=wait or 0
+        )
 
     def release(self, name, force=False, reason=None):
         """``POST /boards/NAME/release``: the board after release."""
@@ -72,9 +88,21 @@ class Calls:
         """``DELETE /boards/NAME/maintenance``: back in service (admins)."""
         return self.call("DELETE", f"/boards/{segment(name)}/maintenance")
 
+    def queue(self):
+        """``GET /queue``: the waiters, yours in full and the others counted."""
+        return self.call("GET", "/queue")
+
+    def cancel_waiter(self, waiter):
+        """``DELETE /queue/ID``: leave the queue (your waiter, or anyone's: admins)."""
+        return self.call("DELETE", f"/queue/{segment(str(waiter))}")
+
     def set_attrs(self, name, values):
         """``POST /boards/NAME/attrs``: change power or timeout; the board after."""
         return self.call("POST", f"/boards/{segment(name)}/attrs", values)
+
+
+#: the server-sent event stream of what concerns the caller
+EVENTS_PATH = "/events/stream"
 
 
 def console_path(name, follow=False, reservation=None):

@@ -24,14 +24,23 @@ from pathlib import Path
 
 from bitelab import __version__
 from bitelab.client import contssh
-from bitelab.client.errors import ClientError, Failed, Refused
+from bitelab.client.errors import (
+    ClientError,
+    Failed,
+    Refused,
+    Unreachable,
+    WaitCancelled,
+)
 from bitelab.client.render import (
     Moment,
     render_board,
     render_boards,
+    render_cancelled,
     render_classes,
+    render_event,
     render_labs,
     render_logout,
+    render_queue,
     render_released,
     render_reserved,
     render_whoami,
@@ -53,6 +62,8 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_SETUP_FAILED = 4
 EXIT_POWER_FAILED = 5
+#: the shell's status of a command ended by Ctrl-C (SIGINT)
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 #: exit statuses of server failures that have one of their own
 FAILURE_STATUS = {"setup_failed": EXIT_SETUP_FAILED, "power_failed": EXIT_POWER_FAILED}
@@ -63,6 +74,12 @@ DEFAULT_KEYS = ("id_ed25519.pub", "id_rsa.pub")
 POWER_VALUES = ("on", "off", "cycle")
 #: commands served by the quick (standard library) client or none at all
 QUICK_COMMANDS = {"list", "classes", "info", "whoami", "console", "log", "token"}
+QUICK_COMMANDS |= {"queue", "watch"}
+#: ``--wait`` without a value: as long as the lab allows
+WAIT_LONGEST = "max"
+#: pauses of ``watch`` before following a lost stream again
+WATCH_BACKOFF_FIRST = 0.5
+WATCH_BACKOFF_MAX = 10.0
 
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_PART = re.compile(r"(\d+)(min|[smhdw])")
@@ -245,7 +262,24 @@ def build_parser():
         help="how long the reservation lasts: seconds, or 30m, 2h, 1d "
         "(default: the board's)",
     )
-    _board_argument(reserve, "BOARD|CLASS")
+    reserve.add_argument(
+        "--wait",
+        nargs="?",
+        const=WAIT_LONGEST,
+        metavar="DURATION",
+        help="if none is free, wait in the lab's queue this long (30m, 2h...; "
+        "without a value, as long as the lab allows); Ctrl-C leaves the queue",
+    )
+    reserve.add_argument(
+        "--priority",
+        type=int,
+        metavar="N",
+        help="with --wait: the place in the queue, higher first (admins only; "
+        "default 0)",
+    )
+    reserve.add_argument("board", nargs="?", metavar="BOARD|CLASS").completer = (
+        _complete_boards
+    )
     release = add("release", "release a board you hold")
     release.add_argument(
         "-f",
@@ -358,6 +392,23 @@ def build_parser():
     )
     labs_remove = labs_actions.add_parser("remove", help="forget a lab", parents=common)
     labs_remove.add_argument("name", metavar="NAME")
+    queue = add(
+        "queue",
+        "show who waits for boards, or leave the queue",
+        "Show the lab's queue: your waiters in full, and how many wait in all "
+        "(admins: everyone's). --cancel ID takes a waiter out of it (yours; "
+        "admins: anyone's).",
+    )
+    queue.add_argument("--cancel", metavar="ID", help="take waiter ID out of the queue")
+    add(
+        "watch",
+        "follow what happens to your boards and waiters",
+        "Print a line for each event of the lab's event stream as it happens: "
+        "your boards' state changes, your waiters' places in the queue, notices "
+        "before your reservations end (admins: everything). With --json, one "
+        "JSON object a line. Follows the stream again if it is lost; Ctrl-C "
+        "ends it.",
+    )
     add("contssh", "ProxyCommand for ssh to the lab", contssh.DESCRIPTION)
     add("whoami", "show the user the token belongs to")
     add("logout", "revoke the token in use")
@@ -373,6 +424,44 @@ def build_parser():
     _board_argument(maintenance)
     maintenance.add_argument("reason", nargs="*", metavar="REASON")
     return parser
+
+
+def parse_arguments(argv=None):
+    """The parsed command line; usage errors exit with status 2."""
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
+    if args.command == "reserve":
+        _settle_reserve(parser, args)
+    return args
+
+
+def _settle_reserve(parser, args):
+    """``reserve --wait CLASS`` means to wait as long as the lab allows.
+
+    ``--wait`` takes an optional value, so argparse hands it the board's
+    name when the name follows it; a value that is no duration is the board.
+    """
+    wait = args.wait
+    if wait not in (None, WAIT_LONGEST) and args.board is None:
+        try:
+            parse_duration(wait)
+        except ValueError:
+            args.board, wait = wait, WAIT_LONGEST
+    if args.board is None:
+        parser.error("reserve needs the BOARD or CLASS to reserve")
+    if wait in (None, WAIT_LONGEST):
+        args.wait = wait
+    else:
+        try:
+            args.wait = parse_duration(wait)
+        except ValueError as exc:
+            parser.error(f"argument --wait: {exc}")
+    if args.priority is not None and args.wait is None:
+        parser.error("--priority orders the queue: it goes with --wait")
 
 
 def read_public_key(path, home):
@@ -450,9 +539,69 @@ async def _token(api, args, settings, environ, out, err):
     return EXIT_OK
 
 
-async def run_command(api, args, settings, environ, out, err):
+async def _reserve_waiting(api, args, key, err, interrupted):
+    from bitelab.client.waiting import BoardWait, Progress
+
+    wait = None if args.wait == WAIT_LONGEST else args.wait
+    request = {"sshpubkey": key, "timeout": args.seconds, "priority": args.priority}
+    waiting = BoardWait(api, args.board, request, wait, Progress(err, _is_tty(err)))
+    if interrupted is not None:
+        interrupted.addCallback(lambda _: waiting.cancel())
+    return await waiting.run()
+
+
+def _is_tty(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+async def _watch(api, args, out, err, pause=time.sleep):
+    """Follow the event stream; after a loss, follow it again with back-off.
+
+    It runs on the quick client, whose calls block: ``pause`` blocks too.
+    """
+    tz = UTC if args.utc else None
+    state = {"opened": False, "delay": WATCH_BACKOFF_FIRST}
+
+    def show(event):
+        data = event.document()
+        if args.json:
+            line = {"kind": event.kind}
+            line.update(data if isinstance(data, dict) else {"data": event.data})
+            out.write(json.dumps(line) + "\n")
+        else:
+            shown = data if data is not None else event.data
+            out.write(render_event(event.kind, shown, Moment(time.time(), tz)))
+        out.flush()
+
+    def opened():
+        if state["opened"]:
+            err.write("bitelab: following the event stream again\n")
+        state["opened"], state["delay"] = True, WATCH_BACKOFF_FIRST
+
+    while True:
+        try:
+            await api.follow_events(show, on_open=opened)
+            problem = "the server ended the event stream"
+        except (Unreachable, Failed) as exc:
+            if not state["opened"]:
+                raise
+            problem = str(exc)
+        delay = state["delay"]
+        err.write(f"bitelab: {problem}; following it again in {delay:g}s\n")
+        pause(delay)
+        state["delay"] = min(delay * 2, WATCH_BACKOFF_MAX)
+
+
+async def run_command(api, args, settings, environ, out, err, interrupted=None):
     """Call the API for ``args.command``: ``(document, renderer)``, or the exit
-    status of a command that wrote its own output."""
+    status of a command that wrote its own output.
+
+    ``interrupted`` fires when the user presses Ctrl-C, for the commands
+    that clean up first (``reserve --wait`` leaves the queue).
+    """
     command = args.command
     if command == "list":
         return await api.boards(), render_boards
@@ -464,8 +613,17 @@ async def run_command(api, args, settings, environ, out, err):
         return await api.whoami(), render_whoami
     if command == "reserve":
         key = read_public_key(args.key, environ.get("HOME") or Path.home())
-        board = await api.reserve(args.board, sshpubkey=key, timeout=args.seconds)
+        if args.wait is not None:
+            board = await _reserve_waiting(api, args, key, err, interrupted)
+        else:
+            board = await api.reserve(args.board, sshpubkey=key, timeout=args.seconds)
         return board, render_reserved
+    if command == "queue":
+        if args.cancel is not None:
+            return await api.cancel_waiter(args.cancel), render_cancelled
+        return await api.queue(), render_queue
+    if command == "watch":
+        return await _watch(api, args, out, err)
     if command == "release":
         if args.reason is not None and not args.force:
             raise ConfigProblem("--reason goes with -f (a forced release)")
@@ -501,15 +659,21 @@ def write_json(document, out):
     out.write(json.dumps(document, indent=2) + "\n")
 
 
-async def dispatch(api, args, settings, out, err, environ, moment):
+async def dispatch(api, args, settings, out, err, environ, moment, interrupted=None):
     """Run one command against ``api``; the exit status.
 
     Every failure a user can meet becomes one line on ``err``; with ``--json``
     an error document also goes to ``out`` (the API's own when there is one),
-    so that ``out`` is always one JSON document.
+    so that ``out`` is always one JSON document.  ``interrupted``: see
+    ``run_command``.
     """
     try:
-        result = await run_command(api, args, settings, environ, out, err)
+        result = await run_command(api, args, settings, environ, out, err, interrupted)
+    except WaitCancelled as exc:
+        if args.json:
+            write_json(error_document("cancelled", str(exc)), out)
+        err.write(f"bitelab: {exc}\n")
+        return EXIT_INTERRUPTED
     except ConfigProblem as exc:
         if args.json:
             write_json(error_document("usage", str(exc)), out)
@@ -578,15 +742,31 @@ def _react_main(reactor, args, settings):
     # Ctrl-C should end a command at once, like any other Unix tool, not be
     # reported as a broken connection while the reactor shuts down.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    interrupted = None
+    if getattr(args, "wait", None) is not None:
+        # a waiting reserve leaves the queue before it ends; a second
+        # Ctrl-C ends it at once
+        interrupted = defer.Deferred()
+
+        def on_interrupt(signum, frame):
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            reactor.callFromThread(interrupted.callback, None)
+
+        signal.signal(signal.SIGINT, on_interrupt)
     client = make_client(reactor, args.http_timeout, settings.cacert)
     api = LabAPI(client, settings.url, settings.token, reactor, args.http_timeout)
     moment = Moment(reactor.seconds(), UTC if args.utc else None)
     coroutine = dispatch(
-        api, args, settings, sys.stdout, sys.stderr, os.environ, moment
+        api, args, settings, sys.stdout, sys.stderr, os.environ, moment, interrupted
     )
     d = defer.Deferred.fromCoroutine(coroutine)
 
     def finish(status):
+        if status == EXIT_INTERRUPTED and interrupted is not None:
+            # end as Ctrl-C ends any command, so that a calling shell stops too
+            sys.stdout.flush()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
         if status:
             raise SystemExit(status)
 
@@ -627,14 +807,9 @@ def _usage_error(args, message):
 
 def main(argv=None):
     """Entry point of the ``bitelab`` console script."""
-    parser = build_parser()
-    if "_ARGCOMPLETE" in os.environ:
-        import argcomplete
-
-        argcomplete.autocomplete(parser)
-    args = parser.parse_args(argv)
+    args = parse_arguments(argv)
     if args.command is None:
-        parser.print_usage(sys.stderr)
+        build_parser().print_usage(sys.stderr)
         sys.stderr.write("bitelab: error: a command is required; see bitelab --help\n")
         sys.exit(EXIT_USAGE)
     try:
@@ -651,7 +826,7 @@ def main(argv=None):
         )
     except ConfigProblem as exc:
         _usage_error(args, str(exc))
-    if args.command in QUICK_COMMANDS:
+    if args.command in QUICK_COMMANDS and not getattr(args, "cancel", None):
         sys.exit(_run_quick(args, settings))
 
     from twisted.internet import task

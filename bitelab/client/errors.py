@@ -42,6 +42,10 @@ class Unreachable(ClientError):
     """No answer: the connection failed, was cut, or the request timed out."""
 
 
+class WaitCancelled(Exception):
+    """The user stopped waiting for a board; ``str()`` says what became of it."""
+
+
 def decode_answer(method, url, status, raw):
     """The JSON document of a 2xx answer; the matching ``ClientError`` otherwise."""
     try:

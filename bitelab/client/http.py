@@ -6,11 +6,13 @@ says what happened; answers are decoded by ``errors.decode_answer``.
 
 import attrs
 from twisted.internet import defer, error
+from twisted.internet.protocol import Protocol
 from twisted.web import client as web_client
 from twisted.web._newclient import RequestNotSent
 
-from bitelab.client.calls import Calls
+from bitelab.client.calls import EVENTS_PATH, Calls
 from bitelab.client.errors import ClientError, Unreachable, decode_answer
+from bitelab.client.stream import STREAM_SILENCE, EventReader
 
 #: Connection-level failures and what to tell the user about them.
 _NETWORK_ERRORS = (
@@ -56,12 +58,42 @@ class LabAPI(Calls):
     clock: object
     timeout: float = 30.0
 
-    def call(self, method, path, body=None, auth=True):
-        """Run one request; a Deferred firing with the decoded JSON answer."""
+    def call(self, method, path, body=None, auth=True, longer=0):
+        """Run one request; a Deferred firing with the decoded JSON answer.
+
+        The time-out is the client's, plus ``longer`` seconds for a call the
+        server may hold on purpose (a reserve that waits).
+        """
         d = defer.Deferred.fromCoroutine(self._call(method, path, body, auth))
+        d.addTimeout(self.timeout + longer, self.clock, onTimeoutCancel=self._timed_out)
+        d.addErrback(self._translate)
+        return d
+
+    def open_events(self, on_event):
+        """Open ``GET /events/stream``: a Deferred firing with an ``EventStream``
+        once the server has answered; ``on_event(ServerEvent)`` is called for
+        every event from then on."""
+        d = defer.Deferred.fromCoroutine(self._open_events(on_event))
         d.addTimeout(self.timeout, self.clock, onTimeoutCancel=self._timed_out)
         d.addErrback(self._translate)
         return d
+
+    async def _open_events(self, on_event):
+        url = self.url(EVENTS_PATH)
+        headers = {
+            b"Accept": [b"text/event-stream"],
+            b"Authorization": [b"Bearer " + self.token.encode("utf-8")],
+        }
+        response = await self.client.request(
+            "GET", url, headers=headers, unbuffered=True
+        )
+        if response.code != 200:
+            chunks = []
+            await response.collect(chunks.append)
+            decode_answer("GET", url, response.code, b"".join(chunks))
+        stream = EventStream(on_event, self.clock)
+        response.deliverBody(stream)
+        return stream
 
     def _timed_out(self, result, timeout):
         # Whatever the cancelled request failed with, the cause is the time-out.
@@ -91,6 +123,43 @@ class LabAPI(Calls):
             else:
                 return failure
         raise Unreachable(f"{self.base_url}: {text}") from exc
+
+
+class EventStream(Protocol):
+    """The body of an event stream, handing each event to ``on_event``.
+
+    ``ended`` fires (with ``None``) when the stream ends for any reason: the
+    server closed it, the connection broke, ``close()`` was called, or
+    nothing (not even a keep-alive) came for ``STREAM_SILENCE`` seconds.
+    """
+
+    def __init__(self, on_event, clock, silence=STREAM_SILENCE):
+        self.on_event = on_event
+        self.clock = clock
+        self.silence = silence
+        self.reader = EventReader()
+        self.ended = defer.Deferred()
+        self._timer = None
+
+    def connectionMade(self):
+        """Start watching for silence."""
+        self._timer = self.clock.callLater(self.silence, self.close)
+
+    def dataReceived(self, data):
+        """Hand on the events ``data`` completes."""
+        self._timer.reset(self.silence)
+        for event in self.reader.feed(data):
+            self.on_event(event)
+
+    def connectionLost(self, reason):
+        """The stream is over."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self.ended.callback(None)
+
+    def close(self):
+        """Close the stream's connection."""
+        self.transport.stopProducing()
 
 
 def trust_root(cacert):

@@ -12,8 +12,9 @@ import http.client
 import socket
 from urllib.parse import urlsplit
 
-from bitelab.client.calls import Calls, console_path
+from bitelab.client.calls import EVENTS_PATH, Calls, console_path
 from bitelab.client.errors import Unreachable, decode_answer
+from bitelab.client.stream import STREAM_SILENCE, EventReader
 
 _CHUNK = 65536
 
@@ -75,9 +76,15 @@ class QuickAPI(Calls):
             parts.hostname, parts.port, timeout=self.timeout
         )
 
-    def _request(self, method, path, auth):
-        """``(connection, response)`` of one request, the body still unread."""
-        headers = {"Accept": "application/json"}
+    def _request(
+        self, method, path, auth, accept="application/json", body_timeout=None
+    ):
+        """``(connection, response)`` of one request, the body still unread.
+
+        ``body_timeout``: the longest silence while reading the body, if not
+        the usual time-out.
+        """
+        headers = {"Accept": accept}
         if auth:
             headers["Authorization"] = f"Bearer {self.token}"
         parts = urlsplit(self.url(path))
@@ -85,7 +92,12 @@ class QuickAPI(Calls):
         connection = self._connect()
         try:
             connection.request(method, target, headers=headers)
-            return connection, connection.getresponse()
+            # the response keeps the socket even where the connection lets go
+            sock = connection.sock
+            response = connection.getresponse()
+            if body_timeout is not None:
+                sock.settimeout(body_timeout)
+            return connection, response
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             raise self._unreachable(exc) from exc
@@ -99,10 +111,10 @@ class QuickAPI(Calls):
             text = "the connection broke during the answer"
         return Unreachable(f"{self.base_url}: {text}")
 
-    async def call(self, method, path, body=None, auth=True):
+    async def call(self, method, path, body=None, auth=True, longer=0):
         """Run one request without a body; the decoded JSON answer."""
-        if body is not None:
-            raise ValueError("the quick client sends no request bodies")
+        if body is not None or longer:
+            raise ValueError("the quick client sends no bodies and waits for nothing")
         connection, response = self._request(method, path, auth)
         try:
             raw = self._read(response)
@@ -129,6 +141,39 @@ class QuickAPI(Calls):
                 out.flush()
         finally:
             connection.close()
+
+    async def follow_events(self, on_event, on_open=None, silence=STREAM_SILENCE):
+        """Call ``on_event(ServerEvent)`` for each event of ``GET /events/stream``.
+
+        ``on_open()`` is called once the server has accepted the request.
+        Returns when the server ends the stream; ``Unreachable`` when the
+        connection breaks or stays silent (not even a keep-alive) for
+        ``silence`` seconds.
+        """
+        connection, response = self._request(
+            "GET", EVENTS_PATH, True, "text/event-stream", body_timeout=silence
+        )
+        try:
+            if response.status != 200:
+                raw = self._read(response)
+                decode_answer("GET", self.url(EVENTS_PATH), response.status, raw)
+            if on_open is not None:
+                on_open()
+            reader = EventReader()
+            while chunk := self._read_stream(response, silence):
+                for event in reader.feed(chunk):
+                    on_event(event)
+        finally:
+            connection.close()
+
+    def _read_stream(self, response, silence):
+        try:
+            return response.read1(_CHUNK)
+        except TimeoutError as exc:
+            text = f"nothing on the event stream for {silence:g}s"
+            raise Unreachable(f"{self.base_url}: {text}") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc) from exc
 
     def _read(self, response, size=None):
         try:

@@ -243,3 +243,131 @@ def render_labs(document, moment):
     if not rows:
         return "no labs yet; add one with: bitelab labs add NAME URL\n"
     return table(["LAB", "URL", "TOKEN", "CACERT"], rows)
+
+
+def ago(text, now):
+    """``text`` (ISO time) before ``now`` (epoch seconds): ``3m ago``."""
+    value = parse_time(text)
+    if value is None:
+        return text or "-"
+    seconds = max(int(now - value.timestamp()), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours >= 48:
+        return f"{hours // 24}d ago"
+    if hours:
+        return f"{hours}h{minutes:02d}m ago"
+    if minutes:
+        return f"{minutes}m ago"
+    return f"{secs}s ago"
+
+
+def render_queue(document, moment):
+    """The ``queue`` table: the waiters shown, and how many wait in all."""
+    entries = document.get("queue", [])
+    total = document.get("total", len(entries))
+    rows = [
+        [
+            or_dash(entry.get("position")),
+            or_dash(entry.get("id")),
+            or_dash(entry.get("user")),
+            or_dash(entry.get("target")),
+            or_dash(entry.get("priority")),
+            ago(entry.get("since"), moment.now),
+            relative(entry["deadline"], moment.now) if entry.get("deadline") else "-",
+        ]
+        for entry in entries
+    ]
+    if not rows:
+        if total:
+            return f"none of yours; {total} waiting in all\n"
+        return "nobody is waiting\n"
+    headers = ["POSITION", "ID", "USER", "TARGET", "PRIORITY", "SINCE", "DEADLINE"]
+    text = table(headers, rows)
+    if total > len(rows):
+        text += f"{total} waiting in all\n"
+    return text
+
+
+def render_cancelled(document, moment):
+    """What ``queue --cancel`` did."""
+    return f"waiter {document.get('id')} {or_dash(document.get('state'))}\n"
+
+
+def _place(data):
+    line = f"waiter {data.get('waiter')} for {data.get('target')}: "
+    line += f"position {data.get('position')} ({data.get('ahead')} ahead"
+    if data.get("total") is not None:
+        line += f", {data['total']} waiting"
+    return line + ")"
+
+
+def _expiring(data, moment):
+    line = f"{data.get('board')}: reservation {data.get('reservation')} ends"
+    seconds = data.get("seconds_left")
+    if seconds is None and str(data.get("detail") or "").isdigit():
+        seconds = int(data["detail"])
+    if isinstance(seconds, int | float):
+        line += f" in {relative_seconds(seconds)}"
+    if data.get("expires_at"):
+        when = parse_time(data["expires_at"])
+        line += f" (at {show_time(when, moment.tz) if when else data['expires_at']})"
+    return line
+
+
+def relative_seconds(seconds):
+    """A count of seconds as ``1h05m``, ``10m`` or ``42s``."""
+    seconds = max(int(seconds), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m" + (f"{secs:02d}s" if secs else "")
+    return f"{secs}s"
+
+
+def _board_change(data):
+    parts = [str(or_dash(data.get("board")))]
+    holder, user = data.get("holder"), data.get("user")
+    if holder:
+        parts.append(f"holder {holder}")
+    if user and user != holder:
+        parts.append(f"by {user}")
+    if data.get("reservation") is not None:
+        parts.append(f"reservation {data['reservation']}")
+    line = ", ".join(parts)
+    if data.get("detail"):
+        line += f": {data['detail']}"
+    return line
+
+
+def describe_event(kind, data, moment):
+    """What an event of the stream says, in words (without time and kind)."""
+    if not isinstance(data, dict):
+        return str(data)
+    if "position" in data:
+        return _place(data)
+    if kind == "queued":
+        return (
+            f"waiter {data.get('waiter')} of {data.get('holder')} {data.get('detail')}"
+        )
+    if kind == "granted":
+        return (
+            f"waiter {data.get('waiter')} gets {data.get('board')} "
+            f"(reservation {data.get('reservation')})"
+        )
+    if kind == "left":
+        why = data.get("why") or data.get("detail")
+        return f"waiter {data.get('waiter')} left the queue: {why}"
+    if kind == "expiring":
+        return _expiring(data, moment)
+    return _board_change(data)
+
+
+def render_event(kind, data, moment):
+    """One line of ``watch``: the event's time (or now), its kind, what it says."""
+    when = parse_time(data.get("time")) if isinstance(data, dict) else None
+    if when is None:
+        when = datetime.fromtimestamp(moment.now, UTC)
+    return f"{show_time(when, moment.tz)}  {kind:<12} {describe_event(kind, data, moment)}\n"
