@@ -18,10 +18,11 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from bench_lifecycle import Client  # noqa: E402
-from bench_reserve_vs_labgrid import bitelab_round  # noqa: E402
-from support.pg import PostgresServer  # noqa: E402
-from support.server import LabServer  # noqa: E402
+from bench_lifecycle import Client
+from bench_reserve_vs_labgrid import bitelab_round
+
+from support.pg import PostgresServer
+from support.server import LabServer
 
 BOARDS = "classes { c { arch = x; } }\nboards [ { name = bench-1; brdclass = c; } ]"
 

@@ -373,6 +373,48 @@ def _events(settings, args):
         )
 
 
+def _migrate(settings, args):
+    """Copy a SQLite lab's state into an empty PostgreSQL database."""
+    import psycopg
+
+    from bitelab import db, postgres
+    from bitelab.store import copy_lab
+
+    if settings.db_url:
+        raise ConfigError("this lab is on PostgreSQL already (db_url is set)")
+    if not args.to.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("--to must be a PostgreSQL URL (postgresql://...)")
+    if _server_running(settings):
+        raise ConfigError(
+            "the server of this lab is running; stop it before migrating, so "
+            "that nothing changes during the copy"
+        )
+    source = _connect(settings)
+    try:
+        source.execute("BEGIN IMMEDIATE")
+        target = db.Connection(postgres.connect(args.to), postgres.wrap)
+        try:
+            copied = copy_lab(source.cursor(), target.cursor())
+            postgres.reset_identities(target.raw.cursor())
+            target.commit()
+        except psycopg.Error as e:
+            target.rollback()
+            raise _Unusable(
+                f"{postgres.redact(args.to)}: {postgres.one_line(e)}"
+            ) from None
+        except BaseException:
+            target.rollback()
+            raise
+        finally:
+            target.close()
+    finally:
+        source.rollback()
+        source.close()
+    counts = ", ".join(f"{n} {table}" for table, n in copied.items())
+    print(f"copied {counts} to {postgres.redact(args.to)}")
+    print(f"now set db_url={postgres.redact(args.to)} in place of db_file in .env")
+
+
 def _positive(text):
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError(f"must be a positive whole number: {text!r}")
@@ -425,6 +467,11 @@ def main(argv=None):
         "--utc", action="store_true", help="times in UTC instead of the local zone"
     )
     events.set_defaults(func=_events)
+    migrate = commands.add_parser(
+        "migrate", help="copy this SQLite lab into an empty PostgreSQL database"
+    )
+    migrate.add_argument("--to", required=True, metavar="URL")
+    migrate.set_defaults(func=_migrate)
     args = parser.parse_args(argv)
     try:
         settings = load_config(args.config)

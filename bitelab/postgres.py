@@ -78,6 +78,15 @@ def wrap(cursor):
     return Cursor(cursor)
 
 
+def reset_identities(cursor):
+    """After rows were copied in with their ids, let new ids follow them."""
+    for table in ("reservations", "events", "waiters"):
+        cursor.execute(
+            f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+            f"COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
+        )
+
+
 def _read_schema(name):
     from importlib import resources
 

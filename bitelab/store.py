@@ -1111,3 +1111,82 @@ class Wait:
         self.priority = priority
         self.timeout = timeout
         self.resume = resume
+
+
+#: the tables ``copy_lab`` moves, in an order their references allow, with
+#: their columns
+LAB_TABLES = {
+    "reservations": (
+        "id",
+        "board",
+        "user",
+        "sshpubkey",
+        "state",
+        "created_at",
+        "expires_at",
+        "ended_at",
+        "cause",
+        "actor",
+        "detail",
+        "outcome",
+        "script_attrs",
+        "waiter",
+        "noticed",
+    ),
+    "boards": (
+        "name",
+        "class",
+        "arch",
+        "configured",
+        "state",
+        "reservation_id",
+        "reason",
+        "released_at",
+        "setup_failures",
+        "power",
+        "power_at",
+    ),
+    "tokens": ("hash", "user", "created_at", "revoked_at"),
+    "events": ("id", "at", "user", "board", "action", "detail", "reservation"),
+    "waiters": (
+        "id",
+        "user",
+        "target",
+        "class",
+        "board",
+        "priority",
+        "created_at",
+        "deadline",
+        "lease_until",
+        "sshpubkey",
+        "timeout",
+        "state",
+        "reservation_id",
+        "ended_at",
+    ),
+}
+
+
+def copy_lab(source, target):
+    """Copy every row of the lab's tables from one database to another.
+
+    ``source`` and ``target`` are cursors speaking the store's SQL; the
+    target's tables must be empty (``Unavailable`` otherwise).  Returns
+    ``{table: rows copied}``; the caller commits.
+    """
+    target.execute("BEGIN IMMEDIATE")
+    for table in LAB_TABLES:
+        if target.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]:
+            raise Unavailable(
+                f"the target database already holds {table}; migrate into an "
+                "empty database"
+            )
+    copied = {}
+    for table, columns in LAB_TABLES.items():
+        names = ", ".join(columns)
+        marks = ", ".join("?" for _ in columns)
+        rows = source.execute(f"SELECT {names} FROM {table}").fetchall()
+        for row in rows:
+            target.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", row)
+        copied[table] = len(rows)
+    return copied

@@ -62,3 +62,39 @@ def test_unreachable_postgresql_is_one_line(tmp_path, postgres_server):
     with pytest.raises(AssertionError, match="cannot use the database"):
         server.start(timeout=15)
     assert "Traceback" not in server.log()
+
+
+def test_migrate_a_populated_sqlite_lab(lab_server, postgres_server):
+    """bitelab-admin migrate copies a SQLite lab (reservations, tokens, audit
+    log) into PostgreSQL; it refuses while the server runs; the server then
+    runs on PostgreSQL with everything in place, and new ids follow the old."""
+    server = lab_server()
+    alice = server.token("alice")
+    status, held = server.request("POST", "/api/v1/boards/pine-1/reserve", {}, alice)
+    assert status == 200
+    server.request("POST", "/api/v1/boards/zynq-1/reserve", {}, alice)
+    server.request("POST", "/api/v1/boards/zynq-1/release", {}, alice)
+    url = postgres_server.database()
+    refused = server.admin("migrate", "--to", url)
+    assert refused.returncode == 2 and "running" in refused.stderr
+    server.stop()
+    result = server.admin("migrate", "--to", url)
+    assert result.returncode == 0, result.stderr
+    assert "copied" in result.stdout and "reservations" in result.stdout
+    again = server.admin("migrate", "--to", url)
+    assert again.returncode == 1 and "empty database" in again.stderr
+    with open(server.env_path) as f:
+        text = f.read().replace("db_file=bitelab.sqlite", f"db_url={url}")
+    with open(server.env_path, "w") as f:
+        f.write(text)
+    server.start()
+    board = server.get("/api/v1/boards/pine-1", alice)
+    assert board["holder"] == "alice"
+    assert board["reservation_id"] == held["reservation_id"]
+    status, other = server.request("POST", "/api/v1/boards/zynq-2/reserve", {}, alice)
+    assert status == 200 and other["reservation_id"] > held["reservation_id"]
+    root = server.token("root")
+    actions = [
+        e["action"] for e in server.get("/api/v1/events?limit=50", root)["events"]
+    ]
+    assert actions.count("reserved") == 3 and "freed" in actions
