@@ -19,7 +19,6 @@ import os
 import stat
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
@@ -60,7 +59,9 @@ def pct(samples, q):
 
 def class_reserve(directory, count, cycles):
     """Reserve-latency samples (s) of ``cycles`` class reserves on ``count`` boards."""
-    server = LabServer(os.path.join(directory, f"class{count}"), boards=class_lab(count))
+    server = LabServer(
+        os.path.join(directory, f"class{count}"), boards=class_lab(count)
+    )
     server.start(timeout=120)
     try:
         client = Client(server.http_port, server.token("bench"))
@@ -71,7 +72,9 @@ def class_reserve(directory, count, cycles):
             if i >= cycles // 10:  # the first tenth warms up
                 samples.append(time.perf_counter() - started)
             assert status == 200, board
-            status, _ = client.call("POST", f"/api/v1/boards/{board['name']}/release", b"{}")
+            status, _ = client.call(
+                "POST", f"/api/v1/boards/{board['name']}/release", b"{}"
+            )
             assert status == 200
         return samples
     finally:
@@ -95,7 +98,9 @@ def mass_expiry(directory, boards=200, pause=1.0):
         client = Client(server.http_port, token)
         for i in range(boards):
             status, _ = client.call(
-                "POST", f"/api/v1/boards/b-{i}/reserve", json.dumps({"timeout": 1}).encode()
+                "POST",
+                f"/api/v1/boards/b-{i}/reserve",
+                json.dumps({"timeout": 1}).encode(),
             )
             assert status == 200
         watcher = Client(server.http_port, token)

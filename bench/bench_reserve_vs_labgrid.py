@@ -31,10 +31,10 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from labgrid_peer import Coordinator  # noqa: E402
-from support.server import LabServer  # noqa: E402
+from bench_lifecycle import Client
+from labgrid_peer import Coordinator
 
-from bench_lifecycle import Client  # noqa: E402
+from support.server import LabServer
 
 #: run by the labgrid virtualenv's Python: N acquire+release cycles, the
 #: per-cycle seconds as JSON on standard output
@@ -64,9 +64,18 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 
 def labgrid_round(coordinator, cycles):
     result = subprocess.run(
-        [coordinator.tool("python"), "-c", LABGRID_CYCLES, coordinator.address,
-         "bench-1", str(cycles)],
-        capture_output=True, text=True, check=True, timeout=600,
+        [
+            coordinator.tool("python"),
+            "-c",
+            LABGRID_CYCLES,
+            coordinator.address,
+            "bench-1",
+            str(cycles),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -89,7 +98,10 @@ def main():
     parser.add_argument("--cycles", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as directory, Coordinator(args.labgrid_venv) as lg:
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        Coordinator(args.labgrid_venv) as lg,
+    ):
         lg.add_places(["bench-1"])
         server = LabServer(
             os.path.join(directory, "lab"),

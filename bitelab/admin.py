@@ -49,7 +49,7 @@ def _connect(settings):
     from bitelab import db
 
     try:
-        return db.connect(settings.db_file)
+        return db.open_database(settings)
     except ConfigError as e:
         raise _Unusable(str(e)) from None
 
@@ -170,9 +170,11 @@ def _check(settings, args):
     if os.path.exists(settings.ssh_host_key):
         check_host_key(settings.ssh_host_key)
     # what stops the server from starting, then what it would meet later
+    # this lab's own server holds its ports: they are not a problem then
+    running = _server_running(settings)
     errors = [
         *_limit_problems(settings),
-        *_listen_problems(settings),
+        *([] if running else _listen_problems(settings)),
         *_database_problems(settings),
     ]
     warnings = [
@@ -187,6 +189,8 @@ def _check(settings, args):
     if errors:
         return 1
     counts = f"{len(lab.classes)} classes, {len(lab.boards)} boards"
+    if running:
+        counts += ", server running"
     if warnings:
         counts += f", {len(warnings)} warning{'s' if len(warnings) > 1 else ''}"
     print(f"{settings.path}: ok ({counts})")
@@ -216,6 +220,25 @@ def _limit_problems(settings):
             "needs (http_max_connections + ssh_max_unauthenticated + 256); lower "
             "them or raise the limit (ulimit -n, LimitNOFILE=)"
         )
+
+
+def _server_running(settings):
+    """Whether this lab's server answers on its HTTP endpoint (plain TCP)."""
+    import urllib.request
+
+    address = endpoint_address(settings.http_endpoint)
+    if address is None or address[0] not in ("tcp", "tcp6") or int(address[2]) == 0:
+        return False
+    host = address[1] or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        with urllib.request.urlopen(
+            f"http://{host}:{address[2]}/api/v1/info", timeout=2
+        ) as response:
+            return json.load(response).get("name") == settings.lab_name
+    except (OSError, ValueError):
+        return False
 
 
 def _listen_problems(settings):
@@ -300,6 +323,14 @@ def _database_problems(settings):
     """A database that exists but is damaged."""
     from bitelab.tap import database_damage
 
+    if settings.db_url:
+        from bitelab import postgres
+
+        try:
+            postgres.connect(settings.db_url).close()
+        except ConfigError as e:
+            yield str(e)
+        return
     if not os.path.exists(settings.db_file):
         return
     try:
@@ -318,14 +349,15 @@ def _database_problems(settings):
 def _events(settings, args):
     from datetime import UTC, datetime
 
-    from bitelab import db
     from bitelab.client.render import show_time
     from bitelab.store import read_events
     from bitelab.views import event_view
 
     conn = _connect(settings)
     try:
-        rows = read_events(conn.cursor(), limit=args.n, board=args.board, user=args.user)
+        rows = read_events(
+            conn.cursor(), limit=args.n, board=args.board, user=args.user
+        )
     finally:
         conn.close()
     if args.json:
@@ -339,6 +371,48 @@ def _events(settings, args):
             f"{when}  {e['user'] or '-':<12} {e['board'] or '-':<16} "
             f"{e['action']:<16} {e['detail']}"
         )
+
+
+def _migrate(settings, args):
+    """Copy a SQLite lab's state into an empty PostgreSQL database."""
+    import psycopg
+
+    from bitelab import db, postgres
+    from bitelab.store import copy_lab
+
+    if settings.db_url:
+        raise ConfigError("this lab is on PostgreSQL already (db_url is set)")
+    if not args.to.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("--to must be a PostgreSQL URL (postgresql://...)")
+    if _server_running(settings):
+        raise ConfigError(
+            "the server of this lab is running; stop it before migrating, so "
+            "that nothing changes during the copy"
+        )
+    source = _connect(settings)
+    try:
+        source.execute("BEGIN IMMEDIATE")
+        target = db.Connection(postgres.connect(args.to), postgres.wrap)
+        try:
+            copied = copy_lab(source.cursor(), target.cursor())
+            postgres.reset_identities(target.raw.cursor())
+            target.commit()
+        except psycopg.Error as e:
+            target.rollback()
+            raise _Unusable(
+                f"{postgres.redact(args.to)}: {postgres.one_line(e)}"
+            ) from None
+        except BaseException:
+            target.rollback()
+            raise
+        finally:
+            target.close()
+    finally:
+        source.rollback()
+        source.close()
+    counts = ", ".join(f"{n} {table}" for table, n in copied.items())
+    print(f"copied {counts} to {postgres.redact(args.to)}")
+    print(f"now set db_url={postgres.redact(args.to)} in place of db_file in .env")
 
 
 def _positive(text):
@@ -393,6 +467,11 @@ def main(argv=None):
         "--utc", action="store_true", help="times in UTC instead of the local zone"
     )
     events.set_defaults(func=_events)
+    migrate = commands.add_parser(
+        "migrate", help="copy this SQLite lab into an empty PostgreSQL database"
+    )
+    migrate.add_argument("--to", required=True, metavar="URL")
+    migrate.set_defaults(func=_migrate)
     args = parser.parse_args(argv)
     try:
         settings = load_config(args.config)

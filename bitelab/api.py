@@ -19,7 +19,6 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 import bitelab
-from bitelab.views import iso
 from bitelab.config import NAME_RE
 from bitelab.errors import (
     BitelabError,
@@ -31,6 +30,7 @@ from bitelab.errors import (
     Unavailable,
 )
 from bitelab.httpserver import BEARER_RE, MAX_BODY
+from bitelab.views import iso
 
 
 def _json(request, value, code=200):
@@ -267,7 +267,9 @@ class API:
         if body.get("sshpubkey") is not None and not isinstance(body["sshpubkey"], str):
             raise Invalid("sshpubkey must be a string")
         waiter = body.get("waiter")
-        if waiter is not None and (isinstance(waiter, bool) or not isinstance(waiter, int)):
+        if waiter is not None and (
+            isinstance(waiter, bool) or not isinstance(waiter, int)
+        ):
             raise Invalid("waiter must be the id of a place in the queue")
         result = yield self.manager.reserve(
             user,

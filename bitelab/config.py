@@ -41,6 +41,8 @@ class Config:
     power_cycle_pause: float = 2.0
     expiry_interval: float = 1.0
     lab_name: str = "bitelab"
+    #: PostgreSQL URL, instead of ``db_file``
+    db_url: str = ""
     #: HTTP access log file; empty: access lines go to the server's log
     http_access_log: str = ""
     #: reservations wound down (power off, release script) at the same time
@@ -209,6 +211,14 @@ def resolve_endpoint_files(value, base):
     return ":".join(parts)
 
 
+def _db_url(value):
+    if not re.match(r"^postgres(ql)?://", value):
+        raise ValueError(
+            "must be a PostgreSQL URL such as postgresql://bitelab@db.example/bitelab"
+        )
+    return value
+
+
 def _admins(value):
     names = frozenset(n.strip() for n in value.split(",") if n.strip())
     for name in names:
@@ -229,6 +239,7 @@ _PATH, _ENDPOINT = "path", "endpoint"
 # key -> (parser, _PATH, _ENDPOINT or None)
 _KEYS = {
     "db_file": (_path, _PATH),
+    "db_url": (_db_url, None),
     "board_conf": (_path, _PATH),
     "http_endpoint": (_endpoint, _ENDPOINT),
     "ssh_endpoint": (_endpoint, _ENDPOINT),
@@ -260,7 +271,7 @@ _KEYS = {
     "ssh_max_auth_tries": (_limit, None),
     "console_max_followers": (_limit, None),
 }
-_REQUIRED = ("db_file", "board_conf")
+_REQUIRED = ("board_conf",)
 
 
 def load_config(path):
@@ -301,6 +312,11 @@ def load_config(path):
     for key in _REQUIRED:
         if key not in values:
             raise ConfigError(f"{path}: required key {key!r} is missing")
+    if ("db_file" in values) == ("db_url" in values):
+        raise ConfigError(
+            f"{path}: set exactly one of db_file (SQLite) and db_url (PostgreSQL)"
+        )
+    values.setdefault("db_file", "")
     values.setdefault("ssh_host_key", os.path.join(base, "ssh_host_ed25519_key"))
     values.setdefault("ssh_keys_dir", os.path.join(base, "keys"))
     values.setdefault("console_log_dir", os.path.join(base, "console"))

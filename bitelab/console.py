@@ -639,7 +639,9 @@ class ReservationLogs:
             os.write(self._file, chunk)
         except OSError as e:
             if not self._failing:
-                self.log.error("cannot write a reservation log: {error}", error=e.strerror)
+                self.log.error(
+                    "cannot write a reservation log: {error}", error=e.strerror
+                )
             self._failing = True
             return
         self._failing = False

@@ -141,3 +141,51 @@ def storage_problem(error):
     if "full" in text:
         return "the database's storage is full; nothing was changed"
     return f"the database is unavailable ({error}); nothing was changed"
+
+
+class Connection:
+    """A plain connection to the lab's database, SQLite or PostgreSQL, whose
+    cursors take the store's SQL (``bitelab-admin``, start-up)."""
+
+    def __init__(self, raw, wrap=None):
+        self.raw = raw
+        self.wrap = wrap or (lambda cursor: cursor)
+
+    def cursor(self):
+        """A cursor speaking the store's SQL."""
+        return self.wrap(self.raw.cursor())
+
+    def execute(self, sql, args=()):
+        """Run one statement on a fresh cursor; the cursor."""
+        return self.cursor().execute(sql, args)
+
+    def commit(self):
+        self.raw.commit()
+
+    def rollback(self):
+        self.raw.rollback()
+
+    def close(self):
+        self.raw.close()
+
+
+def open_database(settings):
+    """A ``Connection`` to the database of ``settings``, schema ensured."""
+    if settings.db_url:
+        from bitelab import postgres
+
+        return Connection(postgres.connect(settings.db_url), postgres.wrap)
+    return Connection(connect(settings.db_file))
+
+
+def make_pools(settings):
+    """``(writer, reader, wrap, path)`` for the store of ``settings``."""
+    if settings.db_url:
+        from bitelab import postgres
+
+        writer = postgres.make_pool(settings.db_url)
+        reader = postgres.make_pool(settings.db_url, readers=True)
+        return writer, reader, postgres.wrap, None
+    writer = make_pool(settings.db_file, settings.db_busy_timeout)
+    reader = make_pool(settings.db_file, settings.db_busy_timeout)
+    return writer, reader, None, settings.db_file

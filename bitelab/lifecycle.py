@@ -238,7 +238,9 @@ class BoardManager(service.Service):
     @defer.inlineCallbacks
     def events(self, limit=100, board=None, user=None, before=None):
         """Deferred[list]: audit events, newest first."""
-        rows = yield self.store.events(limit=limit, board=board, user=user, before=before)
+        rows = yield self.store.events(
+            limit=limit, board=board, user=user, before=before
+        )
         return [event_view(row) for row in rows]
 
     @defer.inlineCallbacks
@@ -278,8 +280,15 @@ class BoardManager(service.Service):
 
     @defer.inlineCallbacks
     def reserve(
-        self, user, target, sshpubkey=None, timeout=None, wait=0, waiter=None,
-        priority=None, gone=None,
+        self,
+        user,
+        target,
+        sshpubkey=None,
+        timeout=None,
+        wait=0,
+        waiter=None,
+        priority=None,
+        gone=None,
     ):
         """Deferred[dict]: reserve a board by name, or any free board of a class.
 
@@ -304,8 +313,14 @@ class BoardManager(service.Service):
         while True:
             try:
                 row = yield self.store.claim(
-                    target, is_class, user, sshpubkey, timeout_for, self.direct,
-                    tried, queue,
+                    target,
+                    is_class,
+                    user,
+                    sshpubkey,
+                    timeout_for,
+                    self.direct,
+                    tried,
+                    queue,
                 )
             except Unavailable:
                 if failure is None:
@@ -349,7 +364,9 @@ class BoardManager(service.Service):
             try:
                 result = yield self._reserve_script(row)
             except SetupFailed as e:
-                ending = yield self._retrying(self.store.fail_setup, name, rid, e.message)
+                ending = yield self._retrying(
+                    self.store.fail_setup, name, rid, e.message
+                )
                 if ending is not None:
                     handed_on = True
                     yield self._wind_down(ending)

@@ -105,7 +105,9 @@ class WaitingRoom:
         try:
             outcome, _ = yield self.store.leave_queue(waiting.wid, "timed_out")
         except BitelabError as e:
-            self.log.warn("cannot time out waiter {wid}: {e}", wid=waiting.wid, e=e.message)
+            self.log.warn(
+                "cannot time out waiter {wid}: {e}", wid=waiting.wid, e=e.message
+            )
             return
         if outcome == "left":
             self._finish(waiting, error=self._timed_out(waiting))
@@ -124,7 +126,7 @@ class WaitingRoom:
             waiting.gone = True
             return
         try:
-            outcome, rid = yield self.store.leave_queue(waiting.wid, "gone")
+            outcome, _ = yield self.store.leave_queue(waiting.wid, "gone")
         except BitelabError as e:
             self.log.warn("cannot drop waiter {wid}: {e}", wid=waiting.wid, e=e.message)
             return
@@ -143,7 +145,9 @@ class WaitingRoom:
             raise Unavailable(f"waiter {wid} was handed a board already")
         waiting = self.waiting.get(wid)
         if waiting is not None:
-            self._finish(waiting, error=Unavailable(f"the wait was cancelled by {user}"))
+            self._finish(
+                waiting, error=Unavailable(f"the wait was cancelled by {user}")
+            )
         return {"id": wid, "state": "cancelled" if outcome == "left" else outcome}
 
     def time_out_swept(self, expired):

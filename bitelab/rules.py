@@ -50,6 +50,7 @@ ABANDONED = "abandoned"
 class AlreadyHeld(Unavailable):
     """The caller already holds the board: waiting for it would never end."""
 
+
 #: why a board that left the board file while held is not simply freed: its
 #: options (power, interface) left with the file, so nothing can switch it
 #: off or take its jail down, and an admin must look

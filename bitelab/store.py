@@ -14,7 +14,7 @@ gone raises ``StorageError`` (503 ``storage``) with nothing changed.
 
 import json
 
-from bitelab import events, rules
+from bitelab import events, postgres, rules
 from bitelab.db import file_identity, storage_problem
 from bitelab.errors import (
     Forbidden,
@@ -90,10 +90,18 @@ class Txn:
 
     def board(self, name):
         """One board's row (joined with its reservation) as a dict, or None."""
-        return _board(self.execute(_BOARD_SELECT + " WHERE b.name = ?", (name,)).fetchone())
+        return _board(
+            self.execute(_BOARD_SELECT + " WHERE b.name = ?", (name,)).fetchone()
+        )
 
     def event(
-        self, kind, board, user=None, detail="", reservation=None, holder=None,
+        self,
+        kind,
+        board,
+        user=None,
+        detail="",
+        reservation=None,
+        holder=None,
         waiter=None,
     ):
         """Append to the audit log; the ``Event`` is published after commit."""
@@ -241,11 +249,14 @@ class Store:
     server refuses writes instead of losing them.
     """
 
-    def __init__(self, writer, reader, bus, clock, path=None):
+    def __init__(self, writer, reader, bus, clock, path=None, wrap=None):
         #: what the lab decides for the store: ``timeout_for(name)``,
         #: ``direct(name)``, ``user_limit``, ``class_limit(cls)``; set by the
         #: board manager
         self.policy = None
+        #: the database's view of a cursor: identity for SQLite,
+        #: ``bitelab.postgres.wrap`` for PostgreSQL
+        self.wrap = wrap or (lambda cursor: cursor)
         self.writer = writer
         self.reader = reader
         self.bus = bus
@@ -270,7 +281,7 @@ class Store:
 
         def interaction(cursor):
             self._check_file()
-            txn = Txn(cursor, now)
+            txn = Txn(self.wrap(cursor), now)
             txn.execute("BEGIN IMMEDIATE")
             result = fn(txn, *args)
             return result, txn.events
@@ -289,7 +300,7 @@ class Store:
 
         def interaction(cursor):
             self._check_file()
-            return fn(cursor, *args, **kwargs)
+            return fn(self.wrap(cursor), *args, **kwargs)
 
         d = self.reader.runInteraction(interaction)
         d.addErrback(_storage_failure)
@@ -337,9 +348,9 @@ class Store:
         abandoned.
         """
         d = self.writer.runInteraction(
-            lambda c: [
+            lambda raw: [
                 _board(r)
-                for r in c.execute(
+                for r in self.wrap(raw).execute(
                     _BOARD_SELECT + " WHERE b.state IN (?, ?)", rules.TRANSITIONAL
                 )
             ]
@@ -398,7 +409,14 @@ class Store:
     # -- reservations -----------------------------------------------------
 
     def claim(
-        self, target, is_class, user, sshpubkey, timeout_for, direct, skip=(),
+        self,
+        target,
+        is_class,
+        user,
+        sshpubkey,
+        timeout_for,
+        direct,
+        skip=(),
         wait=None,
     ):
         """Deferred[dict]: record a reservation of ``target`` for ``user``.
@@ -411,8 +429,15 @@ class Store:
         ``{"waiter": ID}``.
         """
         return self.write(
-            self._claim_or_wait, target, is_class, user, sshpubkey, timeout_for,
-            direct, skip, wait,
+            self._claim_or_wait,
+            target,
+            is_class,
+            user,
+            sshpubkey,
+            timeout_for,
+            direct,
+            skip,
+            wait,
         )
 
     def _claim_or_wait(
@@ -438,11 +463,24 @@ class Store:
             "INSERT INTO waiters (user, target, class, board, priority, created_at, "
             "deadline, sshpubkey, timeout, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
             "'waiting')",
-            (user, target, cls, board, wait.priority, txn.now, wait.deadline,
-             sshpubkey, wait.timeout),
+            (
+                user,
+                target,
+                cls,
+                board,
+                wait.priority,
+                txn.now,
+                wait.deadline,
+                sshpubkey,
+                wait.timeout,
+            ),
         ).lastrowid
         txn.event(
-            events.QUEUED, board, user, f"waits for {target}: {why}", holder=user,
+            events.QUEUED,
+            board,
+            user,
+            f"waits for {target}: {why}",
+            holder=user,
             waiter=wid,
         )
         return {"waiter": wid, "why": why}
@@ -481,7 +519,11 @@ class Store:
             (brdclass, user),
         ).fetchone()
         rules.check_limits(
-            user, held, in_class, brdclass, policy.user_limit,
+            user,
+            held,
+            in_class,
+            brdclass,
+            policy.user_limit,
             policy.class_limit(brdclass),
         )
 
@@ -525,11 +567,21 @@ class Store:
                 (rid, txn.now, waiter),
             )
             txn.event(
-                events.GRANTED, name, user, f"waiter {waiter}", reservation=rid,
-                holder=user, waiter=waiter,
+                events.GRANTED,
+                name,
+                user,
+                f"waiter {waiter}",
+                reservation=rid,
+                holder=user,
+                waiter=waiter,
             )
         txn.event(
-            state, name, user, f"timeout={timeout}", reservation=rid, holder=user,
+            state,
+            name,
+            user,
+            f"timeout={timeout}",
+            reservation=rid,
+            holder=user,
             waiter=waiter,
         )
         return txn.board(name)
@@ -575,8 +627,13 @@ class Store:
                     continue
                 free.remove(name)
                 self._start(
-                    txn, name, user, sshpubkey, timeout or policy.timeout_for(name),
-                    policy.direct(name), waiter=wid,
+                    txn,
+                    name,
+                    user,
+                    sshpubkey,
+                    timeout or policy.timeout_for(name),
+                    policy.direct(name),
+                    waiter=wid,
                 )
 
     def confirm(self, name, rid, script_attrs):
@@ -596,7 +653,10 @@ class Store:
                 rid, state=rules.RESERVED, script_attrs=json.dumps(script_attrs)
             )
             txn.event(
-                rules.RESERVED, name, board["holder"], reservation=rid,
+                rules.RESERVED,
+                name,
+                board["holder"],
+                reservation=rid,
                 holder=board["holder"],
             )
             return txn.board(name)
@@ -658,7 +718,11 @@ class Store:
             rid, state=rules.RELEASING, cause=cause, actor=actor, detail=detail
         )
         txn.event(
-            rules.RELEASING, name, actor, f"{cause}: {detail}", reservation=rid,
+            rules.RELEASING,
+            name,
+            actor,
+            f"{cause}: {detail}",
+            reservation=rid,
             holder=board["holder"],
         )
 
@@ -677,7 +741,11 @@ class Store:
                 (name,),
             )
             txn.event(
-                rules.SETUP_FAILED, name, board["holder"], message, reservation=rid,
+                rules.SETUP_FAILED,
+                name,
+                board["holder"],
+                message,
+                reservation=rid,
                 holder=board["holder"],
             )
             self._start_ending(txn, board, rules.SETUP_FAILED, None, message)
@@ -769,7 +837,11 @@ class Store:
                 (txn.now + timeout, rid, rules.RESERVED),
             )
             txn.event(
-                "extended", name, user, f"timeout={timeout}", reservation=rid,
+                "extended",
+                name,
+                user,
+                f"timeout={timeout}",
+                reservation=rid,
                 holder=board["holder"],
             )
             return txn.board(name)
@@ -786,7 +858,9 @@ class Store:
             if board is None:
                 raise NotFound(f"no board named {name!r}")
             rules.check_maintenance_start(board)
-            txn.set_board(name, board["state"], None, state=rules.MAINTENANCE, reason=reason)
+            txn.set_board(
+                name, board["state"], None, state=rules.MAINTENANCE, reason=reason
+            )
             txn.event(rules.MAINTENANCE, name, user, reason)
             return txn.board(name)
 
@@ -801,8 +875,13 @@ class Store:
                 raise NotFound(f"no board named {name!r}")
             rules.check_maintenance_end(board)
             txn.set_board(
-                name, rules.MAINTENANCE, None, state=rules.FREE, reason=None,
-                released_at=txn.now, setup_failures=0,
+                name,
+                rules.MAINTENANCE,
+                None,
+                state=rules.FREE,
+                reason=None,
+                released_at=txn.now,
+                setup_failures=0,
             )
             txn.event("maintenance_end", name, user)
             if not board["configured"]:
@@ -835,7 +914,9 @@ class Store:
 
     def add_token(self, user, token_hash):
         """Deferred: store a new token's hash."""
-        return self.write(lambda txn: insert_token(txn.cursor, user, token_hash, txn.now))
+        return self.write(
+            lambda txn: insert_token(txn.cursor, user, token_hash, txn.now)
+        )
 
     def revoke_token(self, token_hash):
         """Deferred: revoke one token; ``Unauthorized`` if it is not valid."""
@@ -853,7 +934,6 @@ class Store:
             txn.event("token_revoke", None, row[0])
 
         return self.write(txn_fn)
-
 
     # -- the queue ----------------------------------------------------------
 
@@ -884,8 +964,12 @@ class Store:
                 (why, txn.now, wid),
             )
             txn.event(
-                events.LEFT, board, user if user != owner else owner, why,
-                holder=owner, waiter=wid,
+                events.LEFT,
+                board,
+                user if user != owner else owner,
+                why,
+                holder=owner,
+                waiter=wid,
             )
             return ("left", None)
 
@@ -943,8 +1027,17 @@ class Store:
 
     def queue(self):
         """Deferred[list[dict]]: the waiting entries, in no particular order."""
-        keys = ("id", "user", "target", "class", "board", "priority", "created_at",
-                "deadline", "lease_until")
+        keys = (
+            "id",
+            "user",
+            "target",
+            "class",
+            "board",
+            "priority",
+            "created_at",
+            "deadline",
+            "lease_until",
+        )
         return self.read(
             lambda c: [
                 dict(zip(keys, row))
@@ -952,19 +1045,6 @@ class Store:
                     f"SELECT {', '.join(keys)} FROM waiters WHERE state = 'waiting'"
                 )
             ]
-        )
-
-    def waiter(self, wid):
-        """Deferred[dict or None]: one queue entry."""
-        keys = ("id", "user", "target", "state", "reservation_id", "deadline")
-        return self.read(
-            lambda c: (
-                lambda row: dict(zip(keys, row)) if row else None
-            )(
-                c.execute(
-                    f"SELECT {', '.join(keys)} FROM waiters WHERE id = ?", (wid,)
-                ).fetchone()
-            )
         )
 
     def abandon(self, name, rid):
@@ -998,10 +1078,16 @@ class Store:
                 due = rules.notices_due(expires_at, noticed, thresholds, txn.now)
                 if due is None:
                     continue
-                txn.execute("UPDATE reservations SET noticed = ? WHERE id = ?", (due, rid))
+                txn.execute(
+                    "UPDATE reservations SET noticed = ? WHERE id = ?", (due, rid)
+                )
                 txn.event(
-                    events.EXPIRING, board, None, str(int(expires_at - txn.now)),
-                    reservation=rid, holder=holder,
+                    events.EXPIRING,
+                    board,
+                    None,
+                    str(int(expires_at - txn.now)),
+                    reservation=rid,
+                    holder=holder,
                 )
 
         return self.write(txn_fn)
@@ -1009,7 +1095,7 @@ class Store:
 
 def _storage_failure(failure):
     """Turn a database that cannot serve into ``StorageError``; pass the rest."""
-    problem = storage_problem(failure.value)
+    problem = storage_problem(failure.value) or postgres.storage_problem(failure.value)
     if problem is not None:
         raise StorageError(problem)
     return failure
@@ -1025,3 +1111,82 @@ class Wait:
         self.priority = priority
         self.timeout = timeout
         self.resume = resume
+
+
+#: the tables ``copy_lab`` moves, in an order their references allow, with
+#: their columns
+LAB_TABLES = {
+    "reservations": (
+        "id",
+        "board",
+        "user",
+        "sshpubkey",
+        "state",
+        "created_at",
+        "expires_at",
+        "ended_at",
+        "cause",
+        "actor",
+        "detail",
+        "outcome",
+        "script_attrs",
+        "waiter",
+        "noticed",
+    ),
+    "boards": (
+        "name",
+        "class",
+        "arch",
+        "configured",
+        "state",
+        "reservation_id",
+        "reason",
+        "released_at",
+        "setup_failures",
+        "power",
+        "power_at",
+    ),
+    "tokens": ("hash", "user", "created_at", "revoked_at"),
+    "events": ("id", "at", "user", "board", "action", "detail", "reservation"),
+    "waiters": (
+        "id",
+        "user",
+        "target",
+        "class",
+        "board",
+        "priority",
+        "created_at",
+        "deadline",
+        "lease_until",
+        "sshpubkey",
+        "timeout",
+        "state",
+        "reservation_id",
+        "ended_at",
+    ),
+}
+
+
+def copy_lab(source, target):
+    """Copy every row of the lab's tables from one database to another.
+
+    ``source`` and ``target`` are cursors speaking the store's SQL; the
+    target's tables must be empty (``Unavailable`` otherwise).  Returns
+    ``{table: rows copied}``; the caller commits.
+    """
+    target.execute("BEGIN IMMEDIATE")
+    for table in LAB_TABLES:
+        if target.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]:
+            raise Unavailable(
+                f"the target database already holds {table}; migrate into an "
+                "empty database"
+            )
+    copied = {}
+    for table, columns in LAB_TABLES.items():
+        names = ", ".join(columns)
+        marks = ", ".join("?" for _ in columns)
+        rows = source.execute(f"SELECT {names} FROM {table}").fetchall()
+        for row in rows:
+            target.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", row)
+        copied[table] = len(rows)
+    return copied

@@ -164,6 +164,8 @@ def sync_database(settings, lab, now):
     from bitelab import db
     from bitelab.store import sync_boards
 
+    if settings.db_url:
+        return _sync_postgresql(settings, lab, now)
     conn = db.connect(settings.db_file)
     try:
         damage = database_damage(conn)
@@ -181,6 +183,27 @@ def sync_database(settings, lab, now):
             raise
     except sqlite3.DatabaseError as e:
         raise ConfigError(f"{settings.db_file}: cannot use the database: {e}") from None
+    finally:
+        conn.close()
+    return held
+
+
+def _sync_postgresql(settings, lab, now):
+    import psycopg
+
+    from bitelab import db, postgres
+    from bitelab.store import sync_boards
+
+    conn = db.open_database(settings)
+    try:
+        held = sync_boards(conn.cursor(), lab, now)
+        conn.commit()
+    except psycopg.Error as e:
+        conn.rollback()
+        raise ConfigError(
+            f"{postgres.redact(settings.db_url)}: cannot use the database: "
+            f"{postgres.one_line(e)}"
+        ) from None
     finally:
         conn.close()
     return held
@@ -207,8 +230,8 @@ def make_lab_service(settings, lab, reactor):
     from bitelab.boardpower import BoardPower
     from bitelab.console import ConsoleService
     from bitelab.events import EventBus
-    from bitelab.lifecycle import BoardManager
     from bitelab.httpserver import LabSite, LimitedHTTPFactory
+    from bitelab.lifecycle import BoardManager
     from bitelab.limits import files_needed, raise_file_limit
     from bitelab.options import Runtime, SerialConsole
     from bitelab.script import ScriptRunner
@@ -225,10 +248,9 @@ def make_lab_service(settings, lab, reactor):
     host_key = check_host_key(settings.ssh_host_key)
     os.makedirs(settings.ssh_keys_dir, exist_ok=True)
     held = sync_database(settings, lab, reactor.seconds())
-    writer = db.make_pool(settings.db_file, settings.db_busy_timeout)
-    reader = db.make_pool(settings.db_file, settings.db_busy_timeout)
+    writer, reader, wrap, path = db.make_pools(settings)
     PoolService(writer, reader).setServiceParent(top)
-    store = Store(writer, reader, EventBus(), reactor, settings.db_file)
+    store = Store(writer, reader, EventBus(), reactor, path, wrap)
 
     snmp = SNMPClient(reactor)
     SNMPService(snmp).setServiceParent(top)

@@ -6,7 +6,9 @@
 #
 # Same contract as jail-linux.sh (see docs/jails.rst): reserve prints
 #   ip=ADDRESS ssh_port=PORT ssh_user=NAME ssh_hostkey=FINGERPRINT [iface=NAME]
-# and release is idempotent.
+# and both actions are idempotent: release removes whatever a reserve or
+# release killed at any point left, and succeeds when there is nothing;
+# reserve first removes anything left of an earlier jail for the board.
 #
 # reserve builds, for BOARD:
 #   - a root file system cloned from a ZFS snapshot of a template system,
@@ -48,7 +50,8 @@ on_exit() {
     _status=$?
     trap - EXIT INT TERM HUP
     if [ "$_status" -ne 0 ] && [ "$CLEAN_ON_FAILURE" = yes ]; then
-        teardown >/dev/null 2>&1 || true
+        teardown >/dev/null 2>&1 ||
+            FAIL_MSG="$FAIL_MSG; cleaning up failed too: $TEARDOWN_PROBLEM"
     fi
     if [ "$_status" -ne 0 ]; then
         echo "$PROG: ${FAIL_MSG:-$ACTION of $BOARD failed}" >&2
@@ -73,6 +76,20 @@ jail_running() {
     jls -j "$JAIL" jid >/dev/null 2>&1
 }
 
+# A removed jail lingers, dying, until its last references go.
+jail_dying() {
+    jls -d -j "$JAIL" jid >/dev/null 2>&1
+}
+
+# Interfaces whose description marks them as this jail's: epairs are
+# described when created, so one left by a reserve killed before renaming
+# it is found too.
+jail_ifaces() {
+    ifconfig -a | awk -v mark="description: bitelab jail $JAIL" '
+        /^[^ \t]/ { name = $1; sub(/:$/, "", name) }
+        $0 ~ mark"$" { print name }'
+}
+
 # Slots are symlinks STATE_DIR/slots/N -> BOARD (ln -s is atomic).
 claim_slot() {
     _n=0
@@ -94,30 +111,61 @@ board_slots() {
     return 0
 }
 
-# Everything of BOARD's jail that exists goes; vnet interfaces return to the
-# host when the jail is removed.
+# Everything of BOARD's jail that exists goes, whatever state a reserve or
+# release left it in; vnet interfaces return to the host when the jail is
+# removed.  Sets TEARDOWN_PROBLEM and fails if something stays.
 teardown() {
+    TEARDOWN_PROBLEM=
+    _run=$STATE_DIR/run/$JAIL
+    _iface=${BITELAB_ETHERIFACE:-}
+    if [ -s "$_run/iface" ]; then
+        read -r _iface <"$_run/iface"
+    fi
     if jail_running; then
-        if [ -n "${BITELAB_ETHERIFACE:-}" ]; then
-            ifconfig "$BITELAB_ETHERIFACE" -vnet "$JAIL" 2>/dev/null || true
+        if [ -n "$_iface" ]; then
+            ifconfig "$_iface" -vnet "$JAIL" 2>/dev/null || true
         fi
-        jail -r "$JAIL" || return 1
+        if ! jail -r "$JAIL"; then
+            TEARDOWN_PROBLEM="cannot remove jail $JAIL; see jls"
+            return 1
+        fi
+    fi
+    _try=0
+    while jail_dying && [ "$_try" -lt 100 ]; do
+        _try=$((_try + 1))
+        sleep 0.1
+    done
+    # The board's interface, if the jail had it, must be back.
+    if [ -s "$_run/iface" ] && ! ifconfig "$_iface" >/dev/null 2>&1; then
+        TEARDOWN_PROBLEM="interface $_iface of $BOARD did not come back from jail $JAIL; recreate it, then end the board's maintenance"
+        return 1
     fi
     for _slot in $(board_slots); do
         ifconfig "${VETH_PREFIX}h$_slot" destroy 2>/dev/null || true
         rm -f "$STATE_DIR/slots/$_slot"
     done
+    for _if in $(jail_ifaces); do
+        ifconfig "$_if" destroy 2>/dev/null || true
+    done
     if zfs list -H -o name "$DATASET/$JAIL" >/dev/null 2>&1; then
-        zfs destroy -f "$DATASET/$JAIL" || return 1
+        # A jail killed while being made may have left its devfs mounted.
+        _root=$(zfs get -H -o value mountpoint "$DATASET/$JAIL")
+        if [ -d "$_root/dev" ]; then
+            umount -f "$_root/dev" 2>/dev/null || true
+        fi
+        if ! zfs destroy -f "$DATASET/$JAIL"; then
+            TEARDOWN_PROBLEM="cannot destroy $DATASET/$JAIL; see zfs list"
+            return 1
+        fi
     fi
-    rm -rf "${STATE_DIR:?}/run/${JAIL:?}"
+    rm -rf "${_run:?}"
 }
 
 reserve() {
     mkdir -p "$STATE_DIR/slots" "$STATE_DIR/run"
     chmod 0700 "$STATE_DIR/slots"
     # The server only reserves a board nobody holds: leftovers are stale.
-    teardown >/dev/null 2>&1 || fail "cannot remove leftovers of an earlier jail for $BOARD"
+    teardown >/dev/null 2>&1 || fail "leftovers of an earlier jail for $BOARD: $TEARDOWN_PROBLEM"
     IFACE=${BITELAB_ETHERIFACE:-}
     if [ -n "$IFACE" ] && ! ifconfig "$IFACE" >/dev/null 2>&1; then
         fail "interface $IFACE of $BOARD not found on the host; check the board's etheriface"
@@ -125,6 +173,10 @@ reserve() {
 
     CLEAN_ON_FAILURE=yes
     mkdir -m 0700 "$STATE_DIR/run/$JAIL"
+    if [ -n "$IFACE" ]; then
+        # Release checks that the interface came back from the jail.
+        echo "$IFACE" >"$STATE_DIR/run/$JAIL/iface"
+    fi
 
     # One host key for all jails, so known_hosts survives address reuse.
     _hostkey=$STATE_DIR/ssh_host_ed25519_key
@@ -143,8 +195,10 @@ reserve() {
     _net=$(ip_to_int "${POOL%/*}")
     _host_ip=$(int_to_ip $((_net + SLOT * 4 + 1)))
     _jail_ip=$(int_to_ip $((_net + SLOT * 4 + 2)))
-    _epair=$(ifconfig epair create) || fail "cannot create an epair (kldload if_epair?)"
+    _epair=$(ifconfig epair create description "bitelab jail $JAIL") ||
+        fail "cannot create an epair (kldload if_epair?)"
     _epair=${_epair%a}
+    ifconfig "${_epair}b" description "bitelab jail $JAIL"
     ifconfig "${_epair}a" name "${VETH_PREFIX}h$SLOT" >/dev/null
     ifconfig "${VETH_PREFIX}h$SLOT" inet "$_host_ip/30" up
 
@@ -223,5 +277,5 @@ SLOTS=$((1 << (30 - ${POOL#*/})))
 
 case $ACTION in
 reserve) reserve ;;
-release) teardown >/dev/null 2>&1 || fail "cannot take down jail $JAIL; see jls and zfs list" ;;
+release) teardown >/dev/null 2>&1 || fail "$TEARDOWN_PROBLEM" ;;
 esac

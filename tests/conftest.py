@@ -9,7 +9,7 @@ import pytest
 from support.server import LabServer
 
 # the snmp_agent fixture: a real snmpsim PoE switch
-pytest_plugins = ["support.snmpagent"]
+pytest_plugins = ["support.snmpagent", "support.pg"]
 from twisted.logger import globalLogPublisher
 
 

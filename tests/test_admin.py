@@ -72,7 +72,15 @@ def test_admin_events_filters_and_json(lab_server):
         ("zynq-1", "reserved"),
         (None, "token_issue"),
     ]
-    assert set(events[0]) == {"id", "time", "user", "board", "action", "detail", "reservation"}
+    assert set(events[0]) == {
+        "id",
+        "time",
+        "user",
+        "board",
+        "action",
+        "detail",
+        "reservation",
+    }
     status, api = server.request(
         "GET", "/api/v1/events?user=alice", token=server.token("root")
     )

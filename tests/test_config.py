@@ -5,11 +5,11 @@ import shutil
 
 import pytest
 
-from bitelab.tap import option_map
 from bitelab.config import check_lab, load_boards, load_config
 from bitelab.errors import ConfigError
 from bitelab.options import EtherIface, SerialConsole, Timeout
 from bitelab.power import CmdPower, SNMPPower
+from bitelab.tap import option_map
 from support.seed import SEED
 from support.tls import self_signed
 

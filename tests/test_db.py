@@ -18,7 +18,12 @@ def test_fresh_database_gets_current_schema_in_wal_mode(tmp_path):
     path = tmp_path / "sub" / "lab.sqlite"
     conn = db.connect(str(path))
     assert tables(conn) == {
-        "boards", "reservations", "waiters", "tokens", "events", "version"
+        "boards",
+        "reservations",
+        "waiters",
+        "tokens",
+        "events",
+        "version",
     }
     assert db.get_version(conn) == db.SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -106,7 +111,7 @@ def test_version_1_database_upgrades_with_its_reservations(tmp_path):
         "INSERT INTO boards (name, class, arch, state, holder, reserved_at, "
         "expires_at, sshpubkey, script_attrs) VALUES "
         "('b1', 'c', 'x', 'reserved', 'alice', 10, 70, 'ssh-ed25519 AAAA', "
-        "'{\"ip\": \"10.0.0.2\"}')"
+        '\'{"ip": "10.0.0.2"}\')'
     )
     conn.execute(
         "INSERT INTO boards (name, class, arch, state, reason) VALUES "
@@ -131,7 +136,13 @@ def test_version_1_database_upgrades_with_its_reservations(tmp_path):
         "FROM reservations WHERE id = ?",
         (rid,),
     ).fetchone() == (
-        "b1", "alice", "reserved", 10, 70, "ssh-ed25519 AAAA", '{"ip": "10.0.0.2"}'
+        "b1",
+        "alice",
+        "reserved",
+        10,
+        70,
+        "ssh-ed25519 AAAA",
+        '{"ip": "10.0.0.2"}',
     )
     assert conn.execute("SELECT user FROM tokens").fetchall() == [("alice",)]
     assert conn.execute("SELECT action, reservation FROM events").fetchall() == [

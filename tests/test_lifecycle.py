@@ -25,10 +25,18 @@ boards [
 """
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request):
+    """None (a SQLite file) or the URL of a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_server").database()
+
+
 @pytest.fixture
-def lab(tmp_path):
+def lab(tmp_path, database):
     """An in-process lab whose start-up power reads have been answered."""
-    made = InLab(tmp_path, BOARDS)
+    made = InLab(tmp_path, BOARDS, database=database)
     answer_all(made)
     yield made
     made.close()
@@ -189,10 +197,10 @@ def test_class_reserve_skips_a_board_whose_setup_fails(lab):
     assert [e["action"] for e in events][:3] == ["freed", "releasing", "setup_failed"]
 
 
-def test_a_board_failing_setup_repeatedly_goes_to_maintenance(tmp_path):
+def test_a_board_failing_setup_repeatedly_goes_to_maintenance(tmp_path, database):
     """After max_setup_failures reserve-script failures in a row, the board
     is taken out of service with the last error."""
-    lab = InLab(tmp_path, BOARDS, "max_setup_failures=2\n")
+    lab = InLab(tmp_path, BOARDS, "max_setup_failures=2\n", database=database)
     answer_all(lab)
     for attempt in range(2):
         response = lab.request("POST", "/boards/a2/reserve", "alice")

@@ -39,9 +39,7 @@ def boards_with_script(script, count=4, extra=""):
     boards = ", ".join(
         f"{{ name = s{i}; brdclass = c; {extra} }}" for i in range(1, count + 1)
     )
-    return (
-        f"setup_script = {script};\nclasses {{ c {{ arch = x; }} }}\nboards [ {boards} ]"
-    )
+    return f"setup_script = {script};\nclasses {{ c {{ arch = x; }} }}\nboards [ {boards} ]"
 
 
 def test_two_simultaneous_releases_run_the_release_script_once(lab_server, tmp_path):
@@ -124,14 +122,18 @@ def test_kill_storm_leaves_no_half_done_board(lab_server, tmp_path):
                 held_by[name] = rid
             time.sleep(rng.random() * 0.2)
             try:
-                server.request("POST", f"/api/v1/boards/{name}/release", {}, tokens[user])
+                server.request(
+                    "POST", f"/api/v1/boards/{name}/release", {}, tokens[user]
+                )
             except OSError:
                 pass
             with lock:
                 if held_by.get(name) == rid:
                     del held_by[name]
 
-    threads = [threading.Thread(target=client, args=(u,)) for u in ("u1", "u2", "u3", "u4")]
+    threads = [
+        threading.Thread(target=client, args=(u,)) for u in ("u1", "u2", "u3", "u4")
+    ]
     for t in threads:
         t.start()
     try:
@@ -198,12 +200,26 @@ def test_console_session_opened_during_a_release_sees_nothing_of_the_next_holder
     during = server.follow_console("con-1", alice)
     ssh = subprocess.Popen(
         [
-            "ssh", "-F", "/dev/null", "-i", server.key("alice"), "-p",
-            str(server.ssh_port), "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-            "-l", "con-1", "127.0.0.1",
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-i",
+            server.key("alice"),
+            "-p",
+            str(server.ssh_port),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-l",
+            "con-1",
+            "127.0.0.1",
         ],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     release.join(30)
     assert server.request("POST", "/api/v1/boards/con-1/reserve", {}, bob)[0] == 200
@@ -252,10 +268,14 @@ def test_locked_database_gives_storage_error_and_recovers(lab_server):
     working; once the lock goes, service resumes."""
     server = lab_server(settings={"db_busy_timeout": "0.5"})
     token = server.token("alice")
-    holder = sqlite3.connect(os.path.join(server.dir, "bitelab.sqlite"), isolation_level=None)
+    holder = sqlite3.connect(
+        os.path.join(server.dir, "bitelab.sqlite"), isolation_level=None
+    )
     holder.execute("BEGIN IMMEDIATE")
     try:
-        status, body = server.request("POST", "/api/v1/boards/zynq-1/reserve", {}, token)
+        status, body = server.request(
+            "POST", "/api/v1/boards/zynq-1/reserve", {}, token
+        )
         assert status == 503 and body["error"]["code"] == "storage"
         assert "busy" in body["error"]["message"]
         board = server.get("/api/v1/boards/zynq-1", token)
@@ -273,7 +293,9 @@ def test_full_file_system_gives_storage_error_and_recovers(lab_server, tmp_path)
     changed, reads keep working, and service resumes when space returns."""
     mount = tmp_path / "small"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True
+    )
     try:
         server = lab_server(settings={"db_file": str(mount / "lab.sqlite")})
         token = server.token("alice")
@@ -287,7 +309,9 @@ def test_full_file_system_gives_storage_error_and_recovers(lab_server, tmp_path)
                 pass
         statuses = []
         for _ in range(40):
-            status, body = server.request("POST", "/api/v1/boards/zynq-1/reserve", {}, token)
+            status, body = server.request(
+                "POST", "/api/v1/boards/zynq-1/reserve", {}, token
+            )
             statuses.append(status)
             if status == 503:
                 break
@@ -295,7 +319,9 @@ def test_full_file_system_gives_storage_error_and_recovers(lab_server, tmp_path)
         assert statuses[-1] == 503 and body["error"]["code"] == "storage"
         assert server.get("/api/v1/boards/zynq-1", token)["state"] == "free"
         filler.unlink()
-        status, board = server.request("POST", "/api/v1/boards/zynq-1/reserve", {}, token)
+        status, board = server.request(
+            "POST", "/api/v1/boards/zynq-1/reserve", {}, token
+        )
         assert status == 200 and board["holder"] == "alice"
         server.stop()
     finally:
@@ -331,16 +357,16 @@ def test_past_reservation_console_log_over_http(lab_server):
     )
     pty.print(b"alice-output\n")
     wait_for(
-        lambda: b"alice-output" in server.request(
-            "GET", "/api/v1/boards/con-1/console", token=alice)[1],
+        lambda: b"alice-output"
+        in server.request("GET", "/api/v1/boards/con-1/console", token=alice)[1],
         what="output logged",
     )
     server.request("POST", "/api/v1/boards/con-1/release", {}, alice)
     server.request("POST", "/api/v1/boards/con-1/reserve", {}, bob)
     pty.print(b"bob-output\n")
     wait_for(
-        lambda: b"bob-output" in server.request(
-            "GET", "/api/v1/boards/con-1/console", token=bob)[1],
+        lambda: b"bob-output"
+        in server.request("GET", "/api/v1/boards/con-1/console", token=bob)[1],
         what="bob's output logged",
     )
     status, body = server.request(

@@ -24,6 +24,7 @@ had its release run.
 import collections
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -55,10 +56,16 @@ class LifecycleMachine(RuleBasedStateMachine):
     """Random steps against one in-process lab; invariants after each."""
 
     directory = None
+    #: a callable giving a fresh PostgreSQL URL, or None for SQLite
+    database = None
 
     def __init__(self):
         super().__init__()
-        self.lab = InLab(self.directory.mktemp("lab"), BOARDS)
+        self.lab = InLab(
+            self.directory.mktemp("lab"),
+            BOARDS,
+            database=self.database() if self.database else None,
+        )
         self.crashes = 0
 
     def teardown(self):
@@ -71,8 +78,11 @@ class LifecycleMachine(RuleBasedStateMachine):
     def reserve(self, user, where):
         self.lab.request("POST", f"/boards/{where}/reserve", user, {"timeout": 20})
 
-    @rule(user=st.sampled_from(USERS), name=st.sampled_from(BOARD_NAMES),
-          force=st.booleans())
+    @rule(
+        user=st.sampled_from(USERS),
+        name=st.sampled_from(BOARD_NAMES),
+        force=st.booleans(),
+    )
     def release(self, user, name, force):
         self.lab.request("POST", f"/boards/{name}/release", user, {"force": force})
 
@@ -80,16 +90,20 @@ class LifecycleMachine(RuleBasedStateMachine):
     def extend(self, user, name):
         self.lab.request("POST", f"/boards/{name}/attrs", user, {"timeout": 25})
 
-    @rule(user=st.sampled_from(USERS), name=st.sampled_from(("a1", "a2")),
-          action=st.sampled_from(("on", "off", "cycle")))
+    @rule(
+        user=st.sampled_from(USERS),
+        name=st.sampled_from(("a1", "a2")),
+        action=st.sampled_from(("on", "off", "cycle")),
+    )
     def power(self, user, name, action):
         self.lab.request("POST", f"/boards/{name}/attrs", user, {"power": action})
 
     @rule(name=st.sampled_from(BOARD_NAMES), start=st.booleans())
     def maintenance(self, name, start):
         if start:
-            self.lab.request("POST", f"/boards/{name}/maintenance", "root",
-                             {"reason": "checked"})
+            self.lab.request(
+                "POST", f"/boards/{name}/maintenance", "root", {"reason": "checked"}
+            )
         else:
             self.lab.request("DELETE", f"/boards/{name}/maintenance", "root")
 
@@ -122,17 +136,17 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @invariant()
     def one_holder_per_board(self):
-        rows = self.lab.pool.conn.execute(
+        rows = self.lab.pool.sql(
             "SELECT board, COUNT(*) FROM reservations WHERE state != 'ended' "
             "GROUP BY board"
-        ).fetchall()
+        )
         assert all(count == 1 for _, count in rows), rows
         for board in self.lab.boards():
             if board["state"] in HELD:
                 rid = board["reservation_id"]
-                state = self.lab.pool.conn.execute(
+                state = self.lab.pool.sql(
                     "SELECT state FROM reservations WHERE id = ?", (rid,)
-                ).fetchone()[0]
+                )[0][0]
                 assert state == board["state"], (board, state)
             else:
                 assert board["reservation_id"] is None, board
@@ -159,9 +173,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         )
         assert all(count == 1 for count in reserves.values()), reserves
         running = collections.Counter(
-            c.board
-            for c in self.lab.calls.pending
-            if c.kind in ("reserve", "release")
+            c.board for c in self.lab.calls.pending if c.kind in ("reserve", "release")
         )
         assert all(count == 1 for count in running.values()), running
         released = set()
@@ -199,25 +211,36 @@ class LifecycleMachine(RuleBasedStateMachine):
                 break
         states = {b["name"]: b["state"] for b in self.lab.boards()}
         assert not set(states.values()) & {"reserving", "releasing"}, states
-        set_up = {rid for _, action, _, rid in self.lab.script_runs if action == "reserve"}
+        set_up = {
+            rid for _, action, _, rid in self.lab.script_runs if action == "reserve"
+        }
         ended = {
             rid
-            for (rid,) in self.lab.pool.conn.execute(
+            for (rid,) in self.lab.pool.sql(
                 "SELECT id FROM reservations WHERE state = 'ended'"
             )
         }
-        released = {rid for _, action, _, rid in self.lab.script_runs if action == "release"}
+        released = {
+            rid for _, action, _, rid in self.lab.script_runs if action == "release"
+        }
         assert (set_up & ended) <= released
 
 
-def test_lifecycle_interleavings(tmp_path_factory):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_lifecycle_interleavings(tmp_path_factory, backend, request):
     """Any interleaving of steps, slow side effects and crashes keeps the
-    invariants in the module docstring (hypothesis stateful testing)."""
+    invariants in the module docstring (hypothesis stateful testing), on
+    SQLite and on PostgreSQL."""
     LifecycleMachine.directory = tmp_path_factory
+    examples = int(os.environ.get("BITELAB_MACHINE_EXAMPLES", "150"))
+    LifecycleMachine.database = None
+    if backend == "postgresql":
+        LifecycleMachine.database = request.getfixturevalue("postgres_server").database
+        examples = max(1, examples // 3)
     run_state_machine_as_test(
         LifecycleMachine,
         settings=settings(
-            max_examples=int(os.environ.get("BITELAB_MACHINE_EXAMPLES", "150")),
+            max_examples=examples,
             stateful_step_count=40,
             deadline=None,
             database=None,

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 
 from bitelab.errors import Unavailable
-from support.inlab import InLab, Viewer
+from support.inlab import InLab
 
 #: five plain boards (nothing to set up) and one with a setup script and a
 #: console, in two classes; class c allows two boards per user
@@ -46,10 +46,18 @@ class Waiter:
         self.gone.callback(None)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request):
+    """None (a SQLite file) or the URL of a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_server").database()
+
+
 @pytest.fixture
-def lab(tmp_path):
+def lab(tmp_path, database):
     """An in-process lab with the queue's boards."""
-    made = InLab(tmp_path, BOARDS)
+    made = InLab(tmp_path, BOARDS, database=database)
     # the plain boards need nothing; answer the setup of s1 whenever asked
     yield made
     made.close()
@@ -87,10 +95,10 @@ def test_freed_board_goes_to_the_first_waiter_in_the_same_step(lab):
     assert late.status == 409
 
 
-def test_fifty_waiters_five_boards_fair_order(tmp_path):
+def test_fifty_waiters_five_boards_fair_order(tmp_path, database):
     """50 waiters for a class of 5: each freed board goes to exactly one
     waiter, in priority-then-arrival order; no waiter gets two boards."""
-    lab = InLab(tmp_path, BOARDS.replace("user_limit = 2;", ""))
+    lab = InLab(tmp_path, BOARDS.replace("user_limit = 2;", ""), database=database)
     fill(lab, "root", ["c1", "c2", "c3", "c4", "c5"])
     waiters = [Waiter(lab, f"u{i}", "c") for i in range(49)]
     waiters.insert(10, Waiter(lab, "root", "c", priority=5))
@@ -186,16 +194,18 @@ def test_limits_refuse_and_waiting_past_them_waits(lab):
     fill(lab, "alice", ["c1", "c2"])
     refused = lab.request("POST", "/boards/c/reserve", "alice")
     assert refused.status == 409
-    assert "holds 2 boards of class c; its limit is 2" in refused.body["error"]["message"]
+    assert (
+        "holds 2 boards of class c; its limit is 2" in refused.body["error"]["message"]
+    )
     waiter = Waiter(lab, "alice", "c")
     assert waiter.result is None and lab.board("c3")["state"] == "free"
     release(lab, "alice", "c1")
     assert waiter.result is not None and waiter.result["holder"] == "alice"
 
 
-def test_lab_limit(tmp_path):
+def test_lab_limit(tmp_path, database):
     """user_board_limit caps a user's boards over the whole lab."""
-    lab = InLab(tmp_path, BOARDS, "user_board_limit=1\n")
+    lab = InLab(tmp_path, BOARDS, "user_board_limit=1\n", database=database)
     fill(lab, "alice", ["c1"])
     refused = lab.request("POST", "/boards/s1/reserve", "alice")
     assert refused.status == 409
@@ -241,7 +251,9 @@ def test_expiry_notices_reach_the_holders_console(lab):
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     steps=st.lists(
@@ -283,5 +295,7 @@ def test_queue_interleavings(tmp_path_factory, steps):
         queue = lab.request("GET", "/queue", "root").body["queue"]
         connected = [e for e in queue if e["connected"]]
         assert not (free and connected), (free, connected)
-        assert len(holders) == len({b["name"] for b in lab.boards() if b["state"] != "free"})
+        assert len(holders) == len(
+            {b["name"] for b in lab.boards() if b["state"] != "free"}
+        )
     lab.close()

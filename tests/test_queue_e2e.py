@@ -27,7 +27,9 @@ boards [ { name = c1; brdclass = c; }, { name = c2; brdclass = c; },
 def post(server, token, path, body, timeout=60):
     conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=timeout)
     conn.request(
-        "POST", path, json.dumps(body),
+        "POST",
+        path,
+        json.dumps(body),
         {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     response = conn.getresponse()
@@ -44,11 +46,14 @@ def test_twenty_jobs_three_boards_in_fair_order(lab_server):
     server = lab_server(boards=BOARDS)
     root = server.token("root")
     for name in ("c1", "c2", "c3"):
-        assert server.request("POST", f"/api/v1/boards/{name}/reserve", {}, root)[0] == 200
+        assert (
+            server.request("POST", f"/api/v1/boards/{name}/reserve", {}, root)[0] == 200
+        )
     tokens = [server.token(f"job{i}") for i in range(20)]
     results = [None] * 20
     threads = []
     for i, token in enumerate(tokens):
+
         def run(i=i, token=token):
             results[i] = post(server, token, "/api/v1/boards/c/reserve", {"wait": 120})
 
@@ -109,8 +114,9 @@ def test_restart_mid_queue_keeps_places_for_returning_clients(lab_server):
         server.request("POST", f"/api/v1/boards/{name}/reserve", {}, root)
     for token in (alice, bob):
         threading.Thread(
-            target=lambda t=token: _quiet(post, server, t, "/api/v1/boards/c/reserve",
-                                          {"wait": 300}),
+            target=lambda t=token: _quiet(
+                post, server, t, "/api/v1/boards/c/reserve", {"wait": 300}
+            ),
             daemon=True,
         ).start()
         wait_for(lambda t=token: queue(server, t)["queue"], what="queued")
@@ -123,7 +129,12 @@ def test_restart_mid_queue_keeps_places_for_returning_clients(lab_server):
     result = {}
     waiter = threading.Thread(
         target=lambda: result.update(
-            r=post(server, bob, "/api/v1/boards/c/reserve", {"wait": 300, "waiter": bob_place})
+            r=post(
+                server,
+                bob,
+                "/api/v1/boards/c/reserve",
+                {"wait": 300, "waiter": bob_place},
+            )
         )
     )
     waiter.start()
@@ -131,7 +142,9 @@ def test_restart_mid_queue_keeps_places_for_returning_clients(lab_server):
     server.request("POST", "/api/v1/boards/c2/release", {"force": True}, root)
     waiter.join(30)
     assert result["r"][0] == 200 and result["r"][1]["holder"] == "bob"
-    wait_for(lambda: queue(server, root)["total"] == 0, timeout=30, what="alice's lease")
+    wait_for(
+        lambda: queue(server, root)["total"] == 0, timeout=30, what="alice's lease"
+    )
 
 
 def _quiet(fn, *args):
@@ -150,8 +163,13 @@ def test_event_stream_tells_a_waiter_its_place_and_its_board(lab_server):
         server.request("POST", f"/api/v1/boards/{name}/reserve", {}, root)
     server.request("POST", "/api/v1/boards/c3/reserve", {}, carol)
     stream = subprocess.Popen(
-        ["curl", "-sN", "-H", f"Authorization: Bearer {bob}",
-         f"{server.url}/api/v1/events/stream"],
+        [
+            "curl",
+            "-sN",
+            "-H",
+            f"Authorization: Bearer {bob}",
+            f"{server.url}/api/v1/events/stream",
+        ],
         stdout=subprocess.PIPE,
     )
     try:
@@ -168,7 +186,7 @@ def test_event_stream_tells_a_waiter_its_place_and_its_board(lab_server):
         stream.terminate()
         out = stream.communicate(timeout=10)[0].decode()
     events = [
-        (block.split("\n")[0][len("event: "):], json.loads(block.split("\n")[1][6:]))
+        (block.split("\n")[0][len("event: ") :], json.loads(block.split("\n")[1][6:]))
         for block in out.split("\n\n")
         if block.startswith("event: ")
     ]
@@ -191,13 +209,32 @@ def test_expiry_notice_reaches_the_console_over_ssh(lab_server):
         settings={"expiry_notices": "3"},
     )
     alice = server.token("alice")
-    status, _ = server.request("POST", "/api/v1/boards/con-1/reserve", {"timeout": 6}, alice)
+    status, _ = server.request(
+        "POST", "/api/v1/boards/con-1/reserve", {"timeout": 6}, alice
+    )
     assert status == 200
     ssh = subprocess.Popen(
-        ["ssh", "-F", "/dev/null", "-i", server.key("alice"), "-p", str(server.ssh_port),
-         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-         "-o", "BatchMode=yes", "-l", "con-1", "127.0.0.1"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-i",
+            server.key("alice"),
+            "-p",
+            str(server.ssh_port),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-l",
+            "con-1",
+            "127.0.0.1",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     # stdin stays open: end of input would end the session at once
     killer = threading.Timer(30, ssh.kill)

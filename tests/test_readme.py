@@ -78,7 +78,10 @@ class Checkout:
             base = Path(tempfile.mkdtemp(prefix=f"bitelab-{tag}-", dir="/var/lib"))
             base.chmod(0o755)  # the jail accounts must reach their authorized_keys
             net = f"10.250.{secrets.randbelow(256)}"
-            self.jail = JailSite(base=base, tag=tag, pool=f"{net}.0/24")
+            first_uid = 1_900_000_000 + secrets.randbelow(99_000) * 1000
+            self.jail = JailSite(
+                base=base, tag=tag, pool=f"{net}.0/24", first_uid=first_uid
+            )
             self.link = f"{tag}d0.103"
             self.replacements += [
                 (re.compile(r"/var/lib/bitelab/jail-demo"), str(base)),
@@ -86,6 +89,11 @@ class Checkout:
                 (re.compile(r"=jdv\b"), f"={tag}"),
                 (re.compile(r"10\.203\.64\."), f"{net}."),
                 (re.compile(r"\bdemo0"), f"{tag}d0"),
+                (re.compile(r"bitelab-jail-demo"), self.jail.cgroup),
+                (
+                    re.compile(r"1800000000-1800999999"),
+                    f"{first_uid}-{self.jail.last_uid}",
+                ),
             ]
         for path in (self.dir / "conf").iterdir():
             if path.name.endswith((".env", ".ucl")) or path.name == "jail-demo.sh":

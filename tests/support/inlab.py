@@ -27,7 +27,7 @@ import attrs
 from treq.testing import StubTreq
 from twisted.internet import defer, task
 
-from bitelab import db
+from bitelab import db, postgres
 from bitelab.api import API
 from bitelab.boardpower import BoardPower
 from bitelab.config import load_boards, load_config
@@ -44,28 +44,42 @@ from bitelab.tokens import TokenStore
 
 
 class InlinePool:
-    """``runInteraction`` on one SQLite connection, run at once.
+    """``runInteraction`` on one database connection, run at once.
 
     It commits after the interaction returns and rolls back if it raises,
     as ``adbapi.ConnectionPool`` does, but in the caller's thread, so the
-    test decides when each transaction happens.
+    test decides when each transaction happens.  ``database`` is a SQLite
+    file or a PostgreSQL URL.
     """
 
-    def __init__(self, path):
-        self.conn = sqlite3.connect(path, isolation_level=None)
-        db.configure_connection(self.conn)
+    def __init__(self, database):
+        if database.startswith("postgresql://"):
+            import psycopg
+
+            self.conn = psycopg.connect(database)
+            self.wrap = postgres.wrap
+        else:
+            self.conn = sqlite3.connect(database, isolation_level=None)
+            db.configure_connection(self.conn)
+            self.wrap = None
 
     def runInteraction(self, interaction, *args, **kwargs):
         cursor = self.conn.cursor()
         try:
             result = interaction(cursor, *args, **kwargs)
-            if self.conn.in_transaction:
-                self.conn.commit()
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.rollback()
+            self.conn.commit()
+        except Exception:  # noqa: BLE001 - as in adbapi, any failure rolls back
+            self.conn.rollback()
             return defer.fail()
         return defer.succeed(result)
+
+    def sql(self, query, args=()):
+        """Rows of one query in the store's SQL (for the tests' checks)."""
+        cursor = self.conn.cursor()
+        rows = (self.wrap(cursor) if self.wrap else cursor).execute(query, args)
+        result = rows.fetchall()
+        self.conn.commit()
+        return result
 
     def close(self):
         self.conn.close()
@@ -133,7 +147,9 @@ class RecordingScripts:
                 self.lab.jails.pop(board, None)
                 self.lab.released.setdefault(rid, 0)
                 self.lab.released[rid] += 1
-            return ScriptResult({"ip": f"10.0.0.{rid % 250}"} if action == "reserve" else {}, b"", b"")
+            return ScriptResult(
+                {"ip": f"10.0.0.{rid % 250}"} if action == "reserve" else {}, b"", b""
+            )
 
         return d.addCallback(done)
 
@@ -212,13 +228,15 @@ class Viewer:
 class InLab:
     """One lab directory and the server currently running on it."""
 
-    def __init__(self, directory, boards, settings=""):
+    def __init__(self, directory, boards, settings="", database=None):
+        """``database``: a PostgreSQL URL; a SQLite file in ``directory`` if None."""
         self.dir = str(directory)
         with open(os.path.join(self.dir, "boards.ucl"), "w") as f:
             f.write(boards)
         with open(os.path.join(self.dir, ".env"), "w") as f:
             f.write(
-                "db_file=lab.sqlite\nboard_conf=boards.ucl\nadmins=root\n"
+                (f"db_url={database}\n" if database else "db_file=lab.sqlite\n")
+                + "board_conf=boards.ucl\nadmins=root\n"
                 "default_timeout=100\nmax_timeout=1000\nexpiry_interval=1\n"
                 "power_cycle_pause=1\nrelease_concurrency=2\n" + settings
             )
@@ -258,8 +276,15 @@ class InLab:
         self.epoch += 1
         self.calls = Calls()
         held = sync_database(self.config, self.lab, self.clock.seconds())
-        self.pool = InlinePool(self.config.db_file)
-        self.store = Store(self.pool, self.pool, EventBus(), self.clock, self.config.db_file)
+        self.pool = InlinePool(self.config.db_url or self.config.db_file)
+        self.store = Store(
+            self.pool,
+            self.pool,
+            EventBus(),
+            self.clock,
+            self.config.db_file or None,
+            self.pool.wrap,
+        )
         self.consoles = {}
         for name, board in self.lab.boards.items():
             option = board.option(SerialConsole)
@@ -276,10 +301,19 @@ class InLab:
                 self.consoles[name] = console
         self.scripts = RecordingScripts(self)
         self.power = BoardPower(
-            self.clock, self.lab, Runtime(self), self.store, self.config.power_cycle_pause
+            self.clock,
+            self.lab,
+            Runtime(self),
+            self.store,
+            self.config.power_cycle_pause,
         )
         self.manager = BoardManager(
-            self.clock, self.config, self.lab, self.store, self.power, self.scripts,
+            self.clock,
+            self.config,
+            self.lab,
+            self.store,
+            self.power,
+            self.scripts,
             self.consoles,
         )
         self.manager.resume_consoles(held)
@@ -320,7 +354,9 @@ class InLab:
             self.tokens[user] = self._run(self.token_store.issue(user))
         headers = {"Authorization": [f"Bearer {self.tokens[user]}"]}
         data = json.dumps(body).encode() if body is not None else None
-        d = self.http.request(method, "http://lab/api/v1" + path, headers=headers, data=data)
+        d = self.http.request(
+            method, "http://lab/api/v1" + path, headers=headers, data=data
+        )
 
         def got(r):
             response.status = r.code

@@ -2,8 +2,9 @@
 
 ``conf/jail-linux.sh`` is run exactly as the server runs it: argv, no shell,
 ``BITELAB_*`` environment.  Each test gets a ``JailSite`` whose names, address
-pool and directories are its own, so tests (and a real site on the same host)
-never meet, and ``force_clean`` removes whatever a broken script left behind.
+pool, UID range, cgroup and directories are its own, so tests (and a real
+site on the same host) never meet, and ``force_clean`` removes whatever a
+broken script left behind.
 
 Context managers, for fixtures of any test that needs a jail:
 
@@ -101,9 +102,106 @@ def processes_mentioning(text):
     return found
 
 
+def processes_of_uids(first, last):
+    """(pid, uid, command line) of live processes with any UID in [first, last]."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        uids = next(ln for ln in status.splitlines() if ln.startswith("Uid:"))
+        hits = [int(u) for u in uids.split()[1:] if first <= int(u) <= last]
+        if hits:
+            found.append((int(entry.name), hits[0], cmdline.strip()))
+    return found
+
+
+def cgroup_roots():
+    """Mount points of the cgroup2 and version 1 hierarchies jails use."""
+    roots = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, mount, kind, options = line.split()[:4]
+        controllers = set(options.split(","))
+        if kind == "cgroup2" or (
+            kind == "cgroup" and controllers & {"memory", "pids", "cpu"}
+        ):
+            roots.append(Path(mount))
+    return roots
+
+
+def jail_controllers():
+    """Controllers jails can have on this host: those the cgroup2 root hands
+    down (the jail script asks it to) and those of version 1 hierarchies."""
+    found = set()
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, mount, kind, options = line.split()[:4]
+        if kind == "cgroup2":
+            found |= set((Path(mount) / "cgroup.subtree_control").read_text().split())
+        elif kind == "cgroup":
+            found |= set(options.split(","))
+    return found & {"memory", "pids", "cpu"}
+
+
+def user_namespaces_allowed():
+    """Whether an unprivileged process may make a user namespace here."""
+    result = _run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        + ["unshare", "--user", "true"]
+    )
+    return result.returncode == 0
+
+
+def kill_cgroup(path):
+    """Kill every process in cgroup ``path`` and remove it (and its children)."""
+    for child in [p for p in path.iterdir() if p.is_dir()]:
+        kill_cgroup(child)
+    if (path / "cgroup.kill").exists():
+        (path / "cgroup.kill").write_text("1")
+    for _ in range(100):
+        try:
+            pids = (path / "cgroup.procs").read_text().split()
+        except FileNotFoundError:
+            return
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        pass
+
+
+def world_writable_dirs():
+    """The host's world-writable directories on its disk and memory file systems."""
+    mounts = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, mount, kind = line.split()[:3]
+        if kind in ("ext4", "xfs", "btrfs", "tmpfs", "overlay", "f2fs", "zfs"):
+            mounts.append(mount.replace("\\040", " "))
+    out = _run(
+        ["find", *sorted(set(mounts)), "-xdev", "-type", "d", "-perm", "-0002"]
+    ).stdout
+    return sorted({line for line in out.splitlines() if line})
+
+
 def accounts_with_prefix(prefix):
     """Names of passwd entries starting with ``prefix``."""
     out = _run(["getent", "passwd"], check=True).stdout
+    return [line.split(":")[0] for line in out.splitlines() if line.startswith(prefix)]
+
+
+def groups_with_prefix(prefix):
+    """Names of group entries starting with ``prefix``."""
+    out = _run(["getent", "group"], check=True).stdout
     return [line.split(":")[0] for line in out.splitlines() if line.startswith(prefix)]
 
 
@@ -131,6 +229,29 @@ class JailSite:
     base: Path
     tag: str
     pool: str
+    first_uid: int
+
+    @property
+    def last_uid(self):
+        """The last UID of the site's range."""
+        return self.first_uid + 999
+
+    @property
+    def cgroup(self):
+        """The parent of the site's jail cgroups, below each cgroup root."""
+        return f"bitelab-{self.tag}"
+
+    def cgroups(self, board=None):
+        """Existing cgroups of the site's jails (or of ``board``'s)."""
+        found = []
+        for root in cgroup_roots():
+            parent = root / self.cgroup
+            if board is None:
+                if parent.is_dir():
+                    found += [p for p in parent.iterdir() if p.is_dir()]
+            elif (parent / self.name(board)).is_dir():
+                found.append(parent / self.name(board))
+        return found
 
     @property
     def prefix(self):
@@ -173,6 +294,8 @@ class JailSite:
             "BITELAB_JAIL_PREFIX": self.prefix,
             "BITELAB_JAIL_VETH_PREFIX": self.veth_prefix,
             "BITELAB_JAIL_POOL": self.pool,
+            "BITELAB_JAIL_CGROUP": self.cgroup,
+            "BITELAB_JAIL_UIDS": f"{self.first_uid}-{self.last_uid}",
         }
         env.update(extra)
         return {k: v for k, v in env.items() if v is not None}
@@ -202,10 +325,17 @@ class JailSite:
         prefix = self.name(board) if board else self.prefix
         found = [f"namespace {ns}" for ns in netns_names() if ns.startswith(prefix)]
         found += [f"account {a}" for a in accounts_with_prefix(prefix)]
+        found += [f"group {g}" for g in groups_with_prefix(prefix)]
         marker = (
             f"{self.state_dir}/run/{self.name(board)}/" if board else str(self.base)
         )
         found += [f"process {p}: {c}" for p, c in processes_mentioning(marker)]
+        if board is None:
+            found += [
+                f"process {p} of UID {u}: {c}"
+                for p, u, c in processes_of_uids(self.first_uid, self.last_uid)
+            ]
+        found += [f"cgroup {p}" for p in self.cgroups(board)]
         paths = [*self.home_dir.glob("*"), *self.state_dir.glob("run/*")]
         slots = list(self.state_dir.glob("slots/*"))
         if board is None:
@@ -227,11 +357,20 @@ def make_site():
     base = Path(tempfile.mkdtemp(prefix=f"bitelab-{tag}-", dir="/var/lib"))
     base.chmod(0o755)  # the jail accounts must reach their authorized_keys
     pool = f"10.250.{secrets.randbelow(256)}.{secrets.randbelow(4) * 64}/26"
-    return JailSite(base=base, tag=tag, pool=pool)
+    first_uid = 1_900_000_000 + secrets.randbelow(99_000) * 1000
+    return JailSite(base=base, tag=tag, pool=pool, first_uid=first_uid)
 
 
 def force_clean(site):
     """Remove everything of ``site`` from the host, whatever state it is in."""
+    for root in cgroup_roots():
+        if (root / site.cgroup).is_dir():
+            kill_cgroup(root / site.cgroup)
+    for pid, _, _ in processes_of_uids(site.first_uid, site.last_uid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     for ns in sorted(n for n in netns_names() if n.startswith(site.prefix)):
         for _ in range(50):
             pids = netns_pids(ns)
@@ -244,9 +383,18 @@ def force_clean(site):
                     pass
             time.sleep(0.1)
         _run(["ip", "netns", "del", ns])
-    for account in accounts_with_prefix(site.prefix):
-        _run(["pkill", "-KILL", "-u", account])
-        _run(["userdel", "-r", account])
+    # A reserve killed in useradd may leave the account files locked until
+    # the system reaps it.
+    for _ in range(20):
+        accounts = accounts_with_prefix(site.prefix)
+        groups = groups_with_prefix(site.prefix)
+        if not accounts and not groups:
+            break
+        for account in accounts:
+            _run(["userdel", "-r", account])
+        for group in groups_with_prefix(site.prefix):
+            _run(["groupdel", group])
+        time.sleep(0.1)
     for name in link_names():
         if name.startswith(site.veth_prefix):
             _run(["ip", "link", "del", name])

@@ -125,8 +125,8 @@ class LabServer:
         #: with a CA file, the settings serve HTTPS and requests check it so;
         #: with ``tls`` alone the test trusts its own server's certificate
         self.cacert = cacert
-        tls = tls or bool(cacert)
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.http_port}"
+        scheme = "https" if tls or cacert else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.http_port}"
         self._tls_context = ssl._create_unverified_context() if tls else None
         self.env_path = os.path.join(self.dir, ".env")
         self.keys_dir = os.path.join(self.dir, "keys")
@@ -153,6 +153,8 @@ class LabServer:
             "power_cycle_pause": "0.1",
         }
         values.update(settings or {})
+        if "db_url" in values:
+            del values["db_file"]
         with open(self.env_path, "w") as f:
             f.writelines(f"{key}={value}\n" for key, value in values.items())
         for user in users:
