@@ -773,6 +773,7 @@ def test_wait_option_forms(argv, board, wait):
         (["reserve", "--wait"], "needs the BOARD or CLASS"),
         (["reserve", "--priority", "3", "zynq"], "goes with --wait"),
         (["queue", "--cancel"], "expected one argument"),
+        (["queue", "--cancel", "7; rm"], "not a waiter id"),
     ],
 )
 def test_bad_wait_usage_exits_2(argv, text, capsys):

@@ -135,6 +135,14 @@ def _assignment(text):
     )
 
 
+def _waiter_id(text):
+    if not text.isdigit() or len(text) > 18:
+        raise argparse.ArgumentTypeError(
+            f"not a waiter id: {text!r} (bitelab queue shows the ids)"
+        )
+    return int(text)
+
+
 def _pattern(text):
     try:
         return re.compile(text)
@@ -399,7 +407,12 @@ def build_parser():
         "(admins: everyone's). --cancel ID takes a waiter out of it (yours; "
         "admins: anyone's).",
     )
-    queue.add_argument("--cancel", metavar="ID", help="take waiter ID out of the queue")
+    queue.add_argument(
+        "--cancel",
+        type=_waiter_id,
+        metavar="ID",
+        help="take waiter ID out of the queue",
+    )
     add(
         "watch",
         "follow what happens to your boards and waiters",
@@ -826,7 +839,7 @@ def main(argv=None):
         )
     except ConfigProblem as exc:
         _usage_error(args, str(exc))
-    if args.command in QUICK_COMMANDS and not getattr(args, "cancel", None):
+    if args.command in QUICK_COMMANDS and getattr(args, "cancel", None) is None:
         sys.exit(_run_quick(args, settings))
 
     from twisted.internet import task
