@@ -609,11 +609,10 @@ class Store:
         """SQL condition (on boards ``b``) that the board's host is up, and its
         arguments."""
         timeout = self.policy.host_timeout if self.policy is not None else 15.0
-        return (
-            "(b.host = '' OR b.host IN "
-            "(SELECT name FROM hosts WHERE heartbeat_at > ?))",
-            (txn.now - timeout,),
+        condition = (
+            "(b.host = '' OR b.host IN (SELECT name FROM hosts WHERE heartbeat_at > ?))"
         )
+        return condition, (txn.now - timeout,)
 
     def _host_up(self, txn, host):
         if not host:
