@@ -314,7 +314,20 @@ class BoardManager(service.Service):
             return True, sshpubkey
         if target in self.lab.boards:
             return False, sshpubkey
+        if self.config.host_name:
+            # a board or class of another host of the lab
+            return None, sshpubkey
         raise NotFound(f"no board or class named {target!r}")
+
+    @defer.inlineCallbacks
+    def _lab_target(self, target):
+        """Whether ``target``, known to no board file here, is a class of
+        another host (True) or one of its boards (False)."""
+        defined = yield self.store.class_definitions()
+        if target in defined:
+            return True
+        yield self.store.board(target)
+        return False
 
     @defer.inlineCallbacks
     def reserve(
@@ -338,6 +351,8 @@ class BoardManager(service.Service):
         the connection was lost; ``gone``: fires when the client leaves).
         """
         is_class, sshpubkey = self._check_request(target, sshpubkey, timeout)
+        if is_class is None:
+            is_class = yield self._lab_target(target)
         rules.check_wait(wait, self.config.max_wait)
         priority = rules.check_priority(priority, self.is_admin(user))
         queue = None

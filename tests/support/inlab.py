@@ -231,6 +231,7 @@ class InLab:
     def __init__(self, directory, boards, settings="", database=None):
         """``database``: a PostgreSQL URL; a SQLite file in ``directory`` if None."""
         self.dir = str(directory)
+        os.makedirs(self.dir, exist_ok=True)
         with open(os.path.join(self.dir, "boards.ucl"), "w") as f:
             f.write(boards)
         with open(os.path.join(self.dir, ".env"), "w") as f:
