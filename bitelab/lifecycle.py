@@ -225,6 +225,8 @@ class BoardManager(service.Service):
             "BITELAB_SSHPUBKEY": row["sshpubkey"] or "",
             "BITELAB_RESERVATION": str(row["reservation_id"]),
         }
+        if self.config.host_name:
+            env["BITELAB_HOST"] = self.config.host_name
         ether = board.option(EtherIface)
         if ether is not None:
             env["BITELAB_ETHERIFACE"] = ether.val
@@ -526,6 +528,10 @@ class BoardManager(service.Service):
                 rules.RESERVING,
                 rules.RELEASING,
             ):
+                return current
+            down = yield self._down_hosts()
+            if row["host"] in down and current["state"] == rules.RELEASING:
+                # recorded: the host finishes the release when it is back
                 return current
             if self.now() > deadline:
                 raise Unavailable(

@@ -58,7 +58,9 @@ def test_reserve_on_one_host_is_set_up_by_the_boards_host(hosts):
     settle(one, two)
     assert response.status == 200, response.body
     assert response.body["host"] == "h2" and response.body["holder"] == "bob"
-    assert [(a, b) for _, a, b, _ in two.script_runs] == [("reserve", response.body["name"])]
+    assert [(a, b) for _, a, b, _ in two.script_runs] == [
+        ("reserve", response.body["name"])
+    ]
     assert all(b == "h1-a" for _, _, b, _ in one.script_runs)
     released = one.request("POST", f"/boards/{response.body['name']}/release", "bob")
     settle(one, two)
@@ -87,7 +89,9 @@ def test_a_silent_host_is_down_and_its_boards_not_handed_out(hosts):
     one.tick(6)
     one.request("POST", "/boards/h1-a/reserve", "alice")
     settle(one)
-    boards = {b["name"]: b for b in one.request("GET", "/boards", "root").body["boards"]}
+    boards = {
+        b["name"]: b for b in one.request("GET", "/boards", "root").body["boards"]
+    }
     assert boards["h2-a"]["host_down"] is True
     assert "host_down" not in boards["h1-a"]
     refused = one.request("POST", "/boards/c/reserve", "bob")
@@ -114,7 +118,9 @@ def test_board_files_that_disagree_are_refused(tmp_path, postgres_server):
     one = InLab(tmp_path / "h1", H1, "host_name=h1\n", database=url)
     with pytest.raises(ConfigError, match="class c: defined otherwise by host h1"):
         InLab(
-            tmp_path / "h2", H2.replace("arch = x", "arch = y"), "host_name=h2\n",
+            tmp_path / "h2",
+            H2.replace("arch = x", "arch = y"),
+            "host_name=h2\n",
             database=url,
         )
     with pytest.raises(ConfigError, match="board h1-a: host h1 serves it already"):
