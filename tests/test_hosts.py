@@ -70,7 +70,7 @@ def test_reserve_on_one_host_is_set_up_by_the_boards_host(hosts):
 
 def test_both_hosts_list_every_board_with_its_host(hosts):
     """Either host lists all boards of the lab with their host."""
-    one, two = hosts
+    one, _two = hosts
     for lab in hosts:
         boards = lab.request("GET", "/boards", "alice").body["boards"]
         assert {(b["name"], b["host"]) for b in boards} == {
