@@ -408,7 +408,7 @@ class InLab:
         if call.kind in ("reserve", "release"):
             error = None if ok else SetupFailed(f"setup script {call.kind} failed: no")
         else:
-            error = None if ok else PowerFailed("recpower: switch did not answer")
+            error = None if ok else PowerFailed("recpower: community=s3cret: no answer")
         self.calls.complete(index, error=error)
         self.flush()
         return call
