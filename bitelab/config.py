@@ -61,6 +61,12 @@ class Config:
     expiry_notices: tuple = (600, 120)
     #: days each reservation's console log is kept for its holder
     console_log_retention: int = 30
+    #: this host's name in a lab of several hosts ('': a one-host lab)
+    host_name: str = ""
+    #: the URL other hosts and clients reach this host's API at
+    host_url: str = ""
+    #: seconds without a heartbeat after which a host counts as down
+    host_timeout: float = 15.0
     #: open HTTP connections at once; when full, a new one pushes out the
     #: oldest idle connection of the busiest source
     http_max_connections: int = 512
@@ -211,6 +217,12 @@ def resolve_endpoint_files(value, base):
     return ":".join(parts)
 
 
+def _host_url(value):
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise ValueError("must be an http:// or https:// URL such as http://lab2:8080")
+    return value.rstrip("/")
+
+
 def _db_url(value):
     if not re.match(r"^postgres(ql)?://", value):
         raise ValueError(
@@ -264,6 +276,9 @@ _KEYS = {
     "max_wait": (_seconds, None),
     "expiry_notices": (_notices, None),
     "console_log_retention": (_seconds, None),
+    "host_name": (_name, None),
+    "host_url": (_host_url, None),
+    "host_timeout": (_interval, None),
     "http_max_connections": (_limit, None),
     "ssh_login_grace_time": (_seconds, None),
     "ssh_max_unauthenticated": (_limit, None),
@@ -317,6 +332,10 @@ def load_config(path):
             f"{path}: set exactly one of db_file (SQLite) and db_url (PostgreSQL)"
         )
     values.setdefault("db_file", "")
+    if "host_name" in values and "db_url" not in values:
+        raise ConfigError(
+            f"{path}: host_name needs a database the hosts share (db_url)"
+        )
     values.setdefault("ssh_host_key", os.path.join(base, "ssh_host_ed25519_key"))
     values.setdefault("ssh_keys_dir", os.path.join(base, "keys"))
     values.setdefault("console_log_dir", os.path.join(base, "console"))

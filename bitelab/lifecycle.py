@@ -17,6 +17,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from bitelab import events, rules
+from bitelab.config import BoardClass
 from bitelab.console import ConsoleAccess
 from bitelab.errors import (
     Forbidden,
@@ -45,6 +46,8 @@ MAX_PUBKEY = 16 * 1024
 MAX_RETRY_DELAY = 30.0
 #: seconds between two looks for reservation console logs past retention
 PRUNE_INTERVAL = 3600.0
+#: seconds between two looks at a board another host is working on
+AWAIT_INTERVAL = 0.1
 
 
 def check_public_key(line):
@@ -111,6 +114,8 @@ class BoardManager(service.Service):
     def tick(self):
         """One round of the periodic work; errors are logged, not raised."""
         try:
+            if self.config.host_name:
+                yield self.store.heartbeat(self.config.host_name, self.config.host_url)
             yield self.recover()
             yield self.expire_due()
             expired = yield self.store.expire_waiters()
@@ -159,6 +164,20 @@ class BoardManager(service.Service):
         return default_timeout(self.lab, self.config, name)
 
     @property
+    def host(self):
+        """This host's name ('' in a one-host lab)."""
+        return self.config.host_name
+
+    @property
+    def host_timeout(self):
+        """Seconds without a heartbeat after which a host counts as down."""
+        return self.config.host_timeout
+
+    def own(self, row):
+        """Whether the board of ``row`` hangs off this host."""
+        return row["host"] == self.config.host_name
+
+    @property
     def user_limit(self):
         """Boards one user may hold in the whole lab (0: no limit)."""
         return self.config.user_board_limit
@@ -169,8 +188,9 @@ class BoardManager(service.Service):
         return int(cls.attrs.get("user_limit", 0) or 0) if cls is not None else 0
 
     def direct(self, name):
-        """Whether a reservation of ``name`` needs no setting up or winding down."""
-        return not self._has_side_effects(name)
+        """Whether a reservation of ``name`` needs no setting up or winding down
+        (boards of other hosts are theirs to judge)."""
+        return name in self.lab.boards and not self._has_side_effects(name)
 
     def _has_side_effects(self, name):
         """Whether starting or ending a reservation of ``name`` runs anything."""
@@ -180,7 +200,7 @@ class BoardManager(service.Service):
             or name in self.consoles
         )
 
-    def view(self, row, user):
+    def view(self, row, user, down_hosts=frozenset()):
         """The API's BOARD object for a store row, as ``user`` may see it."""
         return board_view(
             row,
@@ -190,6 +210,7 @@ class BoardManager(service.Service):
             self.config,
             self.power.errors,
             self.consoles,
+            down_hosts,
         )
 
     def script_env(self, row):
@@ -204,6 +225,8 @@ class BoardManager(service.Service):
             "BITELAB_SSHPUBKEY": row["sshpubkey"] or "",
             "BITELAB_RESERVATION": str(row["reservation_id"]),
         }
+        if self.config.host_name:
+            env["BITELAB_HOST"] = self.config.host_name
         ether = board.option(EtherIface)
         if ether is not None:
             env["BITELAB_ETHERIFACE"] = ether.val
@@ -216,23 +239,40 @@ class BoardManager(service.Service):
 
     @defer.inlineCallbacks
     def list_boards(self, user):
-        """Deferred[list]: every board as ``user`` may see it."""
+        """Deferred[list]: every board of every host as ``user`` may see it."""
         rows = yield self.store.boards()
-        return [self.view(row, user) for row in rows]
+        down = yield self._down_hosts()
+        return [self.view(row, user, down) for row in rows]
 
     @defer.inlineCallbacks
     def get_board(self, user, name):
         """Deferred[dict]: one board."""
         row = yield self.store.board(name)
-        return self.view(row, user)
+        down = yield self._down_hosts()
+        return self.view(row, user, down)
+
+    @defer.inlineCallbacks
+    def _down_hosts(self):
+        """Deferred[set]: hosts that have stopped beating (none in a one-host lab)."""
+        if not self.config.host_name:
+            return frozenset()
+        hosts = yield self.store.hosts()
+        cutoff = self.now() - self.config.host_timeout
+        return frozenset(name for name, (_, beat) in hosts.items() if beat <= cutoff)
 
     @defer.inlineCallbacks
     def list_classes(self):
         """Deferred[list]: classes with their board counts."""
         counts = yield self.store.class_counts()
+        classes = dict(self.lab.classes)
+        if self.config.host_name:
+            # every host's classes; they agree where they are repeated
+            defined = yield self.store.class_definitions()
+            for name, (arch, attrs) in defined.items():
+                classes.setdefault(name, BoardClass(name, arch, attrs))
         return [
             class_view(name, brdclass, *counts.get(name, (0, 0)))
-            for name, brdclass in sorted(self.lab.classes.items())
+            for name, brdclass in sorted(classes.items())
         ]
 
     @defer.inlineCallbacks
@@ -276,7 +316,20 @@ class BoardManager(service.Service):
             return True, sshpubkey
         if target in self.lab.boards:
             return False, sshpubkey
+        if self.config.host_name:
+            # a board or class of another host of the lab
+            return None, sshpubkey
         raise NotFound(f"no board or class named {target!r}")
+
+    @defer.inlineCallbacks
+    def _lab_target(self, target):
+        """Whether ``target``, known to no board file here, is a class of
+        another host (True) or one of its boards (False)."""
+        defined = yield self.store.class_definitions()
+        if target in defined:
+            return True
+        yield self.store.board(target)
+        return False
 
     @defer.inlineCallbacks
     def reserve(
@@ -300,6 +353,8 @@ class BoardManager(service.Service):
         the connection was lost; ``gone``: fires when the client leaves).
         """
         is_class, sshpubkey = self._check_request(target, sshpubkey, timeout)
+        if is_class is None:
+            is_class = yield self._lab_target(target)
         rules.check_wait(wait, self.config.max_wait)
         priority = rules.check_priority(priority, self.is_admin(user))
         queue = None
@@ -340,7 +395,10 @@ class BoardManager(service.Service):
             if row["state"] == rules.RESERVED:
                 return self.view(row, user)
             try:
-                reserved = yield self._set_up(row)
+                if self.own(row):
+                    reserved = yield self._set_up(row)
+                else:
+                    reserved = yield self._await_setup(row)
             except SetupFailed as e:
                 if not is_class:
                     raise
@@ -437,6 +495,69 @@ class BoardManager(service.Service):
             )
         return {"queue": shown, "total": len(entries)}
 
+    # -- boards of other hosts ------------------------------------------
+
+    @defer.inlineCallbacks
+    def _adopt(self, row):
+        """Set up a reservation another host recorded for a board of ours."""
+        name, rid = row["name"], row["reservation_id"]
+        self.driving[name] = rid
+        taken = yield self._retrying(self.store.adopt, name, rid, self.config.host_name)
+        if taken is None:
+            if self.driving.get(name) == rid:
+                del self.driving[name]
+            return
+        try:
+            yield self._set_up(taken)
+        except (SetupFailed, Unavailable, StorageError) as e:
+            self.log.info(
+                "setting up {name} for another host failed: {e}", name=name, e=e.message
+            )
+
+    @defer.inlineCallbacks
+    def _await_host(self, row, limit=None):
+        """Wait until the host of ``row``'s board is done with its reservation
+        (set up, or ended); the board's row then."""
+        name, rid = row["name"], row["reservation_id"]
+        limit = limit or self.config.setup_script_timeout * 2 + 30
+        deadline = self.now() + limit
+        while True:
+            yield task.deferLater(self.clock, AWAIT_INTERVAL)
+            current = yield self.store.board(name)
+            if current["reservation_id"] != rid or current["state"] not in (
+                rules.RESERVING,
+                rules.RELEASING,
+            ):
+                return current
+            down = yield self._down_hosts()
+            if row["host"] in down and current["state"] == rules.RELEASING:
+                # recorded: the host finishes the release when it is back
+                return current
+            if self.now() > deadline:
+                raise Unavailable(
+                    f"host {row['host']} has not finished with board {name} in "
+                    f"{limit:g} s; it goes on there"
+                )
+
+    @defer.inlineCallbacks
+    def _await_setup(self, row):
+        """Wait for the host of ``row``'s board to set its reservation up."""
+        current = yield self._await_host(row)
+        if current["reservation_id"] == row["reservation_id"]:
+            return current
+        ended = yield self.store.reservation(row["reservation_id"])
+        if ended["cause"] == rules.SETUP_FAILED:
+            raise SetupFailed(ended["detail"] or "setup failed")
+        raise Unavailable(
+            f"the reservation of {row['name']} ended: {ended['detail'] or ended['cause']}"
+        )
+
+    def _check_local(self, row, what):
+        if not self.own(row):
+            raise Unavailable(
+                f"board {row['name']} hangs off host {row['host']}; {what} there"
+            )
+
     # -- ending ---------------------------------------------------------
 
     @defer.inlineCallbacks
@@ -453,7 +574,10 @@ class BoardManager(service.Service):
             name, user, admin, force, reason, direct=self.direct(name)
         )
         if row is not None and row["state"] == rules.RELEASING:
-            row = yield self._wind_down(row)
+            if self.own(row):
+                row = yield self._wind_down(row)
+            else:
+                row = yield self._await_host(row)
         if row is None:
             return {"name": name, "state": "removed"}
         return self.view(row, user)
@@ -487,12 +611,15 @@ class BoardManager(service.Service):
             if name in self.driving:
                 continue
             self.log.info(
-                "board {name} was left {state} (reservation {rid}); recovering",
+                "board {name} is {state} (reservation {rid}) with nobody on it; "
+                "taking it up",
                 name=name,
                 state=row["state"],
                 rid=rid,
             )
-            if row["state"] == rules.RESERVING:
+            if row["state"] == rules.RESERVING and row["driver"] is None:
+                d = self._adopt(row)
+            elif row["state"] == rules.RESERVING:
                 d = self._roll_back(name, rid)
             else:
                 d = self._wind_down(row)
@@ -595,6 +722,7 @@ class BoardManager(service.Service):
                 raise Unavailable(f"board {name} is not reserved")
             row = yield self.store.extend(name, user, admin, timeout)
         if power is not None:
+            self._check_local(row, "switch its power through that host's API")
             yield self._switch(row, user, admin, power)
             row = yield self.store.board(name)
         return self.view(row, user)
@@ -639,6 +767,7 @@ class BoardManager(service.Service):
         self._require_admin(user)
         row = yield self.store.board(name)
         rules.check_maintenance_end(row)
+        self._check_local(row, "end its maintenance through that host's API")
         if self.power.has_power(name):
             # a board is only handed out switched off (PowerFailed: stays put)
             @defer.inlineCallbacks
@@ -663,6 +792,8 @@ class BoardManager(service.Service):
         """
         row = yield self.store.board(name)
         console = self.consoles.get(name)
+        if console is None and not self.own(row):
+            self._check_local(row, "reach its console through that host")
         if console is None:
             raise NotFound(f"board {name} has no serial console")
         rid = rules.check_console(row, user, self.is_admin(user))

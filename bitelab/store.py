@@ -17,6 +17,7 @@ import json
 from bitelab import events, postgres, rules
 from bitelab.db import file_identity, storage_problem
 from bitelab.errors import (
+    ConfigError,
     Forbidden,
     NotFound,
     StorageError,
@@ -43,6 +44,8 @@ _BOARD_COLUMNS = (
     ("sshpubkey", "r.sshpubkey"),
     ("script_attrs", "r.script_attrs"),
     ("detail", "r.detail"),
+    ("host", "b.host"),
+    ("driver", "r.driver"),
 )
 _BOARD_KEYS = tuple(key for key, _ in _BOARD_COLUMNS)
 _BOARD_SELECT = (
@@ -144,25 +147,60 @@ class Txn:
         )
 
 
-def sync_boards(cursor, lab, now):
-    """Bring the boards table in line with the board file (one transaction).
+def sync_boards(cursor, lab, now, host="", url=""):
+    """Bring the boards table in line with this host's board file (one
+    transaction).
 
-    A board that left the file is deleted unless a reservation holds it: then
-    it is kept, marked removed, until that reservation has ended.  Returns
-    the reservation id of each board being set up or reserved.
+    A board of this ``host`` that left the file is deleted unless a
+    reservation holds it: then it is kept, marked removed, until that
+    reservation has ended.  Boards of other hosts are left alone; a board
+    another host already serves, or a class another host defined otherwise,
+    is a ``ConfigError``.  Returns the reservation id of each of this host's
+    boards being set up or reserved.
     """
     txn = Txn(cursor, now)
     txn.execute("BEGIN IMMEDIATE")
+    for name, brdclass in sorted(lab.classes.items()):
+        attrs = json.dumps(brdclass.attrs, sort_keys=True)
+        row = txn.execute(
+            "SELECT arch, attrs, host FROM classes WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            txn.execute(
+                "INSERT INTO classes (name, arch, attrs, host) VALUES (?, ?, ?, ?)",
+                (name, brdclass.arch, attrs, host),
+            )
+        elif (row[0], row[1]) != (brdclass.arch, attrs):
+            if row[2] == host:
+                txn.execute(
+                    "UPDATE classes SET arch = ?, attrs = ? WHERE name = ?",
+                    (brdclass.arch, attrs, name),
+                )
+            else:
+                raise ConfigError(
+                    f"class {name}: defined otherwise by host {row[2] or '(none)'} "
+                    f"(arch {row[0]}, {row[1]}); make the board files agree"
+                )
     for board in lab.boards.values():
+        row = txn.execute(
+            "SELECT host FROM boards WHERE name = ?", (board.name,)
+        ).fetchone()
+        if row is not None and row[0] not in ("", host):
+            raise ConfigError(
+                f"board {board.name}: host {row[0]} serves it already; a board "
+                "hangs off one host"
+            )
         arch = lab.classes[board.brdclass].arch
         txn.execute(
-            "INSERT INTO boards (name, class, arch) VALUES (?, ?, ?) "
+            "INSERT INTO boards (name, class, arch, host) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET class = excluded.class, "
-            "arch = excluded.arch, configured = 1",
-            (board.name, board.brdclass, arch),
+            "arch = excluded.arch, configured = 1, host = excluded.host",
+            (board.name, board.brdclass, arch, host),
         )
     held = {}
-    rows = txn.execute("SELECT name, state, reservation_id FROM boards").fetchall()
+    rows = txn.execute(
+        "SELECT name, state, reservation_id FROM boards WHERE host = ?", (host,)
+    ).fetchall()
     for name, state, rid in rows:
         if state in (rules.RESERVING, rules.RESERVED):
             held[name] = rid
@@ -173,7 +211,19 @@ def sync_boards(cursor, lab, now):
         else:
             txn.execute("DELETE FROM boards WHERE name = ?", (name,))
             txn.event("removed", name, detail="left the board file")
+    if host:
+        _beat(txn, host, url, started=True)
     return held
+
+
+def _beat(txn, host, url, started=False):
+    """Record that ``host`` is alive (and, at its start, where it answers)."""
+    txn.execute(
+        "INSERT INTO hosts (name, url, started_at, heartbeat_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
+        + (", url = excluded.url, started_at = excluded.started_at" if started else ""),
+        (host, url, txn.now, txn.now),
+    )
 
 
 def user_locked(cursor, user):
@@ -351,7 +401,8 @@ class Store:
             lambda raw: [
                 _board(r)
                 for r in self.wrap(raw).execute(
-                    _BOARD_SELECT + " WHERE b.state IN (?, ?)", rules.TRANSITIONAL
+                    _BOARD_SELECT + " WHERE b.state IN (?, ?) AND b.host = ?",
+                    (*rules.TRANSITIONAL, self.policy.host if self.policy else ""),
                 )
             ]
         )
@@ -532,10 +583,12 @@ class Store:
             self._limits(txn, user, target)
             marks = ", ".join("?" for _ in skip)
             exclude = f" AND name NOT IN ({marks})" if skip else ""
+            alive, cutoff = self._alive(txn)
             row = txn.execute(
-                "SELECT name FROM boards WHERE class = ? AND state = 'free' "
-                f"AND configured = 1{exclude} ORDER BY released_at, name LIMIT 1",
-                (target, *skip),
+                "SELECT name FROM boards b WHERE class = ? AND state = 'free' "
+                f"AND configured = 1{exclude} AND {alive} "
+                "ORDER BY released_at, name LIMIT 1",
+                (target, *skip, *cutoff),
             ).fetchone()
             if row is None:
                 raise Unavailable(f"no free board of class {target!r}")
@@ -546,17 +599,51 @@ class Store:
         if board is None:
             raise NotFound(f"no board named {name!r}")
         rules.check_claim(board, user)
+        if not self._host_up(txn, board["host"]):
+            raise Unavailable(f"board {name}'s host {board['host']} is down")
         if not is_class:
             self._limits(txn, user, board["class"])
         return self._start(txn, name, user, sshpubkey, timeout_for(name), direct(name))
 
+    def _alive(self, txn):
+        """SQL condition (on boards ``b``) that the board's host is up, and its
+        arguments."""
+        timeout = self.policy.host_timeout if self.policy is not None else 15.0
+        condition = (
+            "(b.host = '' OR b.host IN (SELECT name FROM hosts WHERE heartbeat_at > ?))"
+        )
+        return condition, (txn.now - timeout,)
+
+    def _host_up(self, txn, host):
+        if not host:
+            return True
+        alive, cutoff = self._alive(txn)
+        return (
+            txn.execute(
+                f"SELECT 1 FROM boards b WHERE b.host = ? AND {alive} LIMIT 1",
+                (host, *cutoff),
+            ).fetchone()
+            is not None
+        )
+
+    def _own(self, host):
+        """Whether boards of ``host`` hang off this server's host."""
+        return self.policy is None or host == self.policy.host
+
     def _start(self, txn, name, user, sshpubkey, timeout, direct, waiter=None):
-        """Record a reservation of the free board ``name``; its row."""
+        """Record a reservation of the free board ``name``; its row.
+
+        A board of another host is always set up (by that host, which takes
+        the reservation up: ``driver`` stays NULL until it does).
+        """
+        own = self._own(txn.board(name)["host"])
+        direct = direct and own
         state = rules.RESERVED if direct else rules.RESERVING
+        driver = self.policy.host if own and self.policy is not None else None
         rid = txn.execute(
             "INSERT INTO reservations (board, user, sshpubkey, state, created_at, "
-            "expires_at, waiter) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (name, user, sshpubkey, state, txn.now, txn.now + timeout, waiter),
+            "expires_at, waiter, driver) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, user, sshpubkey, state, txn.now, txn.now + timeout, waiter, driver),
         ).lastrowid
         if not txn.set_board(name, rules.FREE, None, state=state, reservation_id=rid):
             raise Unavailable(f"board {name} was taken")
@@ -601,12 +688,13 @@ class Store:
             ).fetchall()
         ]
         for cls in classes:
+            alive, cutoff = self._alive(txn)
             free = [
                 row[0]
                 for row in txn.execute(
-                    "SELECT name FROM boards WHERE class = ? AND state = 'free' "
-                    "AND configured = 1 ORDER BY released_at, name",
-                    (cls,),
+                    "SELECT name FROM boards b WHERE class = ? AND state = 'free' "
+                    f"AND configured = 1 AND {alive} ORDER BY released_at, name",
+                    (cls, *cutoff),
                 ).fetchall()
             ]
             waiting = txn.execute(
@@ -694,8 +782,9 @@ class Store:
             due = [
                 _board(row)
                 for row in txn.execute(
-                    _BOARD_SELECT + " WHERE b.state = 'reserved' AND r.expires_at <= ?",
-                    (txn.now,),
+                    _BOARD_SELECT + " WHERE b.state = 'reserved' AND r.expires_at <= ? "
+                    "AND b.host = ?",
+                    (txn.now, self.policy.host if self.policy else ""),
                 ).fetchall()
             ]
             ending = []
@@ -1059,6 +1148,48 @@ class Store:
                 return None
             self._start_ending(txn, board, rules.ABANDONED, None, None)
             return txn.board(name)
+
+        return self.write(txn_fn)
+
+    # -- several hosts --------------------------------------------------------
+
+    def heartbeat(self, host, url=""):
+        """Deferred: ``host`` is alive now."""
+        return self.write(lambda txn: _beat(txn, host, url))
+
+    def hosts(self):
+        """Deferred[dict]: host name -> ``(url, heartbeat_at)``."""
+        return self.read(
+            lambda c: {
+                name: (url, beat)
+                for name, url, beat in c.execute(
+                    "SELECT name, url, heartbeat_at FROM hosts"
+                ).fetchall()
+            }
+        )
+
+    def class_definitions(self):
+        """Deferred[dict]: class -> ``(arch, attrs)`` of every host's classes."""
+        return self.read(
+            lambda c: {
+                name: (arch, json.loads(attrs))
+                for name, arch, attrs in c.execute(
+                    "SELECT name, arch, attrs FROM classes"
+                ).fetchall()
+            }
+        )
+
+    def adopt(self, name, rid, host):
+        """Deferred[dict or None]: ``host`` takes up the setup of reservation
+        ``rid`` that another host recorded for one of its boards."""
+
+        def txn_fn(txn):
+            taken = txn.execute(
+                "UPDATE reservations SET driver = ? WHERE id = ? AND state = ? "
+                "AND driver IS NULL",
+                (host, rid, rules.RESERVING),
+            ).rowcount
+            return txn.board(name) if taken == 1 else None
 
         return self.write(txn_fn)
 

@@ -176,7 +176,7 @@ def sync_database(settings, lab, now):
             )
         cursor = conn.cursor()
         try:
-            held = sync_boards(cursor, lab, now)
+            held = sync_boards(cursor, lab, now, settings.host_name, settings.host_url)
             conn.commit()
         except BaseException:
             conn.rollback()
@@ -196,7 +196,9 @@ def _sync_postgresql(settings, lab, now):
 
     conn = db.open_database(settings)
     try:
-        held = sync_boards(conn.cursor(), lab, now)
+        held = sync_boards(
+            conn.cursor(), lab, now, settings.host_name, settings.host_url
+        )
         conn.commit()
     except psycopg.Error as e:
         conn.rollback()

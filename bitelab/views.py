@@ -30,7 +30,9 @@ def default_timeout(lab, config, name):
     return option.val if option else config.default_timeout
 
 
-def board_view(row, user, admin, lab, config, power_errors, consoles):
+def board_view(
+    row, user, admin, lab, config, power_errors, consoles, down_hosts=frozenset()
+):
     """The BOARD object for one store row, as ``user`` may see it."""
     name = row["name"]
     board = lab.boards.get(name)
@@ -67,6 +69,10 @@ def board_view(row, user, admin, lab, config, power_errors, consoles):
         "reservation_id": row["reservation_id"] if held else None,
         "attrs": attributes,
     }
+    if row["host"]:
+        result["host"] = row["host"]
+        if row["host"] in down_hosts:
+            result["host_down"] = True
     if row["state"] == rules.MAINTENANCE:
         result["reason"] = row["reason"]
     if not row["configured"]:

@@ -71,7 +71,13 @@ def test_env_all_keys(tmp_path):
 @pytest.mark.parametrize(
     "text, needle",
     [
-        ("board_conf=b.ucl\n", "required key 'db_file' is missing"),
+        ("board_conf=b.ucl\n", "set exactly one of db_file (SQLite) and db_url"),
+        (
+            "board_conf=b.ucl\ndb_file=x\ndb_url=postgresql://h/d\n",
+            "set exactly one of db_file",
+        ),
+        ("board_conf=b.ucl\ndb_url=mysql://h/d\n", "must be a PostgreSQL URL"),
+        ("board_conf=b.ucl\ndb_file=x\nhost_name=h1\n", "host_name needs a database"),
         ("db_file=x\n", "required key 'board_conf' is missing"),
         ("db_file=x\nboard_conf=y\ndb_flie=z\n", ":3: unknown key 'db_flie'"),
         ("db_file=x\nboard_conf=y\njunk\n", ":3: expected key=value"),

@@ -23,6 +23,8 @@ def test_fresh_database_gets_current_schema_in_wal_mode(tmp_path):
         "waiters",
         "tokens",
         "events",
+        "hosts",
+        "classes",
         "version",
     }
     assert db.get_version(conn) == db.SCHEMA_VERSION

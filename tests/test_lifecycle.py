@@ -269,3 +269,19 @@ def test_holders_read_their_past_reservations_console_logs(lab):
     lab.tick(2 * 86400)
     answer_all(lab)
     assert "no longer kept" in past("alice").getErrorMessage()
+
+
+def test_power_failure_details_are_for_admins_only(lab):
+    """A failed power switch tells the holder that it failed and which
+    driver, not the driver's details (which may hold communities or command
+    lines); admins see everything, in the board and in the error."""
+    reserve(lab, "alice", "a2")
+    switch = lab.request("POST", "/boards/a2/attrs", "alice", {"power": "on"})
+    lab.complete(0, ok=False)
+    assert switch.status == 502
+    assert "s3cret" not in switch.raw.decode()
+    assert "recpower failed" in switch.body["error"]["message"]
+    mine = lab.request("GET", "/boards/a2", "alice").body["attrs"]["power_error"]
+    assert "s3cret" not in mine and "recpower" in mine
+    admin = lab.request("GET", "/boards/a2", "root").body["attrs"]["power_error"]
+    assert "community=s3cret" in admin

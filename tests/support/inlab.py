@@ -231,6 +231,7 @@ class InLab:
     def __init__(self, directory, boards, settings="", database=None):
         """``database``: a PostgreSQL URL; a SQLite file in ``directory`` if None."""
         self.dir = str(directory)
+        os.makedirs(self.dir, exist_ok=True)
         with open(os.path.join(self.dir, "boards.ucl"), "w") as f:
             f.write(boards)
         with open(os.path.join(self.dir, ".env"), "w") as f:
@@ -407,7 +408,7 @@ class InLab:
         if call.kind in ("reserve", "release"):
             error = None if ok else SetupFailed(f"setup script {call.kind} failed: no")
         else:
-            error = None if ok else PowerFailed("recpower: switch did not answer")
+            error = None if ok else PowerFailed("recpower: community=s3cret: no answer")
         self.calls.complete(index, error=error)
         self.flush()
         return call

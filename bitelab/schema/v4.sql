@@ -1,4 +1,4 @@
--- bitelab database, schema version 3
+-- bitelab database, schema version 4
 CREATE TABLE reservations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     board TEXT NOT NULL,
@@ -21,7 +21,10 @@ CREATE TABLE reservations (
     -- the queue entry it was handed to, if any
     waiter INTEGER,
     -- the smallest expiry notice (seconds before the end) already given
-    noticed INTEGER
+    noticed INTEGER,
+    -- the host that runs the side effects of a reservation being set up;
+    -- NULL: not taken up yet by the host its board hangs off
+    driver TEXT
 );
 CREATE INDEX reservations_user ON reservations (user, id);
 CREATE INDEX reservations_board ON reservations (board, id);
@@ -42,7 +45,9 @@ CREATE TABLE boards (
     -- reserve-script failures in a row
     setup_failures INTEGER NOT NULL DEFAULT 0,
     power TEXT CHECK (power IN ('on', 'off')),
-    power_at REAL
+    power_at REAL,
+    -- the lab host the board hangs off ('' in a one-host lab)
+    host TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX boards_pick ON boards (class, state, configured, released_at, name);
 CREATE INDEX boards_state ON boards (state);
@@ -88,3 +93,19 @@ CREATE TABLE waiters (
     ended_at REAL
 );
 CREATE INDEX waiters_order ON waiters (state, class, priority, id);
+
+CREATE TABLE hosts (
+    name TEXT PRIMARY KEY,
+    url TEXT NOT NULL DEFAULT '',
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
+);
+
+CREATE TABLE classes (
+    name TEXT PRIMARY KEY,
+    arch TEXT NOT NULL,
+    -- the class's other keys, as a JSON object
+    attrs TEXT NOT NULL DEFAULT '{}',
+    -- the host whose board file defined it first
+    host TEXT NOT NULL DEFAULT ''
+);
