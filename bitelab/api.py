@@ -5,6 +5,7 @@ errors (``bitelab.errors``) and routing errors become the JSON error shape.
 """
 
 import json
+import re
 from collections import Counter
 from urllib.parse import unquote_to_bytes
 
@@ -31,6 +32,9 @@ from bitelab.errors import (
 )
 from bitelab.httpserver import BEARER_RE, MAX_BODY
 from bitelab.views import iso
+
+#: a client's own name for a wait in the queue
+TICKET_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _json(request, value, code=200):
@@ -226,6 +230,7 @@ class API:
                 "version": bitelab.__version__,
                 "ssh_port": self.ssh_port(),
                 "time": iso(self.clock.seconds()),
+                "max_wait": self.manager.config.max_wait,
                 **self.host_key,
             },
         )
@@ -262,7 +267,7 @@ class API:
     def reserve(self, request, name):
         user = yield self._user(request)
         body = _read_body(
-            request, ("sshpubkey", "timeout", "wait", "waiter", "priority")
+            request, ("sshpubkey", "timeout", "wait", "waiter", "priority", "ticket")
         )
         if body.get("sshpubkey") is not None and not isinstance(body["sshpubkey"], str):
             raise Invalid("sshpubkey must be a string")
@@ -271,6 +276,11 @@ class API:
             isinstance(waiter, bool) or not isinstance(waiter, int)
         ):
             raise Invalid("waiter must be the id of a place in the queue")
+        ticket = body.get("ticket")
+        if ticket is not None and (
+            not isinstance(ticket, str) or not TICKET_RE.fullmatch(ticket)
+        ):
+            raise Invalid("ticket must be 1 to 64 letters, digits, '-' or '_'")
         result = yield self.manager.reserve(
             user,
             _board_name(name),
@@ -280,6 +290,7 @@ class API:
             waiter=waiter,
             priority=body.get("priority"),
             gone=request.notifyFinish(),
+            ticket=ticket,
         )
         return _json(request, result)
 

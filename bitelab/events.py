@@ -58,6 +58,8 @@ class Event:
     detail: str = ""
     id: int | None = None
     waiter: int | None = None
+    #: the client's own name for a queue entry, on queue events
+    ticket: str | None = None
 
 
 class EventBus:

@@ -342,6 +342,7 @@ class BoardManager(service.Service):
         waiter=None,
         priority=None,
         gone=None,
+        ticket=None,
     ):
         """Deferred[dict]: reserve a board by name, or any free board of a class.
 
@@ -350,7 +351,9 @@ class BoardManager(service.Service):
         last script error once none is left.  With ``wait`` seconds, a
         request that finds nothing it may take joins the queue and answers
         once a board is handed to it (``waiter``: take up a place again after
-        the connection was lost; ``gone``: fires when the client leaves).
+        the connection was lost; ``gone``: fires when the client leaves;
+        ``ticket``: the client's own name for the wait, echoed in its queue
+        events so that it knows which place is its own).
         """
         is_class, sshpubkey = self._check_request(target, sshpubkey, timeout)
         if is_class is None:
@@ -359,7 +362,7 @@ class BoardManager(service.Service):
         priority = rules.check_priority(priority, self.is_admin(user))
         queue = None
         if wait or waiter is not None:
-            queue = Wait(self.now() + wait, priority, timeout, waiter)
+            queue = Wait(self.now() + wait, priority, timeout, waiter, ticket)
 
         def timeout_for(name):
             return timeout if timeout is not None else self.timeout_for(name)
@@ -483,6 +486,7 @@ class BoardManager(service.Service):
             shown.append(
                 {
                     "id": entry["id"],
+                    "ticket": entry["ticket"],
                     "user": entry["user"],
                     "target": entry["target"],
                     "priority": entry["priority"],

@@ -76,6 +76,8 @@ class WaitingRoom:
         waiting = Waiting(wid, user, target, self.clock.seconds(), deadline, d)
         self.waiting[wid] = waiting
         self._start_timer(waiting)
+        # a client taking its place up again learns where it stands at once
+        self._positions.pop(wid, None)
         if gone is not None:
             gone.addBoth(lambda _: self._client_gone(waiting))
         self._schedule_recount()
@@ -113,7 +115,7 @@ class WaitingRoom:
             self._finish(waiting, error=self._timed_out(waiting))
 
     def _timed_out(self, waiting):
-        waited = int(self.clock.seconds() - waiting.started)
+        waited = round(self.clock.seconds() - waiting.started)
         return Unavailable(
             f"no board for {waiting.target} became free: waited {waited} s"
         )
@@ -233,6 +235,7 @@ class WaitingRoom:
                     "position",
                     {
                         "waiter": entry["id"],
+                        "ticket": entry["ticket"],
                         "target": entry["target"],
                         "position": position,
                         "ahead": ahead,

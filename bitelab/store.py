@@ -106,6 +106,7 @@ class Txn:
         reservation=None,
         holder=None,
         waiter=None,
+        ticket=None,
     ):
         """Append to the audit log; the ``Event`` is published after commit."""
         cursor = self.execute(
@@ -124,6 +125,7 @@ class Txn:
                 detail=detail,
                 id=cursor.lastrowid,
                 waiter=waiter,
+                ticket=ticket,
             )
         )
 
@@ -512,8 +514,8 @@ class Store:
             cls, board = txn.board(target)["class"], target
         wid = txn.execute(
             "INSERT INTO waiters (user, target, class, board, priority, created_at, "
-            "deadline, sshpubkey, timeout, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "'waiting')",
+            "deadline, sshpubkey, timeout, ticket, state) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'waiting')",
             (
                 user,
                 target,
@@ -524,6 +526,7 @@ class Store:
                 wait.deadline,
                 sshpubkey,
                 wait.timeout,
+                wait.ticket,
             ),
         ).lastrowid
         txn.event(
@@ -533,16 +536,23 @@ class Store:
             f"waits for {target}: {why}",
             holder=user,
             waiter=wid,
+            ticket=wait.ticket,
         )
         return {"waiter": wid, "why": why}
 
     def _resume(self, txn, wid, user):
         row = txn.execute(
-            "SELECT user, state, reservation_id FROM waiters WHERE id = ?", (wid,)
+            "SELECT user, state, reservation_id, lease_until FROM waiters "
+            "WHERE id = ?",
+            (wid,),
         ).fetchone()
         if row is None or row[0] != user:
             raise NotFound(f"no waiter {wid} of yours")
         state, rid = row[1], row[2]
+        if state == "waiting" and row[3] is None:
+            raise rules.AlreadyHeld(
+                f"waiter {wid} is taken up by another open request already"
+            )
         if state == "waiting":
             txn.execute("UPDATE waiters SET lease_until = NULL WHERE id = ?", (wid,))
             self._match(txn)
@@ -1126,6 +1136,7 @@ class Store:
             "created_at",
             "deadline",
             "lease_until",
+            "ticket",
         )
         return self.read(
             lambda c: [
@@ -1237,11 +1248,13 @@ class Wait:
     ``priority``, for a reservation of ``timeout`` seconds (None: the
     board's); ``resume``: the id of a place in the queue to take up again."""
 
-    def __init__(self, deadline, priority=0, timeout=None, resume=None):
+    def __init__(self, deadline, priority=0, timeout=None, resume=None, ticket=None):
         self.deadline = deadline
         self.priority = priority
         self.timeout = timeout
         self.resume = resume
+        #: the client's own name for this wait, echoed in its queue events
+        self.ticket = ticket
 
 
 #: the tables ``copy_lab`` moves, in an order their references allow, with

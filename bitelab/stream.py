@@ -23,7 +23,7 @@ MAX_BACKLOG = 256 * 1024
 
 def event_data(event):
     """The JSON object of one committed event."""
-    return {
+    data = {
         "id": event.id,
         "kind": event.kind,
         "board": event.board,
@@ -34,6 +34,15 @@ def event_data(event):
         "detail": event.detail,
         "time": iso(event.at),
     }
+    if event.ticket is not None:
+        data["ticket"] = event.ticket
+    if event.kind == "left":
+        data["why"] = event.detail
+    if event.kind == "expiring":
+        data["seconds_left"] = int(event.detail)
+    if event.kind == "queued":
+        data["target"] = event.detail.split(":", 1)[0].removeprefix("waits for ")
+    return data
 
 
 def frame(kind, data):

@@ -299,3 +299,22 @@ def test_queue_interleavings(tmp_path_factory, steps):
             {b["name"] for b in lab.boards() if b["state"] != "free"}
         )
     lab.close()
+
+
+def test_a_ticket_names_the_clients_own_place(lab):
+    """A wait may carry the client's own ticket: it comes back in the
+    queue's entries, so that one user's simultaneous waits know their
+    places; a place whose request is still open cannot be taken up twice."""
+    fill(lab, "alice", ["s1"])
+    d = lab.manager.reserve("bob", "s1", wait=60, ticket="job-7")
+    entry = lab.request("GET", "/queue", "bob").body["queue"][0]
+    assert entry["ticket"] == "job-7"
+    again = lab.request(
+        "POST", "/boards/s1/reserve", "bob", {"wait": 60, "waiter": entry["id"]}
+    )
+    assert (
+        again.status == 409 and "taken up by another" in again.body["error"]["message"]
+    )
+    bad = lab.request("POST", "/boards/s1/reserve", "bob", {"wait": 5, "ticket": "a b"})
+    assert bad.status == 400
+    d.addErrback(lambda f: None)

@@ -5,6 +5,8 @@ ALTER TABLE boards ADD COLUMN host TEXT NOT NULL DEFAULT '';
 ALTER TABLE reservations ADD COLUMN driver TEXT;
 -- before several hosts, the one host drives every setup
 UPDATE reservations SET driver = '' WHERE state = 'reserving';
+-- the client's own name for a wait, echoed in its events
+ALTER TABLE waiters ADD COLUMN ticket TEXT;
 CREATE TABLE hosts (
     name TEXT PRIMARY KEY,
     url TEXT NOT NULL DEFAULT '',

@@ -90,7 +90,9 @@ CREATE TABLE waiters (
     state TEXT NOT NULL
         CHECK (state IN ('waiting', 'granted', 'timed_out', 'cancelled', 'gone')),
     reservation_id INTEGER,
-    ended_at REAL
+    ended_at REAL,
+    -- the client's own name for this wait, echoed in its events
+    ticket TEXT
 );
 CREATE INDEX waiters_order ON waiters (state, class, priority, id);
 
