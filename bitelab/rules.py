@@ -290,8 +290,17 @@ def check_priority(priority, admin):
     return priority
 
 
-def notices_due(expires_at, noticed, thresholds, now):
-    """The smallest notice threshold crossed at ``now`` and not yet given, or None."""
+def notices_due(expires_at, noticed, thresholds, now, length):
+    """The smallest notice threshold crossed at ``now`` and not yet given, or None.
+
+    A threshold not shorter than the reservation itself (``length``
+    seconds, from its start or its last extension) gives no notice: its
+    holder has just been told how long it lasts.
+    """
     left = expires_at - now
-    crossed = [t for t in thresholds if left <= t and (noticed is None or t < noticed)]
+    crossed = [
+        t
+        for t in thresholds
+        if t < length and left <= t and (noticed is None or t < noticed)
+    ]
     return min(crossed) if crossed else None

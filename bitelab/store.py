@@ -931,8 +931,10 @@ class Store:
             if board["state"] != rules.RESERVED:
                 raise Unavailable(f"board {name} is not reserved")
             rid = board["reservation_id"]
+            # a new end: its notices are given again
             txn.execute(
-                "UPDATE reservations SET expires_at = ? WHERE id = ? AND state = ?",
+                "UPDATE reservations SET expires_at = ?, noticed = NULL "
+                "WHERE id = ? AND state = ?",
                 (txn.now + timeout, rid, rules.RESERVED),
             )
             txn.event(
@@ -1212,12 +1214,14 @@ class Store:
 
         def txn_fn(txn):
             rows = txn.execute(
-                "SELECT r.id, r.board, r.user, r.expires_at, r.noticed "
+                "SELECT r.id, r.board, r.user, r.expires_at, r.noticed, r.created_at "
                 "FROM reservations r WHERE r.state = 'reserved' AND r.expires_at <= ?",
                 (txn.now + max(thresholds),),
             ).fetchall()
-            for rid, board, holder, expires_at, noticed in rows:
-                due = rules.notices_due(expires_at, noticed, thresholds, txn.now)
+            for rid, board, holder, expires_at, noticed, created_at in rows:
+                due = rules.notices_due(
+                    expires_at, noticed, thresholds, txn.now, expires_at - created_at
+                )
                 if due is None:
                     continue
                 txn.execute(

@@ -318,3 +318,16 @@ def test_a_ticket_names_the_clients_own_place(lab):
     bad = lab.request("POST", "/boards/s1/reserve", "bob", {"wait": 5, "ticket": "a b"})
     assert bad.status == 400
     d.addErrback(lambda f: None)
+
+
+def test_notice_rule():
+    """Notices come once per threshold crossed, the smallest crossed first
+    given; none for a threshold as long as the reservation itself."""
+    from bitelab.rules import notices_due
+
+    assert notices_due(1000, None, (600, 120), 399, 1000) is None
+    assert notices_due(1000, None, (600, 120), 400, 1000) == 600
+    assert notices_due(1000, 600, (600, 120), 500, 1000) is None
+    assert notices_due(1000, 600, (600, 120), 900, 1000) == 120
+    assert notices_due(1000, None, (600, 120), 950, 1000) == 120
+    assert notices_due(120, None, (600, 120), 0, 120) is None
