@@ -47,6 +47,17 @@ class Config:
     max_setup_failures: int = 3
     #: seconds a write waits for a database another process holds
     db_busy_timeout: float = 5.0
+    #: Twisted endpoint serving Prometheus metrics at /metrics; empty: none
+    metrics_endpoint: str = ""
+    #: lowest level of the server's log lines: debug, info, warn, error
+    log_level: str = "info"
+    #: size at which the access log is rotated by the server; 0: never
+    #: (rotated by logrotate or newsyslog, and reopened on SIGHUP)
+    http_access_log_max_bytes: int = 0
+    #: rotated access logs kept when the server rotates it
+    http_access_log_backups: int = 7
+    #: days audit entries and ended reservations are kept; 0: for ever
+    audit_retention_days: int = 0
 
 
 def _path(value):
@@ -78,6 +89,21 @@ _pause = _number(float, "a number of seconds", 0, 600)
 _interval = _number(float, "a number of seconds", 0.01, 600)
 _positive = _number(int, "a whole number", 1, 10000)
 _wait = _number(float, "a number of seconds", 0, 600)
+_size = _number(int, "a whole number of bytes", 0)
+_days = _number(int, "a whole number of days", 0, 100000)
+
+#: the levels ``log_level`` accepts, lowest first
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+def _log_level(value):
+    if value not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
+    return value
+
+
+def _optional_endpoint(value):
+    return _endpoint(value) if value else ""
 
 
 def _endpoint(value):
@@ -188,6 +214,11 @@ _KEYS = {
     "release_concurrency": (_positive, None),
     "max_setup_failures": (_count, None),
     "db_busy_timeout": (_wait, None),
+    "metrics_endpoint": (_optional_endpoint, _ENDPOINT),
+    "log_level": (_log_level, None),
+    "http_access_log_max_bytes": (_size, None),
+    "http_access_log_backups": (_count, None),
+    "audit_retention_days": (_days, None),
 }
 _REQUIRED = ("db_file", "board_conf")
 
