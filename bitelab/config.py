@@ -114,7 +114,12 @@ def _endpoint(value):
     try:
         # parsing needs no reactor; ssl: descriptions load their files here
         serverFromString(None, value)
-    except (ValueError, TypeError, KeyError, OSError, ImportError) as e:
+    except (IndexError, KeyError):
+        if value.startswith("systemd:"):
+            # the sockets are systemd's to pass: checked when the server starts
+            return value
+        raise ValueError(f"{value!r} is not a usable endpoint description") from None
+    except (ValueError, TypeError, OSError, ImportError) as e:
         problem = getattr(e, "strerror", None) or str(e) or type(e).__name__
         raise ValueError(
             f"{value!r} is not a usable endpoint description ({problem}); "

@@ -238,8 +238,10 @@ def make_lab_service(settings, lab, reactor, server_log=None):
     metrics.watch(consoles, snmp)
     MetricsService(metrics, store, bus, reactor).setServiceParent(top)
     if settings.metrics_endpoint:
-        strports.service(
-            settings.metrics_endpoint, metrics_site(metrics.registry)
+        listening(
+            "metrics_endpoint",
+            settings.metrics_endpoint,
+            metrics_site(metrics.registry),
         ).setServiceParent(top)
     if settings.audit_retention_days:
         RetentionService(
@@ -272,7 +274,7 @@ def make_lab_service(settings, lab, reactor, server_log=None):
         settings.http_access_log_backups,
         metrics,
     )
-    strports.service(settings.http_endpoint, site).setServiceParent(top)
+    listening("http_endpoint", settings.http_endpoint, site).setServiceParent(top)
     reloader = BoardReloader(
         settings,
         option_map(),
@@ -294,6 +296,17 @@ def make_lab_service(settings, lab, reactor, server_log=None):
     top.manager, top.tokens, top.ssh, top.api = manager, tokens, ssh, api
     top.store, top.metrics, top.site, top.reloader = store, metrics, site, reloader
     return top
+
+
+def listening(key, description, factory):
+    """The service listening on endpoint ``description`` (setting ``key``)."""
+    try:
+        return strports.service(description, factory)
+    except (IndexError, KeyError):
+        raise ConfigError(
+            f"{key}: {description}: systemd passed no such socket; start the "
+            "server through its .socket unit, or listen on tcp:PORT"
+        ) from None
 
 
 def check_host_key(path):
