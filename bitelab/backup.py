@@ -28,6 +28,7 @@ class ServerLock:
     """The lock on a database file; ``what`` says who holds it, in messages."""
 
     def __init__(self, db_file, what):
+        self.db_file = db_file
         self.path = db_file + LOCK_SUFFIX
         self.what = what
         self.fd = None
@@ -39,7 +40,10 @@ class ServerLock:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:
-            raise ConfigError(f"{self.path}: cannot open: {e.strerror}") from None
+            raise ConfigError(
+                f"{self.db_file}: cannot open database: its lock file "
+                f"{self.path}: {e.strerror}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
