@@ -316,7 +316,8 @@ class Metrics:
     def resume(self, reservations):
         """At start: ``reservations`` (id -> when recorded) already under way,
         so that their durations are known when they end."""
-        self._recorded.update(reservations)
+        for rid, recorded in reservations.items():
+            self._recorded.setdefault(rid, recorded)
 
     # -- boards -----------------------------------------------------------
 
@@ -437,6 +438,20 @@ class MetricsService(service.Service):
         super().startService()
         self.bus.subscribe(self.metrics.on_event)
         self.bus.subscribe(self._changed)
+        # reservations under way since before a restart: their durations
+        self.store.boards().addCallbacks(
+            lambda rows: self.metrics.resume(
+                {
+                    row["reservation_id"]: row["reserved_at"]
+                    for row in rows
+                    if row["reservation_id"] is not None
+                }
+            ),
+            lambda f: self.log.warn(
+                "cannot read the reservations under way: {error}",
+                error=f.getErrorMessage(),
+            ),
+        )
         self._loop = task.LoopingCall(self.refresh)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=True)

@@ -409,3 +409,33 @@ boards [
     assert (
         value(scrape(), "bitelab_boards", state="maintenance", **{"class": "snmp"}) == 1
     )
+
+
+@pytest.mark.e2e
+def test_durations_of_reservations_older_than_the_server(lab_server):
+    """A reservation made before a restart still has its duration observed
+    when it ends after it."""
+    metrics_port = free_port()
+    server = lab_server(
+        settings={"metrics_endpoint": f"tcp:{metrics_port}:interface=127.0.0.1"}
+    )
+    token = server.token("root")
+    assert (
+        server.request("POST", "/api/v1/boards/zynq-1/reserve", body={}, token=token)[0]
+        == 200
+    )
+    server.stop()
+    server.start()
+    assert (
+        server.request("POST", "/api/v1/boards/zynq-1/release", body={}, token=token)[0]
+        == 200
+    )
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        samples = parse(response.read().decode())
+    assert (
+        value(
+            samples, "bitelab_reservation_duration_seconds_count", **{"class": "zynq"}
+        )
+        == 1
+    )
