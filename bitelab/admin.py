@@ -7,6 +7,9 @@
     bitelab-admin [--config .env] check          validate the configuration
     bitelab-admin [--config .env] events [-n N] [--board B] [--user U] [--json]
                                                  show the audit log
+    bitelab-admin [--config .env] backup FILE    copy the database, online
+    bitelab-admin [--config .env] restore FILE   put a backup in place (the
+                                                 server must be stopped)
 
 It works on the database directly (WAL mode lets it run beside the
 server), so an admin can mint the first token before any SSH key exists.
@@ -415,6 +418,22 @@ def _migrate(settings, args):
     print(f"now set db_url={postgres.redact(args.to)} in place of db_file in .env")
 
 
+def _backup(settings, args):
+    from bitelab.backup import backup
+
+    backup(settings.db_file, args.file)
+    print(f"backed up {settings.db_file} to {args.file}")
+
+
+def _restore(settings, args):
+    from bitelab.backup import REPLACED_SUFFIX, restore
+
+    had = os.path.exists(settings.db_file)
+    restore(settings.db_file, args.file)
+    kept = f"; the replaced one is {settings.db_file}{REPLACED_SUFFIX}" if had else ""
+    print(f"restored {settings.db_file} from {args.file}{kept}")
+
+
 def _positive(text):
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError(f"must be a positive whole number: {text!r}")
@@ -472,6 +491,16 @@ def main(argv=None):
     )
     migrate.add_argument("--to", required=True, metavar="URL")
     migrate.set_defaults(func=_migrate)
+    backup = commands.add_parser(
+        "backup", help="copy the database to FILE while the server runs"
+    )
+    backup.add_argument("file", metavar="FILE")
+    backup.set_defaults(func=_backup)
+    restore = commands.add_parser(
+        "restore", help="replace the database by the backup FILE (server stopped)"
+    )
+    restore.add_argument("file", metavar="FILE")
+    restore.set_defaults(func=_restore)
     args = parser.parse_args(argv)
     try:
         settings = load_config(args.config)

@@ -7,6 +7,7 @@ errors (``bitelab.errors``) and routing errors become the JSON error shape.
 import json
 import re
 from collections import Counter
+from importlib import resources
 from urllib.parse import unquote_to_bytes
 
 import attrs
@@ -68,6 +69,11 @@ def _read_body(request, allowed):
             f"unknown field {unknown[0]!r} (accepted: {', '.join(sorted(allowed)) or 'none'})"
         )
     return body
+
+
+def openapi_document():
+    """The OpenAPI document of this API (``bitelab/openapi.json``), as bytes."""
+    return resources.files("bitelab").joinpath("openapi.json").read_bytes()
 
 
 def _board_name(name):
@@ -234,6 +240,11 @@ class API:
                 **self.host_key,
             },
         )
+
+    @app.route("/api/v1/openapi.json", methods=["GET"])
+    def openapi(self, request):
+        request.setHeader(b"Content-Type", b"application/json")
+        return openapi_document()
 
     @app.route("/api/v1/whoami", methods=["GET"])
     @defer.inlineCallbacks

@@ -10,7 +10,7 @@ still switch it (the reservation it acts for has not started to end).
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from bitelab.errors import Invalid, PowerFailed
+from bitelab.errors import Invalid, PowerFailed, PowerMismatch
 from bitelab.options import PowerOption
 
 
@@ -29,8 +29,10 @@ class BoardPower:
 
     log = Logger()
 
-    def __init__(self, clock, lab, runtime, store, cycle_pause):
+    def __init__(self, clock, lab, runtime, store, cycle_pause, metrics=None):
         self.clock = clock
+        #: a ``bitelab.metrics.Metrics`` told of every operation, or None
+        self.metrics = metrics
         self.lab = lab
         self.runtime = runtime
         self.store = store
@@ -100,13 +102,27 @@ class BoardPower:
 
     @defer.inlineCallbacks
     def _noting_errors(self, name, method, *args):
+        started = self.clock.seconds()
         try:
             result = yield method(self.runtime, *args)
         except PowerFailed as e:
             self.errors[name] = e.message
+            outcome = "mismatch" if isinstance(e, PowerMismatch) else "failed"
+            self._measure(name, method, started, outcome)
             raise
         self.errors.pop(name, None)
+        self._measure(name, method, started, "ok")
         return result
+
+    def _measure(self, name, method, started, outcome):
+        if self.metrics is not None:
+            operation = "set" if method.__name__ == "set_power" else "get"
+            self.metrics.power_operation(
+                self.option(name).cls_name,
+                operation,
+                self.clock.seconds() - started,
+                outcome,
+            )
 
     def read(self, name):
         """Deferred[bool]: read the state from the device and store it."""

@@ -79,6 +79,17 @@ class Config:
     ssh_max_auth_tries: int = 6
     #: ``console?follow=1`` streams one user may have open at once
     console_max_followers: int = 8
+    #: Twisted endpoint serving Prometheus metrics at /metrics; empty: none
+    metrics_endpoint: str = ""
+    #: lowest level of the server's log lines: debug, info, warn, error
+    log_level: str = "info"
+    #: size at which the access log is rotated by the server; 0: never
+    #: (rotated by logrotate or newsyslog, and reopened on SIGHUP)
+    http_access_log_max_bytes: int = 0
+    #: rotated access logs kept when the server rotates it
+    http_access_log_backups: int = 7
+    #: days audit entries and ended reservations are kept; 0: for ever
+    audit_retention_days: int = 0
 
 
 def _path(value):
@@ -111,6 +122,21 @@ _pause = _number(float, "a number of seconds", 0, 600)
 _interval = _number(float, "a number of seconds", 0.01, 600)
 _positive = _number(int, "a whole number", 1, 10000)
 _wait = _number(float, "a number of seconds", 0, 600)
+_size = _number(int, "a whole number of bytes", 0)
+_days = _number(int, "a whole number of days", 0, 100000)
+
+#: the levels ``log_level`` accepts, lowest first
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+def _log_level(value):
+    if value not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
+    return value
+
+
+def _optional_endpoint(value):
+    return _endpoint(value) if value else ""
 
 
 def _notices(value):
@@ -156,7 +182,12 @@ def _endpoint(value):
     try:
         # parsing needs no reactor; ssl: descriptions load their files here
         serverFromString(None, value)
-    except (ValueError, TypeError, KeyError, OSError, ImportError) as e:
+    except (IndexError, KeyError):
+        if value.startswith("systemd:"):
+            # the sockets are systemd's to pass: checked when the server starts
+            return value
+        raise ValueError(f"{value!r} is not a usable endpoint description") from None
+    except (ValueError, TypeError, OSError, ImportError) as e:
         problem = getattr(e, "strerror", None) or str(e) or type(e).__name__
         raise ValueError(
             f"{value!r} is not a usable endpoint description ({problem}); "
@@ -285,6 +316,11 @@ _KEYS = {
     "ssh_max_unauthenticated_per_source": (_limit, None),
     "ssh_max_auth_tries": (_limit, None),
     "console_max_followers": (_limit, None),
+    "metrics_endpoint": (_optional_endpoint, _ENDPOINT),
+    "log_level": (_log_level, None),
+    "http_access_log_max_bytes": (_size, None),
+    "http_access_log_backups": (_count, None),
+    "audit_retention_days": (_days, None),
 }
 _REQUIRED = ("board_conf",)
 

@@ -721,6 +721,9 @@ class ConsoleService(Service):
         self._dropping_input = False
         #: the reservation whose sessions may attach (None: the board is free)
         self.reservation = None
+        #: bytes the board printed, and bytes viewers sent it (for metrics)
+        self.bytes_received = 0
+        self.bytes_sent = 0
 
     @property
     def connected(self):
@@ -826,6 +829,7 @@ class ConsoleService(Service):
 
     def received(self, data):
         """Record ``data`` printed by the board: logs first, then viewers."""
+        self.bytes_received += len(data)
         self.console_log.write(data)
         self.reservation_logs.write(data)
         self.hub.deliver(data)
@@ -834,6 +838,7 @@ class ConsoleService(Service):
         """Write ``data`` from a viewer to the board; dropped if the port is down."""
         if self._port is not None:
             self._port.write(data)
+            self.bytes_sent += len(data)
             return
         if not self._dropping_input:
             self.log.info(

@@ -54,6 +54,10 @@ class PowerFailed(BitelabError):
     code, status = "power_failed", 502
 
 
+class PowerMismatch(PowerFailed):
+    """The device read back another power state than the one just set."""
+
+
 class StorageError(BitelabError):
     """The database is unavailable, busy past its wait, or full: nothing changed."""
 

@@ -150,7 +150,7 @@ def _host(address):
     return getattr(address, "host", str(address))
 
 
-class LabSite(server.Site):
+class GuardedSite(server.Site):
     """The API's ``Site``: ``LabRequest``s, checking tokens with ``authenticate``.
 
     ``authenticate(token)`` returns a Deferred failing with ``Unauthorized``

@@ -82,6 +82,12 @@ class PowerOption(Option):
         """Read the power state from the device; Deferred[bool]."""
         raise NotImplementedError
 
+    def close(self):
+        """Let go of the device: the board left the board file or changed.
+
+        Drivers that hold nothing between operations have nothing to do.
+        """
+
 
 @attrs.frozen(kw_only=True)
 class EtherIface(Option):

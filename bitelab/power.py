@@ -15,7 +15,7 @@ from twisted.internet import defer, error
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
-from bitelab.errors import PowerFailed
+from bitelab.errors import PowerFailed, PowerMismatch
 from bitelab.options import PowerOption
 from bitelab.snmp import SNMPError
 
@@ -112,7 +112,7 @@ class SNMPPower(PowerOption):
 
         def check(value):
             if value != wanted:
-                raise PowerFailed(
+                raise PowerMismatch(
                     f"snmppower: {self.host}:{self.snmp_port} reads back "
                     f"{value!r} for {self.oid} after setting {wanted}"
                 )
@@ -171,8 +171,8 @@ class GPIOPower(PowerOption):
     def conflict_key(self):
         return ("GPIO line", self.chip_path, self.line)
 
-    def _failed(self, problem):
-        return PowerFailed(f"gpiopower {self.chip_path} line {self.line}: {problem}")
+    def _failed(self, problem, kind=PowerFailed):
+        return kind(f"gpiopower {self.chip_path} line {self.line}: {problem}")
 
     def _settings(self, gpio, **kwargs):
         return gpio.LineSettings(active_low=self.active_low, **kwargs)
@@ -206,9 +206,14 @@ class GPIOPower(PowerOption):
         if got != value:
             raise self._failed(
                 f"reads back {'on' if got == gpio.line.Value.ACTIVE else 'off'} "
-                f"after switching {'on' if on else 'off'}"
+                f"after switching {'on' if on else 'off'}",
+                PowerMismatch,
             )
         return on
+
+    def close(self):
+        """Release the held line (the board left the board file or changed)."""
+        self._drop_request()
 
     def _drop_request(self):
         """Forget a held request after a failure, releasing its file descriptor."""
@@ -385,7 +390,7 @@ class CmdPower(PowerOption):
 
         def verify(state):
             if state != on:
-                raise PowerFailed(
+                raise PowerMismatch(
                     f"cmdpower: {shlex.join(self.status)} reports "
                     f"{'on' if state else 'off'} after {shlex.join(argv)}"
                 )

@@ -14,6 +14,7 @@ import sys
 import attrs
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
+from twisted.python import failure
 
 from bitelab.errors import SetupFailed
 
@@ -135,13 +136,32 @@ class ScriptRunner:
     reactor: object
     path: str | None
     timeout: float = 60.0
+    #: a ``bitelab.metrics.Metrics`` told of every run, or None
+    metrics: object = None
     log = Logger()
 
-    @defer.inlineCallbacks
     def run(self, action, board, env):
         """Fire with a ``ScriptResult``; fail with ``SetupFailed``."""
         if not self.path:
-            return ScriptResult({}, b"", b"")
+            return defer.succeed(ScriptResult({}, b"", b""))
+        started = self.reactor.seconds()
+        d = self._run(action, board, env)
+        if self.metrics is not None:
+
+            def measured(result):
+                self.metrics.script_run(
+                    action,
+                    env.get("BITELAB_CLASS", ""),
+                    self.reactor.seconds() - started,
+                    not isinstance(result, failure.Failure),
+                )
+                return result
+
+            d.addBoth(measured)
+        return d
+
+    @defer.inlineCallbacks
+    def _run(self, action, board, env):
         full_env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
         full_env.update(env)
         done = defer.Deferred()

@@ -14,6 +14,7 @@ Use::
     await client.stop()
 """
 
+import collections
 import random
 
 from pyasn1.codec.ber import decoder, encoder
@@ -88,6 +89,8 @@ class SNMPClient(DatagramProtocol):
         self._pending = {}
         self._locks = {}
         self._next_id = random.randint(1, _MAX_REQUEST_ID)
+        #: "host:port" -> requests that no attempt got an answer to
+        self.timeouts = collections.Counter()
 
     def start(self):
         """Listen on an ephemeral UDP port; requests call this when needed."""
@@ -227,6 +230,7 @@ class SNMPClient(DatagramProtocol):
             self.log.debug("{what}: no answer, retrying", what=pending.describe())
             self._send(request_id, pending)
             return
+        self.timeouts[f"{pending.host}:{pending.addr[1]}"] += 1
         self._finish(
             request_id,
             pending,

@@ -867,8 +867,11 @@ class SSHService(service.MultiService):
         lab,
         keys_poll_interval=KEYS_POLL_INTERVAL,
         limits=SSHLimits(),
+        metrics=None,
     ):
         super().__init__()
+        #: a ``bitelab.metrics.Metrics`` counting logins and refusals, or None
+        self.metrics = metrics
         self._reactor = reactor
         self._endpoint_description = endpoint_description
         self._host_key_path = host_key_path
@@ -899,6 +902,8 @@ class SSHService(service.MultiService):
             return
         host_key = load_or_create_host_key(self._host_key_path)
         checker = KeyOwnerChecker(self.keys, self.lab)
+        if self.metrics is not None:
+            checker = self.metrics.counting_checker(checker)
         self.factory = BitelabSSHFactory(
             host_key,
             portal.Portal(BitelabRealm(self.lab), [checker]),

@@ -358,6 +358,20 @@ class Store:
         d.addErrback(_storage_failure)
         return d
 
+    def sync_boards(self, lab):
+        """Deferred[dict]: ``sync_boards`` with ``lab`` on the running server's
+        database (a board file reload): what it returns, the reservation id
+        of each board being set up or reserved."""
+        now = self.clock.seconds()
+
+        def interaction(cursor):
+            self._check_file()
+            return sync_boards(cursor, lab, now)
+
+        d = self.writer.runInteraction(interaction)
+        d.addErrback(_storage_failure)
+        return d
+
     # -- reads ------------------------------------------------------------
 
     def boards(self):
@@ -391,6 +405,26 @@ class Store:
             return {name: (total, free) for name, total, free in cursor.fetchall()}
 
         return self.read(counts)
+
+    def board_summary(self):
+        """Deferred[(counts, maintenance)]: how many boards are in each
+        (class, state), and (board, class, since) for each board in
+        maintenance, ``since`` being its last ``maintenance`` audit entry's
+        time (None if the audit log no longer has it)."""
+
+        def summary(cursor):
+            cursor.execute(
+                "SELECT class, state, COUNT(*) FROM boards GROUP BY class, state"
+            )
+            counts = {(c, state): n for c, state, n in cursor.fetchall()}
+            cursor.execute(
+                "SELECT b.name, b.class, (SELECT MAX(e.at) FROM events e "
+                "WHERE e.board = b.name AND e.action = 'maintenance') "
+                "FROM boards b WHERE b.state = 'maintenance' ORDER BY b.name"
+            )
+            return counts, cursor.fetchall()
+
+        return self.read(summary)
 
     def unsettled(self):
         """Deferred[list[dict]]: boards between states (reserving or releasing).
@@ -1010,6 +1044,26 @@ class Store:
         return self.write(
             lambda txn: txn.event(kind, board, user, detail, reservation=reservation)
         )
+
+    def prune_history(self, cutoff, limit):
+        """Deferred[(events, reservations)]: delete at most ``limit`` audit
+        entries and ``limit`` ended reservations from before ``cutoff``."""
+
+        def txn_fn(txn):
+            events = txn.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events "
+                "WHERE at < ? ORDER BY id LIMIT ?)",
+                (cutoff, limit),
+            ).rowcount
+            reservations = txn.execute(
+                "DELETE FROM reservations WHERE id IN (SELECT id FROM "
+                "reservations WHERE state = 'ended' AND ended_at < ? "
+                "ORDER BY id LIMIT ?)",
+                (cutoff, limit),
+            ).rowcount
+            return events, reservations
+
+        return self.write(txn_fn)
 
     # -- tokens -------------------------------------------------------------
 

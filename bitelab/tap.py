@@ -27,6 +27,7 @@ class Options(usage.Options):
 
     def postOptions(self):
         from bitelab.config import check_lab, load_boards, load_config
+        from bitelab.logs import for_twistd
 
         try:
             self["settings"] = load_config(self["config"])
@@ -34,49 +35,10 @@ class Options(usage.Options):
             check_lab(self["settings"], self["lab"])
         except ConfigError as e:
             _fail(e)
-        # twistd's own options, when run by twistd
-        parent = getattr(self, "parent", None)
-        if parent is not None:
-            _private_log(parent)
-
-
-#: the log file twistd was asked to write, for ``private_log_observer``
-#: (twistd calls its ``--logger`` factory without arguments)
-_log_path = "twistd.log"
-
-
-def _private_log(twistd_options):
-    """Have twistd log to its log file through ``private_log_observer``.
-
-    The log names users, boards and addresses, and jail accounts are local
-    users of this host.  An explicit ``--logger`` or ``--syslog``, and
-    logging to standard output, are left alone.
-    """
-    global _log_path
-    if twistd_options.get("logger") or twistd_options.get("syslog"):
-        return
-    path = twistd_options.get("logfile")
-    if path == "-" or (not path and twistd_options.get("nodaemon")):
-        return
-    _log_path = path or "twistd.log"
-    twistd_options["logger"] = f"{__name__}.private_log_observer"
-
-
-def private_log_observer():
-    """twistd's ``--logfile`` observer, but every log file it makes
-    (rotated ones too) is readable by the server's user only (0600)."""
-    from twisted.logger import textFileLogObserver
-    from twisted.python.logfile import LogFile
-
-    log_file = LogFile.fromFullPath(_log_path, defaultMode=0o600)
-    # as twistd does: SIGUSR1 rotates the log
-    if not signal.getsignal(signal.SIGUSR1):
-        from twisted.internet import reactor
-
-        signal.signal(
-            signal.SIGUSR1, lambda *_: reactor.callFromThread(log_file.rotate)
+        # twistd's own options say where its log goes
+        self["server_log"] = for_twistd(
+            getattr(self, "parent", None), self["settings"].log_level
         )
-    return textFileLogObserver(log_file)
 
 
 def option_map():
@@ -99,7 +61,21 @@ def _fail(message):
 
 
 class LabService(service.MultiService):
-    """The server's top service: a port that cannot be opened is one line."""
+    """The server's top service: a port that cannot be opened is one line.
+
+    With a ``server_log`` (``bitelab.logs.ServerLog``), it becomes the log
+    observer of the twistd application the service is put in.
+    """
+
+    server_log = None
+
+    def setServiceParent(self, parent):
+        super().setServiceParent(parent)
+        if self.server_log is not None:
+            from twisted.logger import ILogObserver
+
+            # twistd asks its application for this before it starts logging
+            parent.setComponent(ILogObserver, self.server_log.observer())
 
     def privilegedStartService(self):
         from twisted.internet.error import CannotListenError
@@ -111,6 +87,28 @@ class LabService(service.MultiService):
             _fail(f"cannot listen on {e.interface or '*'}:{e.port}: {reason}")
         except OSError as e:
             _fail(f"cannot start: {e.strerror or e}")
+        except (IndexError, KeyError):
+            _fail(
+                "cannot listen: a systemd: endpoint names a socket systemd did "
+                "not pass (start the server through its .socket unit)"
+            )
+
+
+class LockService(service.Service):
+    """Holds the database's lock (``bitelab.backup.ServerLock``) while the
+    server runs; it was taken before anything touched the database."""
+
+    def __init__(self, lock):
+        self.lock = lock
+
+    def startService(self):
+        super().startService()
+        # twistd may have forked into a daemon since the lock was taken
+        self.lock.mark()
+
+    def stopService(self):
+        super().stopService()
+        self.lock.release()
 
 
 class PoolService(service.Service):
@@ -223,20 +221,26 @@ def database_damage(conn):
     return None if rows == [("ok",)] else rows[0][0]
 
 
-def make_lab_service(settings, lab, reactor):
+def make_lab_service(settings, lab, reactor, server_log=None):
     """The whole server as a ``MultiService``; ``.manager`` etc. for tests."""
     import gpiod
 
+    import bitelab
     from bitelab import db
     from bitelab.api import API
+    from bitelab.backup import ServerLock
     from bitelab.boardpower import BoardPower
     from bitelab.console import ConsoleService
     from bitelab.events import EventBus
-    from bitelab.httpserver import LabSite, LimitedHTTPFactory
+    from bitelab.httpserver import LimitedHTTPFactory
     from bitelab.lifecycle import BoardManager
     from bitelab.limits import files_needed, raise_file_limit
+    from bitelab.metrics import Metrics, MetricsService, metrics_site
     from bitelab.options import Runtime, SerialConsole
+    from bitelab.reload import BoardReloader, run_all
+    from bitelab.retention import RetentionService
     from bitelab.script import ScriptRunner
+    from bitelab.site import LabSite
     from bitelab.snmp import SNMPClient
     from bitelab.ssh import SSHService, host_key_facts
     from bitelab.store import Store
@@ -249,37 +253,69 @@ def make_lab_service(settings, lab, reactor):
     top = LabService()
     host_key = check_host_key(settings.ssh_host_key)
     os.makedirs(settings.ssh_keys_dir, exist_ok=True)
+    if settings.db_file:
+        # before anything touches the database: no restore may run meanwhile
+        lock = ServerLock(settings.db_file, "a running bitelab server")
+        lock.acquire()
+        LockService(lock).setServiceParent(top)
     held = sync_database(settings, lab, reactor.seconds())
     writer, reader, wrap, path = db.make_pools(settings)
     PoolService(writer, reader).setServiceParent(top)
-    store = Store(writer, reader, EventBus(), reactor, path, wrap)
+    bus = EventBus()
+    store = Store(writer, reader, bus, reactor, path, wrap)
+    metrics = Metrics(reactor, bitelab.__version__)
 
     snmp = SNMPClient(reactor)
     SNMPService(snmp).setServiceParent(top)
     runtime = Runtime(reactor=reactor, snmp=snmp, gpio=gpiod)
 
+    def make_console(name, option):
+        return ConsoleService(
+            reactor,
+            name,
+            option.val,
+            option.baud,
+            settings.console_log_dir,
+            max_log_bytes=settings.console_log_max_bytes,
+            backups=settings.console_log_backups,
+        )
+
     consoles = {}
     for name, board in lab.boards.items():
         option = board.option(SerialConsole)
         if option is not None:
-            console = ConsoleService(
-                reactor,
-                name,
-                option.val,
-                option.baud,
-                settings.console_log_dir,
-                max_log_bytes=settings.console_log_max_bytes,
-                backups=settings.console_log_backups,
-            )
+            console = make_console(name, option)
             console.setServiceParent(top)
             consoles[name] = console
 
-    scripts = ScriptRunner(reactor, lab.setup_script, settings.setup_script_timeout)
-    power = BoardPower(reactor, lab, runtime, store, settings.power_cycle_pause)
+    scripts = ScriptRunner(
+        reactor, lab.setup_script, settings.setup_script_timeout, metrics=metrics
+    )
+    power = BoardPower(
+        reactor, lab, runtime, store, settings.power_cycle_pause, metrics=metrics
+    )
     manager = BoardManager(reactor, settings, lab, store, power, scripts, consoles)
     manager.resume_consoles(held)
     manager.setServiceParent(top)
     tokens = TokenStore(store, reactor)
+
+    def class_of(name):
+        board = manager.lab.boards.get(name)
+        return board.brdclass if board is not None else "removed"
+
+    metrics.class_of = class_of
+    metrics.watch(consoles, snmp)
+    MetricsService(metrics, store, bus, reactor).setServiceParent(top)
+    if settings.metrics_endpoint:
+        listening(
+            "metrics_endpoint",
+            settings.metrics_endpoint,
+            metrics_site(metrics.registry),
+        ).setServiceParent(top)
+    if settings.audit_retention_days:
+        RetentionService(
+            store, reactor, settings.audit_retention_days
+        ).setServiceParent(top)
 
     ssh = SSHService(
         reactor,
@@ -288,6 +324,7 @@ def make_lab_service(settings, lab, reactor):
         settings.ssh_keys_dir,
         SSHLab(manager, tokens),
         limits=ssh_limits(settings),
+        metrics=metrics,
     )
     ssh.setServiceParent(top)
 
@@ -305,22 +342,38 @@ def make_lab_service(settings, lab, reactor):
         max_followers=settings.console_max_followers,
     )
     # a file of its own is cheaper per request than the server's log
-    if settings.http_access_log:
-        os.makedirs(os.path.dirname(settings.http_access_log), exist_ok=True)
-        os.close(os.open(settings.http_access_log, os.O_WRONLY | os.O_CREAT, 0o600))
     site = LabSite(
         api.resource(),
         tokens.authenticate,
-        logPath=settings.http_access_log or None,
-        reactor=reactor,
+        reactor,
+        settings.http_access_log,
+        settings.http_access_log_max_bytes,
+        settings.http_access_log_backups,
+        metrics,
     )
     http = LimitedHTTPFactory(site, settings.http_max_connections)
-    strports.service(settings.http_endpoint, http).setServiceParent(top)
-    reactor.addSystemEventTrigger(
-        "after", "startup", _install_sighup, reactor, ssh.reload
     )
+    listening("http_endpoint", settings.http_endpoint, http).setServiceParent(top)
+    reloader = BoardReloader(
+        settings,
+        option_map(),
+        manager,
+        power,
+        scripts,
+        store,
+        top,
+        make_console,
+        metrics,
+    )
+    hangup = [site.reopen_log, ssh.reload, reloader.reload]
+    if server_log is not None:
+        hangup.insert(0, server_log.reopen)
+    reactor.addSystemEventTrigger(
+        "after", "startup", _install_sighup, reactor, lambda: run_all(hangup)
+    )
+    top.server_log = server_log
     top.manager, top.tokens, top.ssh, top.api = manager, tokens, ssh, api
-    top.store = store
+    top.store, top.metrics, top.site, top.reloader = store, metrics, site, reloader
     top.http = http
     return top
 
@@ -335,6 +388,17 @@ def ssh_limits(settings):
         max_unauthenticated_per_source=settings.ssh_max_unauthenticated_per_source,
         max_auth_tries=settings.ssh_max_auth_tries,
     )
+
+
+def listening(key, description, factory):
+    """The service listening on endpoint ``description`` (setting ``key``)."""
+    try:
+        return strports.service(description, factory)
+    except (IndexError, KeyError):
+        raise ConfigError(
+            f"{key}: {description}: systemd passed no such socket; start the "
+            "server through its .socket unit, or listen on tcp:PORT"
+        ) from None
 
 
 def check_host_key(path):
@@ -383,6 +447,8 @@ def makeService(options):
     from twisted.internet import reactor
 
     try:
-        return make_lab_service(options["settings"], options["lab"], reactor)
+        return make_lab_service(
+            options["settings"], options["lab"], reactor, options.get("server_log")
+        )
     except ConfigError as e:
         _fail(e)

@@ -373,3 +373,44 @@ def test_example_labs_are_valid(name, tmp_path):
     lab = load_boards(cfg.board_conf, OPTIONS)
     check_lab(cfg, lab)
     assert lab.boards and lab.classes
+
+
+def test_operations_settings(tmp_path):
+    """The operations keys: defaults, values, and one line for a bad one; a
+    ``systemd:`` endpoint is accepted outside systemd (its socket is looked
+    for when the server starts)."""
+    env = tmp_path / ".env"
+    env.write_text("db_file=x\nboard_conf=y\n")
+    cfg = load_config(str(env))
+    assert (
+        cfg.metrics_endpoint,
+        cfg.log_level,
+        cfg.http_access_log_max_bytes,
+        cfg.http_access_log_backups,
+        cfg.audit_retention_days,
+    ) == ("", "info", 0, 7, 0)
+    env.write_text(
+        "db_file=x\nboard_conf=y\nmetrics_endpoint=tcp:9464:interface=127.0.0.1\n"
+        "log_level=debug\nhttp_access_log_max_bytes=1048576\n"
+        "http_access_log_backups=3\naudit_retention_days=365\n"
+        "http_endpoint=systemd:domain=INET6:index=0\n"
+    )
+    cfg = load_config(str(env))
+    assert cfg.metrics_endpoint == "tcp:9464:interface=127.0.0.1"
+    assert cfg.log_level == "debug"
+    assert (cfg.http_access_log_max_bytes, cfg.http_access_log_backups) == (
+        1048576,
+        3,
+    )
+    assert cfg.audit_retention_days == 365
+    assert cfg.http_endpoint == "systemd:domain=INET6:index=0"
+    for line, needle in (
+        ("log_level=loud", "log_level: must be one of debug, info, warn"),
+        ("metrics_endpoint=nope:1", "metrics_endpoint: 'nope:1' is not a usable"),
+        ("audit_retention_days=-1", "audit_retention_days: must be between 0"),
+        ("http_access_log_max_bytes=big", "http_access_log_max_bytes: must be a"),
+    ):
+        env.write_text(f"db_file=x\nboard_conf=y\n{line}\n")
+        with pytest.raises(ConfigError) as e:
+            load_config(str(env))
+        assert needle in str(e.value) and "\n" not in str(e.value)

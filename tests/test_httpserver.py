@@ -13,7 +13,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from bitelab.config import load_config
 from bitelab.errors import Unauthorized
-from bitelab.httpserver import LINGER, MAX_BODY, LabSite, LimitedHTTPFactory
+from bitelab.httpserver import LINGER, MAX_BODY, GuardedSite, LimitedHTTPFactory
 
 GOOD = "bl_good"
 
@@ -63,7 +63,7 @@ def web(clock):
 
 def make_web(clock, max_connections):
     resource, tokens = Recorder(), Tokens()
-    site = LabSite(resource, tokens.authenticate, reactor=clock)
+    site = GuardedSite(resource, tokens.authenticate, reactor=clock)
     return LimitedHTTPFactory(site, max_connections), resource, tokens
 
 

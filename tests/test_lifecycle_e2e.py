@@ -300,7 +300,7 @@ def test_full_file_system_gives_storage_error_and_recovers(lab_server, tmp_path)
         server = lab_server(settings={"db_file": str(mount / "lab.sqlite")})
         token = server.token("alice")
         filler = mount / "filler"
-        with open(filler, "wb") as f:
+        with open(filler, "wb", buffering=0) as f:
             try:
                 while True:
                     f.write(b"\0" * 65536)

@@ -121,3 +121,46 @@ def test_the_dependencies_view_hides_the_installed_bitelab(tmp_path):
     plugins, found = result.stdout.splitlines()
     assert "'web'" in plugins and "bitelab" not in plugins
     assert found == "no module bitelab"
+
+
+def test_wheel_takes_its_version_from_the_package_and_ships_the_api_document(
+    tmp_path,
+):
+    """The built wheel's version is ``bitelab.__version__`` (the one place
+    it is written; ``bitelab --version``, ``bitelab-admin --version`` and
+    ``/info`` read it too), and the wheel carries ``bitelab/openapi.json``,
+    which the server serves."""
+    import bitelab
+
+    source = tmp_path / "checkout"
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(".git", ".venv", "*.egg-info", "__pycache__"),
+    )
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))",
+            str(wheels),
+        ],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    name = built.stdout.split()[-1]
+    assert name.startswith(f"bitelab-{bitelab.__version__}-")
+    with zipfile.ZipFile(wheels / name) as archive:
+        files = archive.namelist()
+        metadata = archive.read(
+            f"bitelab-{bitelab.__version__}.dist-info/METADATA"
+        ).decode()
+    assert f"\nVersion: {bitelab.__version__}\n" in metadata
+    assert "bitelab/openapi.json" in files
+    with open(os.path.join(REPO, "pyproject.toml")) as f:
+        assert "\nversion =" not in f.read().split("[tool.setuptools.dynamic]")[0]

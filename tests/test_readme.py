@@ -29,8 +29,8 @@ from support.server import REPO, free_port
 pytestmark = pytest.mark.e2e
 
 README = Path(REPO) / "README.rst"
-#: the ports of the example labs' .env files
-PORTS = (8080, 2222, 8081, 2223, 8443, 2224)
+#: the ports of the example labs' .env files (9464: the example's metrics)
+PORTS = (8080, 2222, 8081, 2223, 8443, 2224, 9464)
 
 _BLOCK = re.compile(
     r"^\.\. code-block:: sh\n((?:   :\w+: .*\n)*)\n((?:(?: {4}.*)?\n)+)", re.MULTILINE
