@@ -352,7 +352,6 @@ def make_lab_service(settings, lab, reactor, server_log=None):
         metrics,
     )
     http = LimitedHTTPFactory(site, settings.http_max_connections)
-    )
     listening("http_endpoint", settings.http_endpoint, http).setServiceParent(top)
     reloader = BoardReloader(
         settings,
