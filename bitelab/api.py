@@ -106,8 +106,30 @@ class _APIResource(Resource):
         return self.inner.render(request)
 
 
+#: a console log this short is answered at once; a longer one is streamed
+SHORT_LOG = 64 * 1024
+
+
+class _Prefixed:
+    """A reader giving ``head`` first, then the rest of ``reader``."""
+
+    def __init__(self, head, reader):
+        self.head = head
+        self.reader = reader
+
+    def read(self, size=-1):
+        if self.head:
+            data, self.head = self.head, b""
+            return data
+        return self.reader.read(size)
+
+    def close(self):
+        self.reader.close()
+
+
 class _LogResource(Resource):
-    """Sends a console log reader's bytes as the client takes them."""
+    """Sends a console log reader's bytes as the client takes them; a short
+    log (the common case) in one piece."""
 
     isLeaf = True
 
@@ -116,7 +138,12 @@ class _LogResource(Resource):
         self.reader = reader
 
     def render_GET(self, request):
-        NoRangeStaticProducer(request, self.reader).start()
+        head = self.reader.read(SHORT_LOG)
+        more = self.reader.read(1) if len(head) == SHORT_LOG else b""
+        if not more:
+            self.reader.close()
+            return head
+        NoRangeStaticProducer(request, _Prefixed(head + more, self.reader)).start()
         return NOT_DONE_YET
 
 

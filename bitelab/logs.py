@@ -68,6 +68,12 @@ class ServerLog:
         if self.file is not None:
             self.file.reopen()
 
+    def rotate(self):
+        """Move the log file to ``PATH.1`` (and so on) and start a new one,
+        readable by the server's user only, as twistd does on SIGUSR1."""
+        if self.file is not None:
+            self.file.rotate()
+
 
 def for_twistd(twistd_options, level):
     """A ``ServerLog`` writing where ``twistd_options`` say, or None.

@@ -370,6 +370,11 @@ def make_lab_service(settings, lab, reactor, server_log=None):
     reactor.addSystemEventTrigger(
         "after", "startup", _install_sighup, reactor, lambda: run_all(hangup)
     )
+    if server_log is not None:
+        # as twistd's own log does: SIGUSR1 rotates it
+        reactor.addSystemEventTrigger(
+            "after", "startup", _install_sigusr1, reactor, server_log.rotate
+        )
     top.server_log = server_log
     top.manager, top.tokens, top.ssh, top.api = manager, tokens, ssh, api
     top.store, top.metrics, top.site, top.reloader = store, metrics, site, reloader
@@ -419,6 +424,10 @@ def _port_number(port):
 
 def _install_sighup(reactor, reload):
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
+
+
+def _install_sigusr1(reactor, rotate):
+    signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(rotate))
 
 
 class SSHLab:

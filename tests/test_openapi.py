@@ -248,6 +248,9 @@ EXAMPLES = {
     ("/reservations", "get"): ("GET", "/reservations", None),
     ("/reservations/{id}", "get"): ("GET", "/reservations/1", None),
     ("/tokens/current", "delete"): ("DELETE", "/tokens/current", None),
+    ("/queue", "get"): ("GET", "/queue", None),
+    ("/queue/{wid}", "delete"): ("DELETE", "/queue/1", None),
+    ("/events/stream", "get"): ("GET", "/events/stream", None),
 }
 
 
@@ -521,3 +524,32 @@ def test_real_server_answers_as_documented(lab_server):
     check("GET", "/reservations", 200)
     check("POST", "/boards/zynq-1/release", 200, body={})
     check("GET", "/events?limit=3", 200)
+
+
+def test_queue(checker):
+    """queue: 200; leaving it: 200, 404 (none, or not one's own), 409 (a board
+    was handed over first); a reserve that waits answers once served."""
+    lab = checker.lab
+    for name in ("a1", "a2", "a3"):
+        reserve(checker, "root", name)
+    waiting = checker.send(
+        "POST", "/boards/a/reserve", "alice", body={"wait": 60, "ticket": "t-1"}
+    )
+    lab.flush()
+    queue = checker.call("GET", "/queue", "/queue", 200, "alice")
+    wid = queue.json["queue"][0]["id"]
+    assert queue.json["queue"][0]["ticket"] == "t-1"
+    checker.call("DELETE", f"/queue/{wid}", "/queue/{wid}", 404, "bob")
+    checker.call("DELETE", "/queue/999", "/queue/{wid}", 404, "alice")
+    ending = checker.send("POST", "/boards/a2/release", "root", body={})
+    complete_all(lab)
+    checker.check(ending, "/boards/{name}/release", 200)
+    checker.check(waiting, "/boards/{name}/reserve", 200)
+    checker.call("DELETE", f"/queue/{wid}", "/queue/{wid}", 409, "alice")
+    second = checker.send("POST", "/boards/a/reserve", "bob", body={"wait": 60})
+    lab.flush()
+    other = checker.call("GET", "/queue", "/queue", 200, "root").json["queue"][0]
+    checker.call("DELETE", f"/queue/{other['id']}", "/queue/{wid}", 200, "bob")
+    checker.check(second, "/boards/{name}/reserve", 409)
+    checker.covered("/queue", "get", skip={401, 500, 503})
+    checker.covered("/queue/{wid}", "delete", skip={401, 500, 503})

@@ -39,7 +39,7 @@ def twistd(config, cwd):
         (
             "board_conf=b.ucl\n",
             "classes { c { arch = x; } }",
-            "required key 'db_file' is missing",
+            "set exactly one of db_file (SQLite) and db_url",
         ),
         ("db_file=db\nboard_conf=b.ucl\n", "classes { c { arch = x; }", "b.ucl:1:"),
         (
