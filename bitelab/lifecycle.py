@@ -391,7 +391,12 @@ class BoardManager(service.Service):
                 return self.view(row["granted"], user)
             if "waiter" in row:
                 board = yield self.room.wait(
-                    row["waiter"], user, target, queue.deadline, gone
+                    row["waiter"],
+                    user,
+                    target,
+                    queue.deadline,
+                    gone,
+                    row.get("class"),
                 )
                 return board
             queue = Wait(queue.deadline, priority, timeout) if queue else None

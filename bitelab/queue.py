@@ -36,6 +36,8 @@ class Waiting:
     gone: bool = False
     #: answered (or given up)
     done: bool = False
+    #: the class whose boards can serve it (for the metrics)
+    brdclass: str | None = None
 
 
 class WaitingRoom:
@@ -43,8 +45,11 @@ class WaitingRoom:
 
     log = Logger()
 
-    def __init__(self, manager, notify=None):
+    def __init__(self, manager, notify=None, metrics=None):
         self.manager = manager
+        #: ``bitelab.metrics.Metrics`` (queue depth and wait times), or None
+        self.metrics = metrics
+        self._classes = set()
         self.clock = manager.clock
         self.store = manager.store
         #: ``notify(kind, data, user)``: tell a user's event streams
@@ -64,7 +69,7 @@ class WaitingRoom:
         if self._recount is not None and self._recount.active():
             self._recount.cancel()
 
-    def wait(self, wid, user, target, deadline, gone):
+    def wait(self, wid, user, target, deadline, gone, brdclass=None):
         """Deferred[dict]: the BOARD once waiter ``wid`` is handed one.
 
         ``gone`` fires (or fails) when the client's connection ends: then
@@ -73,7 +78,9 @@ class WaitingRoom:
         # the HTTP layer cancels the request's Deferred when its client
         # disconnects: that, too, means the client has gone
         d = defer.Deferred(canceller=lambda _: self._client_gone(waiting))
-        waiting = Waiting(wid, user, target, self.clock.seconds(), deadline, d)
+        waiting = Waiting(
+            wid, user, target, self.clock.seconds(), deadline, d, brdclass=brdclass
+        )
         self.waiting[wid] = waiting
         self._start_timer(waiting)
         # a client taking its place up again learns where it stands at once
@@ -89,6 +96,11 @@ class WaitingRoom:
         )
 
     def _finish(self, waiting, result=None, error=None):
+        if self.metrics is not None and not waiting.done and waiting.brdclass:
+            outcome = "granted" if error is None else _outcome(error)
+            self.metrics.queue_waited(
+                waiting.brdclass, self.clock.seconds() - waiting.started, outcome
+            )
         waiting.done = True
         self.waiting.pop(waiting.wid, None)
         self.serving.pop(waiting.wid, None)
@@ -214,6 +226,22 @@ class WaitingRoom:
 
     # -- positions ------------------------------------------------------------
 
+    def _count(self, entries):
+        """Tell the metrics each class's queue depth and oldest waiter."""
+        by_class = {}
+        for entry in entries:
+            depth, oldest = by_class.get(entry["class"], (0, None))
+            since = entry["created_at"]
+            by_class[entry["class"]] = (
+                depth + 1,
+                since if oldest is None else min(oldest, since),
+            )
+        for brdclass in self._classes - set(by_class):
+            self.metrics.queue_changed(brdclass, 0, None)
+        for brdclass, (depth, oldest) in by_class.items():
+            self.metrics.queue_changed(brdclass, depth, oldest)
+        self._classes = set(by_class)
+
     def _schedule_recount(self):
         if self._recount is None or not self._recount.active():
             self._recount = self.clock.callLater(0, self._send_positions)
@@ -226,6 +254,8 @@ class WaitingRoom:
             return
         places = rules.positions(entries)
         total = len(entries)
+        if self.metrics is not None:
+            self._count(entries)
         known = {}
         for entry in entries:
             position, ahead = places[entry["id"]]
@@ -244,3 +274,13 @@ class WaitingRoom:
                     entry["user"],
                 )
         self._positions = known
+
+
+def _outcome(error):
+    """The metrics' word for how a wait that got no board ended."""
+    message = getattr(error, "message", "")
+    if "cancelled" in message:
+        return "cancelled"
+    if "waited" in message:
+        return "timeout"
+    return "gone"

@@ -572,7 +572,7 @@ class Store:
             waiter=wid,
             ticket=wait.ticket,
         )
-        return {"waiter": wid, "why": why}
+        return {"waiter": wid, "why": why, "class": cls}
 
     def _resume(self, txn, wid, user):
         row = txn.execute(

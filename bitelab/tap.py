@@ -331,6 +331,7 @@ def make_lab_service(settings, lab, reactor, server_log=None):
     streams = EventStreams(reactor)
     store.bus.subscribe(streams.publish)
     manager.room.notify = streams.notify
+    manager.room.metrics = metrics
     StreamsService(streams).setServiceParent(top)
     api = API(
         manager,

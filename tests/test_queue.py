@@ -331,3 +331,26 @@ def test_notice_rule():
     assert notices_due(1000, 600, (600, 120), 900, 1000) == 120
     assert notices_due(1000, None, (600, 120), 950, 1000) == 120
     assert notices_due(120, None, (600, 120), 0, 120) is None
+
+
+def test_queue_metrics(lab):
+    """The queue tells the metrics each class's depth and oldest waiter after
+    every change, and how long each wait lasted and how it ended."""
+    from bitelab.metrics import Metrics
+
+    metrics = Metrics(lab.clock, "test")
+    lab.manager.room.metrics = metrics
+    fill(lab, "alice", ["s1"])
+    first = Waiter(lab, "bob", "s1", wait=30)
+    Waiter(lab, "carol", "s1", wait=60)
+    lab.clock.advance(0)
+    registry = metrics.registry
+    assert registry.get_sample_value("bitelab_queue_depth", {"class": "s"}) == 2
+    lab.clock.advance(30)
+    lab.flush()
+    assert first.error is not None
+    assert registry.get_sample_value("bitelab_queue_depth", {"class": "s"}) == 1
+    waited = registry.get_sample_value(
+        "bitelab_queue_wait_seconds_count", {"class": "s", "outcome": "timeout"}
+    )
+    assert waited == 1
