@@ -217,6 +217,7 @@ def make_lab_service(settings, lab, reactor):
     from bitelab.store import Store
     from bitelab.stream import EventStreams
     from bitelab.tokens import TokenStore
+    from bitelab.web import WebService
 
     problem = raise_file_limit(files_needed(settings))
     if problem is not None:
@@ -284,12 +285,15 @@ def make_lab_service(settings, lab, reactor):
     if settings.http_access_log:
         os.makedirs(os.path.dirname(settings.http_access_log), exist_ok=True)
         os.close(os.open(settings.http_access_log, os.O_WRONLY | os.O_CREAT, 0o600))
+    web = WebService(api, manager, tokens, reactor, settings.console_max_followers)
+    web.setServiceParent(top)
     site = LabSite(
-        api.resource(),
+        web.root,
         tokens.authenticate,
         logPath=settings.http_access_log or None,
         reactor=reactor,
     )
+    site.sessions = web.sessions
     http = LimitedHTTPFactory(site, settings.http_max_connections)
     strports.service(settings.http_endpoint, http).setServiceParent(top)
     reactor.addSystemEventTrigger(
