@@ -194,12 +194,13 @@ class ConsoleSocket(WebSocketServerProtocol):
     # -- from the console and the session -------------------------------
 
     def say(self, **message):
-        """Send one JSON control message."""
-        self.sendMessage(json.dumps(message).encode("utf-8"), isBinary=False)
+        """Send one JSON control message, while the socket is open."""
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(json.dumps(message).encode("utf-8"), isBinary=False)
 
     def output(self, data):
         """Console output for the browser."""
-        if not self.ended:
+        if not self.ended and self.state == self.STATE_OPEN:
             self.sendMessage(data, isBinary=True)
 
     def cut(self, reason):
@@ -209,7 +210,8 @@ class ConsoleSocket(WebSocketServerProtocol):
             return
         self.ended = True
         self.say(type="closed", reason=reason)
-        self.sendClose(1000, _close_reason(reason))
+        if self.state == self.STATE_OPEN:
+            self.sendClose(1000, _close_reason(reason))
 
     def signed_out(self, reason):
         """The session ended: leave the console and close."""
@@ -237,4 +239,6 @@ class ConsoleSockets(WebSocketServerFactory):
             autoPingTimeout=PING_TIMEOUT,
             # a request without an upgrade is refused, not shown a status page
             webStatus=False,
+            # a browser breaking the rules is told why (e.g. 1009, too big)
+            failByDrop=False,
         )
