@@ -66,7 +66,7 @@ def test_token_sign_in_gives_a_strict_httponly_cookie_and_the_pages(lab):
     browser = Browser(lab)
     reply = browser.sign_in_with_token(lab.tokens_for("alice"))
     assert reply.status == 200 and reply.json == {"user": "alice", "next": "/"}
-    value, attributes = reply.cookies[COOKIE]
+    _, attributes = reply.cookies[COOKIE]
     assert "HttpOnly" in attributes and "SameSite=strict" in attributes
     assert "Path=/" in attributes and "Secure" not in attributes
     assert lab.tokens["alice"] not in reply.raw.decode()
