@@ -68,14 +68,20 @@ function applyFilter(row) {
     (mineFilter.checked && board.holder !== me.user);
 }
 
-function applyFilters() {
+function countShown() {
   let shown = 0;
   for (const row of rows.values()) {
-    applyFilter(row);
     if (!row.tr.hidden) shown += 1;
   }
   document.getElementById("board-count").textContent =
     shown === rows.size ? `(${rows.size})` : `(${shown} of ${rows.size} shown)`;
+}
+
+// The filters changed: show the rows they let through, and keep them in
+// the address.
+function applyFilters() {
+  for (const row of rows.values()) applyFilter(row);
+  countShown();
   const query = new URLSearchParams();
   if (classFilter.value) query.set("class", classFilter.value);
   if (stateFilter.value) query.set("state", stateFilter.value);
@@ -126,63 +132,83 @@ function renderQueue(queue) {
   );
 }
 
-// Asking again for what changed: boards by name (all of them when many
-// changed at once), classes and queue once per burst.
-const dirty = { boards: new Set(), classes: false, queue: false, all: false, since: null };
-let flushing = false;
-
-function schedule() {
-  if (!flushing) {
-    flushing = true;
-    setTimeout(flush, 0);
+// Asking again for what changed: each kind of refresh runs one at a time,
+// and what changes meanwhile is asked for right after, together.
+class Refresh {
+  constructor(work) {
+    this.work = work;
+    this.busy = false;
+    this.again = false;
   }
-}
 
-async function flush() {
-  const names = [...dirty.boards];
-  const all = dirty.all || names.length > 20;
-  const { classes, queue, since } = dirty;
-  dirty.boards.clear();
-  dirty.classes = dirty.queue = dirty.all = false;
-  dirty.since = null;
-  try {
-    const work = [];
-    if (all) {
-      work.push(api("GET", "/boards").then((b) => b.boards.forEach(render)));
-    } else {
-      for (const name of names) {
-        work.push(
-          api("GET", "/boards/" + encodeURIComponent(name)).then(render, (error) => {
-            if (error.status !== 404) throw error;
-          }),
-        );
+  request() {
+    if (this.busy) {
+      this.again = true;
+      return;
+    }
+    this.busy = true;
+    setTimeout(() => this.run(), 0);
+  }
+
+  async run() {
+    try {
+      await this.work();
+    } catch (error) {
+      status.textContent = `Could not refresh: ${error.message}`;
+    } finally {
+      this.busy = false;
+      if (this.again) {
+        this.again = false;
+        this.request();
       }
     }
-    if (classes || all) work.push(api("GET", "/classes").then((c) => renderClasses(c.classes)));
-    if (queue || all) work.push(api("GET", "/queue").then(renderQueue));
-    await Promise.all(work);
-    if (since !== null) performance.measure("bitelab:update", { start: since });
-    if (all || names.length) applyFilters();
-  } catch (error) {
-    status.textContent = `Could not refresh: ${error.message}`;
-  } finally {
-    flushing = false;
-    if (dirty.boards.size || dirty.classes || dirty.queue || dirty.all) schedule();
   }
 }
 
-function changed(event, received) {
-  if (event.kind === "resync") {
-    dirty.all = true;
-  } else if (event.kind === "position") {
-    dirty.queue = true;
+// boards named by events (all of them after a reconnection, or when many
+// changed at once), and when the first of those events came
+const changedBoards = { names: new Set(), all: false, since: null };
+
+const boardRefresh = new Refresh(async () => {
+  const names = [...changedBoards.names];
+  const { all, since } = changedBoards;
+  changedBoards.names.clear();
+  changedBoards.all = false;
+  changedBoards.since = null;
+  if (all || names.length > 20) {
+    (await api("GET", "/boards")).boards.forEach(render);
   } else {
-    if (event.board) dirty.boards.add(event.board);
-    dirty.classes = true;
-    if (["queued", "granted", "left"].includes(event.kind)) dirty.queue = true;
+    await Promise.all(
+      names.map((name) =>
+        api("GET", "/boards/" + encodeURIComponent(name)).then(render, (error) => {
+          if (error.status !== 404) throw error;
+        }),
+      ),
+    );
   }
-  if (dirty.since === null) dirty.since = received;
-  schedule();
+  // how long a change took from its event to its row
+  if (since !== null) performance.measure("bitelab:update", { start: since });
+  countShown();
+});
+const classRefresh = new Refresh(async () => {
+  renderClasses((await api("GET", "/classes")).classes);
+});
+const queueRefresh = new Refresh(async () => renderQueue(await api("GET", "/queue")));
+
+function changed(event, received) {
+  if (event.kind === "position") {
+    queueRefresh.request();
+    return;
+  }
+  if (event.kind === "resync") {
+    changedBoards.all = true;
+  } else if (event.board) {
+    changedBoards.names.add(event.board);
+  }
+  if (["resync", "queued", "granted", "left"].includes(event.kind)) queueRefresh.request();
+  if (changedBoards.since === null) changedBoards.since = received;
+  boardRefresh.request();
+  classRefresh.request();
 }
 
 function tick() {
