@@ -83,8 +83,8 @@ class LabRequest(server.Request):
         match = BEARER_RE.fullmatch(header.decode("latin-1"))
         if (
             match is None
-            and site.sessions is not None
-            and site.sessions.admits_body(self)
+            and site.web_sessions is not None
+            and site.web_sessions.admits_body(self)
         ):
             return
         if match is None:
@@ -166,7 +166,7 @@ class LabSite(server.Site):
 
     requestFactory = LabRequest
     #: the web UI's sessions, whose requests may have bodies too
-    sessions = None
+    web_sessions = None
 
     def __init__(self, resource, authenticate, max_body=MAX_BODY, **kwargs):
         super().__init__(resource, **kwargs)

@@ -293,7 +293,7 @@ def make_lab_service(settings, lab, reactor):
         logPath=settings.http_access_log or None,
         reactor=reactor,
     )
-    site.sessions = web.sessions
+    site.web_sessions = web.sessions
     http = LimitedHTTPFactory(site, settings.http_max_connections)
     strports.service(settings.http_endpoint, http).setServiceParent(top)
     reactor.addSystemEventTrigger(

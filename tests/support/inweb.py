@@ -41,7 +41,7 @@ class WebLab(InLab):
         super().start()
         self.web = WebService(self.api, self.manager, self.token_store, self.clock)
         site = LabSite(self.web.root, self.token_store.authenticate, reactor=self.clock)
-        site.sessions = self.web.sessions
+        site.web_sessions = self.web.sessions
         self.site = LimitedHTTPFactory(site, 64)
         # autobahn's timers (handshake, ping, close) run on txaio's loop
         txaio.config.loop = self.clock
