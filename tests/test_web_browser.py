@@ -35,6 +35,8 @@ boards [
     {{ name = con-1; brdclass = zynq;
        options = [ {{ cls = serialconsole, val = "{device}" }} ] }},
     {{ name = zynq-2; brdclass = zynq; options = [] }},
+    {{ name = pwr-1; brdclass = zynq; options = [
+        {{ cls = cmdpower, on = /bin/true, off = /bin/true, status = /bin/false }} ] }},
 ]
 """
 
@@ -122,6 +124,9 @@ def test_sign_in_reserve_console_and_release_in_a_browser(
         browser, lambda d: board_row(d, "zynq-2") == ("free", ""), "the lab view"
     )
     assert browser.find_element(By.ID, "me").text == "alice"
+    # a board whose power cannot be read shows why
+    power_error = browser.find_element(By.CSS_SELECTOR, 'tr[data-name="pwr-1"] td.perr')
+    assert "cmdpower failed" in power_error.text, power_error.text
     browser.execute_script("window.notReloaded = true")
 
     api(lab, "POST", "/boards/zynq-2/reserve", "bob", {})
