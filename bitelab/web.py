@@ -56,7 +56,6 @@ _TYPES = {
     ".svg": b"image/svg+xml",
     ".txt": b"text/plain; charset=utf-8",
 }
-_PAGES = ("lab", "board", "audit", "login", "header")
 
 
 def _policy(host):
@@ -163,13 +162,13 @@ class WebRoot(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, api, sessions, sockets, manager, static=None):
+    def __init__(self, api, sessions, sockets, manager):
         super().__init__()
         self.api = api
         self.sessions = sessions
         self.sockets = sockets
         self.manager = manager
-        self.static = static if static is not None else StaticFiles(static_root())
+        self.static = StaticFiles(static_root())
 
     def render(self, request):
         path = request.path

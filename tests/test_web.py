@@ -4,13 +4,16 @@ driven through the server's own site over ``StringTransport`` connections
 (``support.inweb``)."""
 
 import gzip
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
 from bitelab import websession
 from bitelab.websession import COOKIE
 from support.inweb import HOST, ORIGIN, Browser, WebLab
+from support.server import REPO
 
 BOARDS = """
 setup_script = /bin/true;
@@ -391,3 +394,19 @@ def test_sessions_and_links_are_bounded(lab):
     paths = [link(lab, "alice") for _ in range(websession.MAX_LINKS_PER_USER + 1)]
     assert Browser(lab).sign_in_with_link(paths[0]).status == 401
     assert Browser(lab).sign_in_with_link(paths[-1]).status == 200
+
+
+def test_vendored_xterm_is_what_the_refresh_script_pins():
+    """The xterm.js files in the package are the ones ``tools/refresh_xterm.py``
+    fetches, named with their versions and integrity, licences included."""
+    path = Path(REPO) / "tools" / "refresh_xterm.py"
+    spec = importlib.util.spec_from_file_location("refresh_xterm", path)
+    refresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(refresh)
+    vendor = Path(REPO) / "bitelab" / "webstatic" / "vendor"
+    assert (vendor / "VERSIONS").read_text() == refresh.versions_text()
+    for files in refresh.FILES.values():
+        for target in files.values():
+            assert (vendor / target).stat().st_size > 0, target
+    for licence in ("xterm-LICENSE.txt", "addon-fit-LICENSE.txt"):
+        assert "Permission is hereby granted" in (vendor / licence).read_text()

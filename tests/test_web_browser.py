@@ -171,6 +171,15 @@ def test_sign_in_reserve_console_and_release_in_a_browser(
     )
     show_console(browser)
     browser.save_screenshot(os.path.join(shots, "console.png"))
+    browser.find_element(By.ID, "show-log").click()
+    wait_until(
+        browser,
+        lambda d: "bootcmd=run distro_bootcmd" in text_of(d, "#log"),
+        "this reservation's console log",
+    )
+    assert text_of(browser, "#log").startswith("=== bitelab: reserved by alice")
+    download = browser.find_element(By.ID, "download-log")
+    assert download.get_attribute("download") == "con-1-console.log"
 
     board_window = browser.current_window_handle
     browser.switch_to.new_window("window")
