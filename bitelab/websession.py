@@ -49,6 +49,9 @@ IDLE = 2 * 3600
 LINK_LIFETIME = 120
 #: sessions kept at most; the least recently used go first
 MAX_SESSIONS = 10000
+#: sessions one user may have at once, so that nobody can push the others'
+#: out; their own least recently used goes first
+MAX_SESSIONS_PER_USER = 20
 #: unused login links one user may have at once; older ones are dropped
 MAX_LINKS_PER_USER = 5
 #: methods that change nothing and need no CSRF token
@@ -203,6 +206,9 @@ class WebSessions:
 
     def _open(self, user, token_digest):
         now = self.clock.seconds()
+        theirs = [s for s in self._sessions.values() if s.user == user]
+        for oldest in theirs[: max(0, len(theirs) - MAX_SESSIONS_PER_USER + 1)]:
+            self.end(oldest, "signed out: too many sessions")
         while len(self._sessions) >= self.max_sessions:
             _, oldest = self._sessions.popitem(last=False)
             self._ended(oldest, "signed out: too many sessions")

@@ -396,6 +396,17 @@ def test_sessions_and_links_are_bounded(lab):
     assert Browser(lab).sign_in_with_link(paths[-1]).status == 200
 
 
+def test_one_user_cannot_sign_the_others_out(lab):
+    """A user signing in again and again pushes out only their own oldest
+    sessions, never another user's."""
+    bob = lab.browser("bob")
+    flood = [lab.browser("carol") for _ in range(websession.MAX_SESSIONS_PER_USER + 5)]
+    assert bob.get("/api/v1/whoami").status == 200
+    assert flood[0].get("/api/v1/whoami").status == 401
+    assert flood[-1].get("/api/v1/whoami").status == 200
+    assert len(lab.web.sessions) == websession.MAX_SESSIONS_PER_USER + 1
+
+
 def test_vendored_xterm_is_what_the_refresh_script_pins():
     """The xterm.js files in the package are the ones ``tools/refresh_xterm.py``
     fetches, named with their versions and integrity, licences included."""
