@@ -15,6 +15,19 @@ const mineFilter = document.getElementById("f-mine");
 const rows = new Map();
 // boards whose rows show a countdown
 const counting = new Set();
+// rows on the screen: only their countdowns are redrawn every second
+const onScreen = new Set();
+const watcher = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    const name = entry.target.dataset.name;
+    if (entry.isIntersecting) {
+      onScreen.add(name);
+      showLeft(rows.get(name));
+    } else {
+      onScreen.delete(name);
+    }
+  }
+});
 
 function makeRow(name) {
   const link = el("a", { href: "/boards/" + encodeURIComponent(name) }, name);
@@ -27,6 +40,7 @@ function makeRow(name) {
     perr: el("td", { "data-label": "Power error", className: "perr" }),
   };
   const tr = el("tr", { "data-name": name }, el("th", { scope: "row" }, link), ...Object.values(cells));
+  watcher.observe(tr);
   return { tr, cells, board: null };
 }
 
@@ -56,7 +70,7 @@ function render(board) {
     counting.delete(board.name);
     cells.left.title = "";
   }
-  cells.left.textContent = timeLeft(board.expires_at);
+  showLeft(row);
   applyFilter(row);
 }
 
@@ -132,8 +146,53 @@ function renderQueue(queue) {
   );
 }
 
-// Asking again for what changed: each kind of refresh runs one at a time,
-// and what changes meanwhile is asked for right after, together.
+// Asking again for what changed.  Boards are asked for at once, each
+// request numbered: an answer is shown unless the row already shows a later
+// request's (any request sent after an event reflects that event).  Classes
+// and the queue are asked for one request at a time, and again right after
+// if they changed meanwhile.
+let issued = 0;
+// board name -> number of the request its row shows
+const shownAnswer = new Map();
+const changedBoards = { names: new Set(), all: false, since: null, scheduled: false };
+
+function showIfNewer(board, number) {
+  if ((shownAnswer.get(board.name) ?? -1) < number) {
+    shownAnswer.set(board.name, number);
+    render(board);
+  }
+}
+
+async function refreshBoards() {
+  const names = [...changedBoards.names];
+  const { all, since } = changedBoards;
+  changedBoards.names.clear();
+  changedBoards.all = changedBoards.scheduled = false;
+  changedBoards.since = null;
+  const number = ++issued;
+  try {
+    if (all || names.length > 20) {
+      (await api("GET", "/boards")).boards.forEach((b) => showIfNewer(b, number));
+    } else {
+      await Promise.all(
+        names.map((name) =>
+          api("GET", "/boards/" + encodeURIComponent(name)).then(
+            (b) => showIfNewer(b, number),
+            (error) => {
+              if (error.status !== 404) throw error;
+            },
+          ),
+        ),
+      );
+    }
+    // how long a change took from its event to its row
+    if (since !== null) performance.measure("bitelab:update", { start: since });
+    countShown();
+  } catch (error) {
+    status.textContent = `Could not refresh: ${error.message}`;
+  }
+}
+
 class Refresh {
   constructor(work) {
     this.work = work;
@@ -165,31 +224,6 @@ class Refresh {
   }
 }
 
-// boards named by events (all of them after a reconnection, or when many
-// changed at once), and when the first of those events came
-const changedBoards = { names: new Set(), all: false, since: null };
-
-const boardRefresh = new Refresh(async () => {
-  const names = [...changedBoards.names];
-  const { all, since } = changedBoards;
-  changedBoards.names.clear();
-  changedBoards.all = false;
-  changedBoards.since = null;
-  if (all || names.length > 20) {
-    (await api("GET", "/boards")).boards.forEach(render);
-  } else {
-    await Promise.all(
-      names.map((name) =>
-        api("GET", "/boards/" + encodeURIComponent(name)).then(render, (error) => {
-          if (error.status !== 404) throw error;
-        }),
-      ),
-    );
-  }
-  // how long a change took from its event to its row
-  if (since !== null) performance.measure("bitelab:update", { start: since });
-  countShown();
-});
 const classRefresh = new Refresh(async () => {
   renderClasses((await api("GET", "/classes")).classes);
 });
@@ -207,14 +241,22 @@ function changed(event, received) {
   }
   if (["resync", "queued", "granted", "left"].includes(event.kind)) queueRefresh.request();
   if (changedBoards.since === null) changedBoards.since = received;
-  boardRefresh.request();
+  if (!changedBoards.scheduled) {
+    changedBoards.scheduled = true;
+    setTimeout(refreshBoards, 0);
+  }
   classRefresh.request();
 }
 
+function showLeft(row) {
+  if (!row || !row.board) return;
+  const text = timeLeft(row.board.expires_at);
+  if (row.cells.left.textContent !== text) row.cells.left.textContent = text;
+}
+
 function tick() {
-  for (const name of counting) {
-    const row = rows.get(name);
-    row.cells.left.textContent = timeLeft(row.board.expires_at);
+  for (const name of onScreen) {
+    if (counting.has(name)) showLeft(rows.get(name));
   }
 }
 
