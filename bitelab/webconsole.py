@@ -30,6 +30,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 
 from bitelab.config import NAME_RE
 from bitelab.errors import BitelabError, NotFound, Unauthorized, Unavailable
@@ -44,6 +45,10 @@ PING_INTERVAL = 30
 PING_TIMEOUT = 30
 #: longest close reason a WebSocket close frame carries (bytes of UTF-8)
 MAX_CLOSE_REASON = 120
+
+# not the protocol's ``log``: autobahn's own logger, which keeps its
+# per-frame debug lines out of the server's log
+log = Logger()
 
 
 def _close_reason(text):
@@ -79,8 +84,6 @@ class _SocketViewer:
 class ConsoleSocket(WebSocketServerProtocol):
     """One browser's console socket; see the module docstring."""
 
-    log = Logger()
-
     access = None
     refusal = None
     session = None
@@ -100,6 +103,15 @@ class ConsoleSocket(WebSocketServerProtocol):
         except RuntimeError:
             pass  # none registered: not a connection twisted.web served
         super().connectionMade()
+
+    def makeConnection(self, transport):
+        """Talk to the connection itself, not through the connection cap's
+        wrapper, which only passes calls on: autobahn reads the TLS details
+        off the TLS connection, and refuses any other transport claiming
+        TLS."""
+        if isinstance(transport, ProtocolWrapper) and transport.transport is not None:
+            transport = transport.transport
+        super().makeConnection(transport)
 
     def connectionLost(self, reason):
         self.connected = False
@@ -159,7 +171,7 @@ class ConsoleSocket(WebSocketServerProtocol):
         self.factory.open[self.user] += 1
         self.factory.sessions.watch(self.session, self.signed_out)
         access.attach(self.viewer, replay=True)
-        self.log.info(
+        log.info(
             "{user} attached to the console of {board} from a browser",
             user=self.user,
             board=self.board,
