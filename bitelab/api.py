@@ -191,6 +191,9 @@ class API:
     host_key: dict = attrs.Factory(dict)
     #: console streams (``?follow=1``) one user may have open at once
     max_followers: int = 8
+    #: the web UI's sessions (``bitelab.websession.WebSessions``): a session
+    #: cookie stands in for a token
+    sessions: object = None
     _followers: Counter = attrs.field(factory=Counter, init=False)
     app = Klein()
     log = Logger()
@@ -202,6 +205,10 @@ class API:
     @defer.inlineCallbacks
     def _user(self, request):
         header = request.getHeader(b"Authorization")
+        if header is None and self.sessions is not None:
+            user = yield self.sessions.user(request)
+            if user is not None:
+                return user
         if header is None:
             raise Unauthorized(
                 "missing Authorization header; get a token with "
@@ -463,7 +470,8 @@ class API:
         user = yield self._user(request)
         if self.streams is None:
             raise NotFound("no event stream here")
-        yield self.streams.open(request, user, self.manager.is_admin(user))
+        lab = request.args.get(b"lab", [b"0"])[0] in (b"1", b"true", b"yes")
+        yield self.streams.open(request, user, self.manager.is_admin(user), lab)
         return b""
 
     @app.route("/api/v1/reservations", methods=["GET"])
@@ -489,11 +497,32 @@ class API:
         result = yield self.manager.reservation(user, int(rid))
         return _json(request, result)
 
+    def _token(self, request, what):
+        """The bearer token of an authenticated request; ``Invalid`` for a
+        web session, which holds none."""
+        header = request.getHeader(b"Authorization")
+        if header is None:
+            raise Invalid(f"{what} needs Authorization: Bearer TOKEN, not a session")
+        return BEARER_RE.fullmatch(header.decode("latin-1")).group(1)
+
     @app.route("/api/v1/tokens/current", methods=["DELETE"])
     @defer.inlineCallbacks
     def revoke(self, request):
         user = yield self._user(request)
-        header = request.getHeader(b"Authorization").decode("latin-1")
-        token = BEARER_RE.fullmatch(header).group(1)
+        token = self._token(request, "revoking a token")
         yield self.tokens.revoke(token)
         return _json(request, {"revoked": True, "user": user})
+
+    @app.route("/api/v1/login-link", methods=["POST"])
+    @defer.inlineCallbacks
+    def login_link(self, request):
+        user = yield self._user(request)
+        token = self._token(request, "a login link")
+        _read_body(request, ())
+        if self.sessions is None:
+            raise NotFound("this server has no web UI")
+        code, expires = self.sessions.make_link(user, token)
+        return _json(
+            request,
+            {"user": user, "path": f"/login#code={code}", "expires_at": iso(expires)},
+        )

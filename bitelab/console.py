@@ -60,6 +60,8 @@ TOO_SLOW = "console viewer too slow, disconnected"
 FAILED = "console viewer failed, disconnected"
 #: the reason given to viewers of a board a new reservation starts on
 NEW_RESERVATION = "a new reservation of this board starts"
+#: seconds a BREAK holds the line
+BREAK_SECONDS = 0.25
 
 
 def _one_line(text):
@@ -847,6 +849,34 @@ class ConsoleService(Service):
             )
             self._dropping_input = True
 
+    def send_break(self):
+        """Hold the line in BREAK for ``BREAK_SECONDS``; False if the device
+        is not open or cannot (not a serial port pyserial drives).
+
+        The line is set and cleared without waiting (``tcsendbreak`` would
+        hold up the whole server while the BREAK lasts).
+        """
+        serial = getattr(self._port, "_serial", None)
+        if serial is None or not hasattr(serial, "break_condition"):
+            return False
+        try:
+            serial.break_condition = True
+        except (OSError, ValueError) as e:
+            self.log.info(
+                "{board}: cannot send BREAK: {reason}",
+                board=self.board,
+                reason=_describe(e),
+            )
+            return False
+        self.reactor.callLater(BREAK_SECONDS, self._end_break, serial)
+        return True
+
+    def _end_break(self, serial):
+        try:
+            serial.break_condition = False
+        except (OSError, ValueError):
+            pass  # the device went away; its next opening starts clean
+
     def attach(self, viewer, replay=False):
         """Send ``viewer`` the output from now on (see ``ConsoleHub.attach``).
 
@@ -950,6 +980,10 @@ class ConsoleAccess:
         """Write input to the board, unless the reservation is over."""
         if self.current:
             self.console.send(data)
+
+    def send_break(self):
+        """Send a BREAK, unless the reservation is over; whether it was sent."""
+        return self.current and self.console.send_break()
 
     def reservation_log(self):
         """The current reservation's log; ``Unavailable`` once it is over."""

@@ -3,8 +3,9 @@
 ``twisted.web`` stores a request's whole body (in a temporary file when it
 is large) before the resource sees it.  ``LabRequest`` decides from the
 headers first: a body larger than ``max_body`` is answered 413, a body
-without a well-formed ``Authorization: Bearer`` header 401, both before a
-byte of it is read, and the connection is closed.  A token is checked
+without a well-formed ``Authorization: Bearer`` header (or a web session
+cookie with its CSRF token, see ``bitelab.websession``) 401, both before
+a byte of it is read, and the connection is closed.  A token is checked
 while the (bounded, in-memory) body arrives; a bad one is answered 401 at
 once.  Chunked bodies are cut off at ``max_body`` too.  After such an
 answer the server stops sending, discards what the client still sends for
@@ -80,6 +81,12 @@ class LabRequest(server.Request):
             return
         header = self.getHeader(b"Authorization") or b""
         match = BEARER_RE.fullmatch(header.decode("latin-1"))
+        if (
+            match is None
+            and site.web_sessions is not None
+            and site.web_sessions.admits_body(self)
+        ):
+            return
         if match is None:
             self._refuse(
                 Unauthorized("a request body needs Authorization: Bearer TOKEN")
@@ -158,6 +165,8 @@ class GuardedSite(server.Site):
     """
 
     requestFactory = LabRequest
+    #: the web UI's sessions, whose requests may have bodies too
+    web_sessions = None
 
     def __init__(self, resource, authenticate, max_body=MAX_BODY, **kwargs):
         super().__init__(resource, **kwargs)

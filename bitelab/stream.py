@@ -3,7 +3,10 @@
 Each stream gets the committed events (``bitelab.events``) it may see: a
 user those of the reservations and queue places they hold, admins
 everything; plus notices addressed to its user (queue positions).  A
-comment line every ``KEEPALIVE`` seconds keeps proxies from closing an idle
+stream opened for the whole lab (``?lab=1``, what the web UI's lab view
+uses) also gets every other change of a board or of the queue, reduced
+to its kind, board and time: no more than ``GET /boards`` and ``GET
+/queue`` show anyone.  A comment line every ``KEEPALIVE`` seconds keeps proxies from closing an idle
 stream.  A client that stops reading is dropped once ``MAX_BACKLOG`` bytes
 are waiting for it, so a slow reader costs bounded memory.
 """
@@ -45,6 +48,11 @@ def event_data(event):
     return data
 
 
+def lab_data(event):
+    """What a stream of the whole lab shows of an event it may not see."""
+    return {"kind": event.kind, "board": event.board, "time": iso(event.at)}
+
+
 def frame(kind, data):
     """One server-sent event."""
     return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
@@ -54,11 +62,12 @@ def frame(kind, data):
 class _Client:
     """One open stream: its request, whose events it gets, and its backlog."""
 
-    def __init__(self, streams, request, user, admin):
+    def __init__(self, streams, request, user, admin, lab=False):
         self.streams = streams
         self.request = request
         self.user = user
         self.admin = admin
+        self.lab = lab
         self.paused = False
         self.queue = []
         self.queued = 0
@@ -112,12 +121,16 @@ class EventStreams:
         for client in list(self.clients):
             self.drop(client)
 
-    def open(self, request, user, admin):
-        """Start streaming to ``request``; a Deferred firing when it ends."""
+    def open(self, request, user, admin, lab=False):
+        """Start streaming to ``request``; a Deferred firing when it ends.
+
+        With ``lab``, the changes the user may not see come too, reduced
+        (see the module docstring).
+        """
         request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"X-Accel-Buffering", b"no")
-        client = _Client(self, request, user, admin)
+        client = _Client(self, request, user, admin, lab)
         self.clients.add(client)
         request.write(b": bitelab events\n\n")
         done = request.notifyFinish()
@@ -140,9 +153,14 @@ class EventStreams:
         if not self.clients:
             return
         data = frame(event.kind, event_data(event))
+        reduced = None
         for client in list(self.clients):
             if client.sees(event):
                 client.send(data)
+            elif client.lab and (event.board is not None or event.waiter is not None):
+                if reduced is None:
+                    reduced = frame(event.kind, lab_data(event))
+                client.send(reduced)
 
     def notify(self, kind, data, user):
         """Send a notice to ``user``'s streams (and admins')."""

@@ -246,6 +246,7 @@ def make_lab_service(settings, lab, reactor, server_log=None):
     from bitelab.store import Store
     from bitelab.stream import EventStreams
     from bitelab.tokens import TokenStore
+    from bitelab.web import WebService
 
     problem = raise_file_limit(files_needed(settings))
     if problem is not None:
@@ -342,9 +343,10 @@ def make_lab_service(settings, lab, reactor, server_log=None):
         streams=streams,
         max_followers=settings.console_max_followers,
     )
-    # a file of its own is cheaper per request than the server's log
+    web = WebService(api, manager, tokens, reactor, settings.console_max_followers)
+    web.setServiceParent(top)
     site = LabSite(
-        api.resource(),
+        web.root,
         tokens.authenticate,
         reactor,
         settings.http_access_log,
@@ -352,6 +354,7 @@ def make_lab_service(settings, lab, reactor, server_log=None):
         settings.http_access_log_backups,
         metrics,
     )
+    site.web_sessions = web.sessions
     http = LimitedHTTPFactory(site, settings.http_max_connections)
     listening("http_endpoint", settings.http_endpoint, http).setServiceParent(top)
     reloader = BoardReloader(

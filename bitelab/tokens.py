@@ -55,7 +55,13 @@ class TokenStore:
         """Deferred[str]: the user a token belongs to; ``Unauthorized`` otherwise."""
         if not token or len(token) > 200:
             raise Unauthorized("missing or malformed token")
-        digest = hash_token(token)
+        user = yield self.authenticate_digest(hash_token(token))
+        return user
+
+    @defer.inlineCallbacks
+    def authenticate_digest(self, digest):
+        """Deferred[str]: the user of the token whose hash is ``digest`` (what
+        a web session keeps instead of the token); ``Unauthorized`` otherwise."""
         now = self.clock.seconds()
         cached = self._cache.get(digest)
         if (

@@ -36,6 +36,11 @@ class Calls:
         """``DELETE /tokens/current``: revoke the token in use."""
         return self.call("DELETE", "/tokens/current")
 
+    def login_link(self):
+        """``POST /login-link``: a one-time link signing the token's user in
+        to the web UI (its ``path``, and when it expires)."""
+        return self.call("POST", "/login-link", {})
+
     def classes(self):
         """``GET /classes``: the board classes with their free and total counts."""
         return self.call("GET", "/classes")

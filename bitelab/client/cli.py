@@ -33,6 +33,7 @@ from bitelab.client.errors import (
 )
 from bitelab.client.render import (
     Moment,
+    parse_time,
     render_board,
     render_boards,
     render_cancelled,
@@ -43,7 +44,9 @@ from bitelab.client.render import (
     render_queue,
     render_released,
     render_reserved,
+    render_web_link,
     render_whoami,
+    show_time,
 )
 from bitelab.client.settings import (
     ConfigProblem,
@@ -423,6 +426,13 @@ def build_parser():
         "ends it.",
     )
     add("contssh", "ProxyCommand for ssh to the lab", contssh.DESCRIPTION)
+    add(
+        "web",
+        "print a one-time link that signs you in to the web UI",
+        "Print a link that signs you in to the lab's web UI in a browser, as "
+        "the user of your token. It works once, within two minutes; the web "
+        "session it starts ends when you sign out or when the token is revoked.",
+    )
     add("whoami", "show the user the token belongs to")
     add("logout", "revoke the token in use")
     maintenance = add(
@@ -659,6 +669,14 @@ async def run_command(api, args, settings, environ, out, err, interrupted=None):
         return await api.maintenance(args.board, " ".join(args.reason)), render_board
     if command == "logout":
         return await api.revoke_token(), render_logout
+    if command == "web":
+        document = await api.login_link()
+        document["url"] = settings.url.rstrip("/") + document["path"]
+        if not args.json:
+            zone = UTC if args.utc else None
+            until = show_time(parse_time(document["expires_at"]), zone)
+            err.write(f"bitelab: valid once, until {until}\n")
+        return document, render_web_link
     raise ConfigProblem(f"unknown command {command!r}")
 
 

@@ -214,6 +214,11 @@ def render_logout(document, moment):
     return f"token of {document.get('user')} revoked\n"
 
 
+def render_web_link(document, moment):
+    """What ``web`` prints: the link alone, for a browser or a script."""
+    return document["url"] + "\n"
+
+
 def render_released(board, moment):
     """What ``release`` did; a board left in maintenance says why."""
     text = f"released {board.get('name')}: now {or_dash(board.get('state'))}"
