@@ -251,6 +251,7 @@ EXAMPLES = {
     ("/queue", "get"): ("GET", "/queue", None),
     ("/queue/{wid}", "delete"): ("DELETE", "/queue/1", None),
     ("/events/stream", "get"): ("GET", "/events/stream", None),
+    ("/login-link", "post"): ("POST", "/login-link", {}),
 }
 
 
@@ -553,3 +554,18 @@ def test_queue(checker):
     checker.check(second, "/boards/{name}/reserve", 409)
     checker.covered("/queue", "get", skip={401, 500, 503})
     checker.covered("/queue/{wid}", "delete", skip={401, 500, 503})
+
+
+def test_login_link(checker):
+    """login-link: 200 with a one-time path, 400 for a body it does not take,
+    404 on a server without the web UI."""
+    from bitelab.websession import WebSessions
+
+    t = "/login-link"
+    checker.call("POST", t, t, 404, "alice", body={})
+    lab = checker.lab
+    lab.api.sessions = WebSessions(lab.clock, lab.token_store)
+    answer = checker.call("POST", t, t, 200, "alice", body={})
+    assert answer.json["path"].startswith("/login#code=")
+    checker.call("POST", t, t, 400, "alice", body={"x": 1}, request_valid=False)
+    checker.covered(t, "post", skip={401, 500, 503})

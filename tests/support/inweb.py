@@ -2,7 +2,7 @@
 ``StringTransport`` connections.
 
 ``WebLab`` puts the web UI (``bitelab.web.WebService``) in front of the
-in-process lab's API, inside the server's own ``LabSite`` and connection
+in-process lab's API, inside the server's own ``GuardedSite`` and connection
 cap, as ``twistd`` does.  Its ``connect`` opens a client connection on a
 ``StringTransport``: requests are written as bytes, and every answer is
 there at once (the database, the clock and the setup script are all
@@ -25,7 +25,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides
 
-from bitelab.httpserver import LabSite, LimitedHTTPFactory
+from bitelab.httpserver import GuardedSite, LimitedHTTPFactory
 from bitelab.web import WebService
 from bitelab.websession import COOKIE, LOGIN_COOKIE
 from support.inlab import InLab
@@ -40,7 +40,9 @@ class WebLab(InLab):
     def start(self):
         super().start()
         self.web = WebService(self.api, self.manager, self.token_store, self.clock)
-        site = LabSite(self.web.root, self.token_store.authenticate, reactor=self.clock)
+        site = GuardedSite(
+            self.web.root, self.token_store.authenticate, reactor=self.clock
+        )
         site.web_sessions = self.web.sessions
         self.site = LimitedHTTPFactory(site, 64)
         # autobahn's timers (handshake, ping, close) run on txaio's loop
