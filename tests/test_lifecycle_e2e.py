@@ -198,29 +198,7 @@ def test_console_session_opened_during_a_release_sees_nothing_of_the_next_holder
         what="release under way",
     )
     during = server.follow_console("con-1", alice)
-    ssh = subprocess.Popen(
-        [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-i",
-            server.key("alice"),
-            "-p",
-            str(server.ssh_port),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-l",
-            "con-1",
-            "127.0.0.1",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    ssh = server.ssh_console("alice", "con-1", stdin=subprocess.DEVNULL)
     release.join(30)
     assert server.request("POST", "/api/v1/boards/con-1/reserve", {}, bob)[0] == 200
     secret = f"bob-secret-{uuid.uuid4().hex}".encode()

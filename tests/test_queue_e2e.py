@@ -213,29 +213,7 @@ def test_expiry_notice_reaches_the_console_over_ssh(lab_server):
         "POST", "/api/v1/boards/con-1/reserve", {"timeout": 6}, alice
     )
     assert status == 200
-    ssh = subprocess.Popen(
-        [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-i",
-            server.key("alice"),
-            "-p",
-            str(server.ssh_port),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-l",
-            "con-1",
-            "127.0.0.1",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    ssh = server.ssh_console("alice", "con-1", stdin=subprocess.PIPE)
     # stdin stays open: end of input would end the session at once
     killer = threading.Timer(30, ssh.kill)
     killer.start()

@@ -303,6 +303,34 @@ class LabServer:
             raise AssertionError(f"GET {path}: {status} {payload}")
         return payload
 
+    def ssh_console(self, user, board, stdin=subprocess.DEVNULL):
+        """The OpenSSH client attached to ``board``'s console as ``user``
+        (straight to the SSH port, host key not checked); a Popen with its
+        output piped."""
+        return subprocess.Popen(
+            [
+                "ssh",
+                "-F",
+                "/dev/null",
+                "-i",
+                self.key(user),
+                "-p",
+                str(self.ssh_port),
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-l",
+                board,
+                "127.0.0.1",
+            ],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
     def follow_console(self, board, token):
         """A ``curl`` process following ``board``'s console (``?follow=1``)."""
         return subprocess.Popen(
