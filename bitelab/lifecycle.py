@@ -120,6 +120,8 @@ class BoardManager(service.Service):
             yield self.expire_due()
             expired = yield self.store.expire_waiters()
             self.room.time_out_swept(expired)
+            if self.config.host_name:
+                yield self.room.poll_grants()
             if self.config.expiry_notices:
                 yield self.store.due_notices(self.config.expiry_notices)
             yield self.store.match()

@@ -200,13 +200,18 @@ class WaitingRoom:
         if row["reservation_id"] != event.reservation:
             manager.driving.pop(event.board, None)
             return
-        if waiting is None:
-            yield manager.abandon(row)
+        if not manager.own(row):
+            # its own host sets it up; the waiter here is answered once done
+            manager.driving.pop(event.board, None)
+            if waiting is not None:
+                yield self._answer_when_set_up(waiting, row)
             return
         if row["state"] == rules.RESERVING:
             try:
                 row = yield manager._set_up(row)
             except BitelabError:
+                if waiting is None:
+                    return
                 self.serving.pop(waiting.wid, None)
                 if waiting.gone:
                     self._finish(waiting, error=Unavailable("the client went away"))
@@ -218,11 +223,48 @@ class WaitingRoom:
                 return
         else:
             manager.driving.pop(event.board, None)
+        if waiting is None:
+            if not manager.config.host_name:
+                # nobody waits for it any more: back to the queue, or free
+                yield manager.abandon(row)
+            # else its waiter's request is open on another host, which answers
+            return
         if waiting.gone:
             self.serving.pop(waiting.wid, None)
             yield manager.abandon(row)
             return
         self._finish(waiting, manager.view(row, waiting.user))
+
+    @defer.inlineCallbacks
+    def _answer_when_set_up(self, waiting, row):
+        """Answer a waiter here whose board another host sets up."""
+        self.serving[waiting.wid] = waiting
+        try:
+            board = yield self.manager._await_setup(row)
+        except BitelabError as e:
+            self._finish(waiting, error=e)
+            return
+        self._finish(waiting, self.manager.view(board, waiting.user))
+
+    @defer.inlineCallbacks
+    def poll_grants(self):
+        """Answer the waiters here that another host handed a board to (its
+        event stays on that host)."""
+        if not self.waiting:
+            return
+        granted = yield self.store.granted(list(self.waiting))
+        for wid, rid in granted:
+            waiting = self.waiting.pop(wid, None)
+            if waiting is None:
+                continue
+            if waiting.timer is not None and waiting.timer.active():
+                waiting.timer.cancel()
+            reservation = yield self.store.reservation(rid)
+            row = yield self.store.board(reservation["board"])
+            self._schedule_recount()
+            self.manager._background(
+                self._answer_when_set_up(waiting, row), f"answering waiter {wid}"
+            )
 
     # -- positions ------------------------------------------------------------
 

@@ -1176,6 +1176,20 @@ class Store:
 
         return self.write(txn_fn)
 
+    def granted(self, wids):
+        """Deferred[list]: ``(id, reservation id)`` of the waiters among
+        ``wids`` that were handed a board."""
+        if not wids:
+            return self.read(lambda c: [])
+        marks = ", ".join("?" for _ in wids)
+        return self.read(
+            lambda c: c.execute(
+                "SELECT id, reservation_id FROM waiters "
+                f"WHERE state = 'granted' AND id IN ({marks})",
+                tuple(wids),
+            ).fetchall()
+        )
+
     def match(self):
         """Deferred: hand free boards to waiters that may take them now."""
         return self.write(self._match)

@@ -35,14 +35,16 @@ def hosts(tmp_path, postgres_server):
 
 
 def settle(*labs):
-    for _ in range(50):
+    """Answer every pending call and let time pass until the hosts are idle
+    (at least a few rounds: hosts look at each other's work on their ticks)."""
+    for round_ in range(50):
         busy = False
         for lab in labs:
             while lab.calls.pending:
                 lab.complete(0)
                 busy = True
             lab.tick(0.1)
-        if not busy and not any(lab.calls.pending for lab in labs):
+        if round_ > 5 and not busy and not any(lab.calls.pending for lab in labs):
             break
 
 
@@ -126,3 +128,20 @@ def test_board_files_that_disagree_are_refused(tmp_path, postgres_server):
     with pytest.raises(ConfigError, match="board h1-a: host h1 serves it already"):
         InLab(tmp_path / "h3", H1, "host_name=h3\n", database=url)
     one.close()
+
+
+def test_a_waiter_on_one_host_gets_a_board_freed_on_another(hosts):
+    """A reserve waiting on h1 is handed the board released on h2: h2 sets it
+    up and h1 answers its waiter."""
+    one, two = hosts
+    for name in ("h1-a", "h2-a", "h2-b"):
+        one.request("POST", f"/boards/{name}/reserve", "root")
+        settle(one, two)
+    waiting = one.request("POST", "/boards/c/reserve", "bob", {"wait": 60})
+    settle(one, two)
+    assert not waiting.done
+    two.request("POST", "/boards/h2-b/release", "root", {"force": True})
+    settle(one, two)
+    assert waiting.status == 200, waiting.body
+    assert waiting.body["name"] == "h2-b" and waiting.body["holder"] == "bob"
+    assert ("reserve", "h2-b") in [(a, b) for _, a, b, _ in two.script_runs]
