@@ -65,6 +65,10 @@ def error_response(status, code, message, extra=()):
 class LabRequest(server.Request):
     """A request whose body is refused from its headers (see the module)."""
 
+    # bodies are JSON: Twisted need not parse the Content-Type of every POST
+    # (through the email package) looking for an HTML form
+    _parsePOSTFormSubmission = False
+
     _refused = False
     _receiving = False
     _linger = None

@@ -61,6 +61,9 @@ _REFUSALS = {
 }
 
 
+#: seconds between a change and the read of the boards' states it causes
+REFRESH_DELAY = 0.25
+
 class Metrics:
     """The metrics of one server; see the module docstring.
 
@@ -466,8 +469,9 @@ class MetricsService(service.Service):
         return super().stopService()
 
     def _changed(self, event):
+        # one read for a burst of changes, not one per change
         if self._soon is None or not self._soon.active():
-            self._soon = self.clock.callLater(0, self.refresh)
+            self._soon = self.clock.callLater(REFRESH_DELAY, self.refresh)
 
     def refresh(self):
         """Read the boards' states now (or once the read under way is done)."""
