@@ -218,7 +218,12 @@ class LabServer:
             except OSError:
                 return False
 
-        wait_for(ready, timeout, what="bitelab server to answer")
+        try:
+            wait_for(ready, timeout, what="bitelab server to answer")
+        except BaseException:
+            # a server that never answered must not outlive the test
+            self.kill()
+            raise
         return self
 
     def log(self):
