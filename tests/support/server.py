@@ -6,7 +6,6 @@ API answers, and mints tokens with ``bitelab-admin``.  ``stop``, ``kill``
 (SIGKILL) and ``start`` again allow restart tests on the same state.
 """
 
-import datetime
 import json
 import os
 import signal
@@ -17,11 +16,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from support.tls import self_signed
 
 #: the source tree; subprocesses import bitelab (and the twistd plugin) from it
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,35 +56,6 @@ def free_port(kind=socket.SOCK_STREAM):
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def self_signed_key(directory):
-    """Write a self-signed certificate and its key for 127.0.0.1 into one
-    PEM file in ``directory``; its path."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    path = os.path.join(directory, "tls.pem")
-    with open(path, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    return path
 
 
 def wait_for(predicate, timeout=20.0, interval=0.05, what="condition"):
@@ -134,12 +102,14 @@ class LabServer:
         self.log_path = os.path.join(self.dir, "twistd.log")
         self.process = None
         self.write_boards(boards)
+        if tls:
+            key, cert = self_signed(Path(self.dir), "server-tls")
         values = {
             "db_file": "bitelab.sqlite",
             "board_conf": "boards.ucl",
             "http_endpoint": (
-                f"ssl:{self.http_port}:interface=127.0.0.1:privateKey="
-                + self_signed_key(self.dir)
+                f"ssl:{self.http_port}:interface=127.0.0.1:privateKey={key}"
+                f":certKey={cert}"
                 if tls
                 else f"tcp:{self.http_port}:interface=127.0.0.1"
             ),
