@@ -64,6 +64,7 @@ _REFUSALS = {
 #: seconds between a change and the read of the boards' states it causes
 REFRESH_DELAY = 0.25
 
+
 class Metrics:
     """The metrics of one server; see the module docstring.
 

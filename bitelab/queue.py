@@ -95,9 +95,12 @@ class WaitingRoom:
             max(0, waiting.deadline - self.clock.seconds()), self._time_out, waiting
         )
 
-    def _finish(self, waiting, result=None, error=None):
+    def _finish(self, waiting, result=None, error=None, outcome="gone"):
+        """Answer ``waiting`` with the BOARD ``result`` or ``error``;
+        ``outcome`` says for the metrics how a wait without a board ended
+        (``timeout``, ``cancelled`` or ``gone``)."""
         if self.metrics is not None and not waiting.done and waiting.brdclass:
-            outcome = "granted" if error is None else _outcome(error)
+            outcome = "granted" if error is None else outcome
             self.metrics.queue_waited(
                 waiting.brdclass, self.clock.seconds() - waiting.started, outcome
             )
@@ -124,7 +127,7 @@ class WaitingRoom:
             )
             return
         if outcome == "left":
-            self._finish(waiting, error=self._timed_out(waiting))
+            self._finish(waiting, error=self._timed_out(waiting), outcome="timeout")
 
     def _timed_out(self, waiting):
         waited = round(self.clock.seconds() - waiting.started)
@@ -160,7 +163,9 @@ class WaitingRoom:
         waiting = self.waiting.get(wid)
         if waiting is not None:
             self._finish(
-                waiting, error=Unavailable(f"the wait was cancelled by {user}")
+                waiting,
+                error=Unavailable(f"the wait was cancelled by {user}"),
+                outcome="cancelled",
             )
         return {"id": wid, "state": "cancelled" if outcome == "left" else outcome}
 
@@ -169,12 +174,12 @@ class WaitingRoom:
         for wid, why in expired:
             waiting = self.waiting.get(wid)
             if waiting is not None:
-                error = (
-                    self._timed_out(waiting)
-                    if why == "timed_out"
-                    else Unavailable(f"the wait ended: {why}")
-                )
-                self._finish(waiting, error=error)
+                if why == "timed_out":
+                    self._finish(
+                        waiting, error=self._timed_out(waiting), outcome="timeout"
+                    )
+                else:
+                    self._finish(waiting, error=Unavailable(f"the wait ended: {why}"))
 
     # -- events -------------------------------------------------------------
 
@@ -316,13 +321,3 @@ class WaitingRoom:
                     entry["user"],
                 )
         self._positions = known
-
-
-def _outcome(error):
-    """The metrics' word for how a wait that got no board ended."""
-    message = getattr(error, "message", "")
-    if "cancelled" in message:
-        return "cancelled"
-    if "waited" in message:
-        return "timeout"
-    return "gone"
