@@ -647,7 +647,15 @@ class Store:
             raise Unavailable(f"board {name}'s host {board['host']} is down")
         if not is_class:
             self._limits(txn, user, board["class"])
-        return self._start(txn, name, user, sshpubkey, timeout_for(name), direct(name))
+        return self._start(
+            txn,
+            name,
+            user,
+            sshpubkey,
+            timeout_for(name),
+            direct(name),
+            host=board["host"],
+        )
 
     def _alive(self, txn):
         """SQL condition (on boards ``b``) that the board's host is up, and its
@@ -674,13 +682,18 @@ class Store:
         """Whether boards of ``host`` hang off this server's host."""
         return self.policy is None or host == self.policy.host
 
-    def _start(self, txn, name, user, sshpubkey, timeout, direct, waiter=None):
+    def _start(
+        self, txn, name, user, sshpubkey, timeout, direct, waiter=None, host=None
+    ):
         """Record a reservation of the free board ``name``; its row.
 
         A board of another host is always set up (by that host, which takes
         the reservation up: ``driver`` stays NULL until it does).
         """
-        own = self._own(txn.board(name)["host"])
+        if host is None:
+            row = txn.execute("SELECT host FROM boards WHERE name = ?", (name,))
+            host = row.fetchone()[0]
+        own = self._own(host)
         direct = direct and own
         state = rules.RESERVED if direct else rules.RESERVING
         driver = self.policy.host if own and self.policy is not None else None
