@@ -24,6 +24,7 @@ import bitelab
 from bitelab.config import NAME_RE
 from bitelab.errors import (
     BitelabError,
+    Elsewhere,
     Forbidden,
     Invalid,
     NotFound,
@@ -33,6 +34,9 @@ from bitelab.errors import (
 )
 from bitelab.httpserver import BEARER_RE, MAX_BODY
 from bitelab.views import iso
+
+#: what ``API._here_or_forwarded`` gives once another host has answered
+FORWARDED = object()
 
 #: a client's own name for a wait in the queue
 TICKET_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -194,6 +198,11 @@ class API:
     #: the web UI's sessions (``bitelab.websession.WebSessions``): a session
     #: cookie stands in for a token
     sessions: object = None
+    #: checks the credentials of requests other hosts forward here
+    #: (``bitelab.forward.HostAuthority``; None in a one-host lab)
+    hosts: object = None
+    #: forwards hardware work to the board's own host (``bitelab.forward.Forwarder``)
+    forwarder: object = None
     _followers: Counter = attrs.field(factory=Counter, init=False)
     app = Klein()
     log = Logger()
@@ -214,11 +223,27 @@ class API:
                 "missing Authorization header; get a token with "
                 "ssh -o 'ProxyCommand bitelab contssh' -l lab bitelab"
             )
+        if header.startswith(b"Bitelab-Host ") and self.hosts is not None:
+            user = yield self.hosts.user(request, header.decode("latin-1"))
+            return user
         match = BEARER_RE.fullmatch(header.decode("latin-1"))
         if not match:
             raise Unauthorized("Authorization header must be 'Bearer TOKEN'")
         user = yield self.tokens.authenticate(match.group(1))
         return user
+
+    @defer.inlineCallbacks
+    def _here_or_forwarded(self, request, user, work):
+        """Deferred: ``work``'s result, or ``FORWARDED`` once the board's own
+        host has answered ``request`` (``work`` failed with ``Elsewhere``)."""
+        try:
+            result = yield work
+        except Elsewhere as e:
+            if self.forwarder is None:
+                raise
+            yield self.forwarder.forward(request, e.host, user)
+            return FORWARDED
+        return result
 
     # -- errors -----------------------------------------------------------
 
@@ -262,18 +287,24 @@ class API:
     # -- routes -----------------------------------------------------------
 
     @app.route("/api/v1/info", methods=["GET"])
+    @defer.inlineCallbacks
     def info(self, request):
-        return _json(
-            request,
-            {
-                "name": self.manager.config.lab_name,
-                "version": bitelab.__version__,
-                "ssh_port": self.ssh_port(),
-                "time": iso(self.clock.seconds()),
-                "max_wait": self.manager.config.max_wait,
-                **self.host_key,
-            },
-        )
+        document = {
+            "name": self.manager.config.lab_name,
+            "version": bitelab.__version__,
+            "ssh_port": self.ssh_port(),
+            "time": iso(self.clock.seconds()),
+            "max_wait": self.manager.config.max_wait,
+            **self.host_key,
+        }
+        if self.manager.config.host_name:
+            document["host"] = self.manager.config.host_name
+        login = request.args.get(b"login", [None])[0]
+        if login is not None:
+            # the console of a board of another host is served by that host's SSH
+            where = yield self.manager.locate_login(login.decode("latin-1"))
+            document.update(where or {})
+        return _json(request, document)
 
     @app.route("/api/v1/openapi.json", methods=["GET"])
     def openapi(self, request):
@@ -360,8 +391,10 @@ class API:
         name = _board_name(name)
         # which attributes a board accepts is the manager's to say
         body = _read_body(request, None)
-        result = yield self.manager.set_attrs(user, name, body)
-        return _json(request, result)
+        result = yield self._here_or_forwarded(
+            request, user, self.manager.set_attrs(user, name, body)
+        )
+        return b"" if result is FORWARDED else _json(request, result)
 
     @app.route("/api/v1/boards/<name>/maintenance", methods=["POST"])
     @defer.inlineCallbacks
@@ -377,8 +410,10 @@ class API:
     @defer.inlineCallbacks
     def maintenance_off(self, request, name):
         user = yield self._user(request)
-        result = yield self.manager.clear_maintenance(user, _board_name(name))
-        return _json(request, result)
+        result = yield self._here_or_forwarded(
+            request, user, self.manager.clear_maintenance(user, _board_name(name))
+        )
+        return b"" if result is FORWARDED else _json(request, result)
 
     @app.route("/api/v1/boards/<name>/console", methods=["GET"])
     @defer.inlineCallbacks
@@ -388,13 +423,21 @@ class API:
         if past is not None:
             if not past.isdigit() or len(past) > 18:
                 raise NotFound(f"no reservation {past.decode('latin-1')!r}")
-            log = yield self.manager.past_console_log(
-                user, _board_name(name), int(past)
+            log = yield self._here_or_forwarded(
+                request,
+                user,
+                self.manager.past_console_log(user, _board_name(name), int(past)),
             )
+            if log is FORWARDED:
+                return b""
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             request.setHeader(b"Cache-Control", b"no-store")
             return _LogResource(log)
-        hub = yield self.manager.open_console(user, _board_name(name))
+        hub = yield self._here_or_forwarded(
+            request, user, self.manager.open_console(user, _board_name(name))
+        )
+        if hub is FORWARDED:
+            return b""
         follow = request.args.get(b"follow", [b"0"])[0] in (b"1", b"true", b"yes")
         if follow and self._followers[user] >= self.max_followers:
             raise Unavailable(

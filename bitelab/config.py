@@ -67,6 +67,9 @@ class Config:
     host_url: str = ""
     #: seconds without a heartbeat after which a host counts as down
     host_timeout: float = 15.0
+    #: the CA file other hosts' https ``host_url`` is checked against
+    #: (empty: the system's CAs)
+    host_cacert: str = ""
     #: open HTTP connections at once; when full, a new one pushes out the
     #: oldest idle connection of the busiest source
     http_max_connections: int = 512
@@ -310,6 +313,7 @@ _KEYS = {
     "host_name": (_name, None),
     "host_url": (_host_url, None),
     "host_timeout": (_interval, None),
+    "host_cacert": (_path, _PATH),
     "http_max_connections": (_limit, None),
     "ssh_login_grace_time": (_seconds, None),
     "ssh_max_unauthenticated": (_limit, None),
@@ -372,6 +376,8 @@ def load_config(path):
         raise ConfigError(
             f"{path}: host_name needs a database the hosts share (db_url)"
         )
+    if "host_cacert" in values and not os.path.isfile(values["host_cacert"]):
+        raise ConfigError(f"{path}: host_cacert {values['host_cacert']} is not a file")
     values.setdefault("ssh_host_key", os.path.join(base, "ssh_host_ed25519_key"))
     values.setdefault("ssh_keys_dir", os.path.join(base, "keys"))
     values.setdefault("console_log_dir", os.path.join(base, "console"))

@@ -15,7 +15,7 @@ from twisted.enterprise import adbapi
 
 from bitelab.errors import ConfigError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: seconds a write waits for a database another process holds (busy_timeout)
 BUSY_TIMEOUT = 5.0
 

@@ -36,6 +36,14 @@ class Unavailable(BitelabError):
     code, status = "unavailable", 409
 
 
+class Elsewhere(Unavailable):
+    """The work needs the hardware of ``host``, the board's own host."""
+
+    def __init__(self, message, host):
+        super().__init__(message)
+        self.host = host
+
+
 class Invalid(BitelabError):
     code, status = "invalid", 400
 

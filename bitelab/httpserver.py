@@ -84,6 +84,10 @@ class LabRequest(server.Request):
             self._refuse(TooLarge(_too_large(site.max_body)))
             return
         header = self.getHeader(b"Authorization") or b""
+        if header.startswith(b"Bitelab-Host ") and site.authenticate_host is not None:
+            # another host of the lab forwarding a request
+            site.authenticate_host(header.decode("latin-1")).addErrback(self._bad_token)
+            return
         match = BEARER_RE.fullmatch(header.decode("latin-1"))
         if (
             match is None
@@ -171,6 +175,9 @@ class GuardedSite(server.Site):
     requestFactory = LabRequest
     #: the web UI's sessions, whose requests may have bodies too
     web_sessions = None
+    #: ``authenticate_host(header)``: a Deferred failing with ``Unauthorized``
+    #: unless another host of the lab sent the request (None: one host)
+    authenticate_host = None
 
     def __init__(self, resource, authenticate, max_body=MAX_BODY, **kwargs):
         super().__init__(resource, **kwargs)

@@ -11,15 +11,18 @@ ending.  Setup scripts must therefore be idempotent: a release may run
 again for a reservation whose release was cut short.
 """
 
+from urllib.parse import urlsplit
+
 from twisted.application import service
 from twisted.conch.ssh import keys
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from bitelab import events, rules
-from bitelab.config import BoardClass
+from bitelab.config import NAME_RE, BoardClass
 from bitelab.console import ConsoleAccess
 from bitelab.errors import (
+    Elsewhere,
     Forbidden,
     Invalid,
     NotFound,
@@ -84,6 +87,9 @@ class BoardManager(service.Service):
         self._slots = defer.DeferredSemaphore(config.release_concurrency)
         self._loop = None
         self._next_prune = 0
+        #: () -> what the heartbeat tells the other hosts of this one
+        #: (``bitelab.store._beat``'s ``facts``); set where the SSH service is
+        self.host_facts = None
         self.store.bus.subscribe(self._cut_consoles)
         self.store.policy = self
         self.room = WaitingRoom(self)
@@ -115,7 +121,10 @@ class BoardManager(service.Service):
         """One round of the periodic work; errors are logged, not raised."""
         try:
             if self.config.host_name:
-                yield self.store.heartbeat(self.config.host_name, self.config.host_url)
+                facts = self.host_facts() if self.host_facts is not None else None
+                yield self.store.heartbeat(
+                    self.config.host_name, self.config.host_url, facts
+                )
             yield self.recover()
             yield self.expire_due()
             expired = yield self.store.expire_waiters()
@@ -563,10 +572,40 @@ class BoardManager(service.Service):
             f"the reservation of {row['name']} ended: {ended['detail'] or ended['cause']}"
         )
 
+    @defer.inlineCallbacks
+    def locate_login(self, login):
+        """Deferred[dict or None]: where the SSH service serving the console
+        login ``login`` listens, when that is another host's (the board's)."""
+        if not self.config.host_name or not NAME_RE.fullmatch(login):
+            return None
+        try:
+            row = yield self.store.board(login)
+        except NotFound:
+            return None
+        if self.own(row):
+            return None
+        host = yield self.store.host(row["host"])
+        if host is None or not host["url"] or not host["ssh_port"]:
+            return None
+        where = {
+            "host": host["name"],
+            "ssh_host": urlsplit(host["url"]).hostname,
+            "ssh_port": host["ssh_port"],
+        }
+        if host["ssh_host_key"]:
+            public = keys.Key.fromString(host["ssh_host_key"])
+            fingerprint = public.fingerprint(keys.FingerprintFormats.SHA256_BASE64)
+            where["ssh_host_key"] = host["ssh_host_key"]
+            where["ssh_host_key_fingerprint"] = "SHA256:" + fingerprint.rstrip("=")
+        return where
+
     def _check_local(self, row, what):
+        """``Elsewhere`` unless the board of ``row`` hangs off this host (the
+        API then forwards the request to the board's host)."""
         if not self.own(row):
-            raise Unavailable(
-                f"board {row['name']} hangs off host {row['host']}; {what} there"
+            raise Elsewhere(
+                f"board {row['name']} hangs off host {row['host']}; {what}",
+                row["host"],
             )
 
     # -- ending ---------------------------------------------------------
@@ -717,6 +756,9 @@ class BoardManager(service.Service):
         rules.check_use(row, user, admin)
         if not values:
             raise Invalid("no attributes given")
+        if set(values) - {"timeout"}:
+            # which attributes a board takes, and switching them, are its host's
+            self._check_local(row, "switch its power through that host")
         accepted = self._accepted(name)
         for key in values:
             if key not in accepted:
@@ -733,7 +775,6 @@ class BoardManager(service.Service):
                 raise Unavailable(f"board {name} is not reserved")
             row = yield self.store.extend(name, user, admin, timeout)
         if power is not None:
-            self._check_local(row, "switch its power through that host's API")
             yield self._switch(row, user, admin, power)
             row = yield self.store.board(name)
         return self.view(row, user)
@@ -778,7 +819,7 @@ class BoardManager(service.Service):
         self._require_admin(user)
         row = yield self.store.board(name)
         rules.check_maintenance_end(row)
-        self._check_local(row, "end its maintenance through that host's API")
+        self._check_local(row, "end its maintenance through that host")
         if self.power.has_power(name):
             # a board is only handed out switched off (PowerFailed: stays put)
             @defer.inlineCallbacks
@@ -816,6 +857,8 @@ class BoardManager(service.Service):
         for its holder or an admin, kept ``console_log_retention`` days."""
         console = self.consoles.get(name)
         if console is None:
+            board = yield self.store.board(name)
+            self._check_local(board, "its console logs are kept there")
             raise NotFound(f"board {name} has no serial console")
         row = yield self.store.reservation(rid)
         if row["board"] != name or (row["user"] != user and not self.is_admin(user)):

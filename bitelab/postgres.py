@@ -18,7 +18,7 @@ from bitelab.errors import ConfigError
 #: the advisory lock every write transaction holds (any fixed number)
 WRITE_LOCK = 0x6269_7465  # "bite"
 #: the schema version this bitelab writes (same numbering as SQLite's)
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _USER = re.compile(r"(?<![\w\"'])user(?![\w\"'])")
 

@@ -218,13 +218,28 @@ def sync_boards(cursor, lab, now, host="", url=""):
     return held
 
 
-def _beat(txn, host, url, started=False):
-    """Record that ``host`` is alive (and, at its start, where it answers)."""
+def _beat(txn, host, url, started=False, facts=None):
+    """Record that ``host`` is alive (and, at its start, where it answers).
+
+    ``facts`` is how the other hosts reach it: ``(key_hash, ssh_port,
+    ssh_host_key)``, the hash of the key it proves itself with and its SSH
+    service.
+    """
+    update = ["heartbeat_at = excluded.heartbeat_at"]
+    if started:
+        update += ["url = excluded.url", "started_at = excluded.started_at"]
+    columns, values = ["name", "url", "started_at", "heartbeat_at"], [host, url]
+    values += [txn.now, txn.now]
+    if facts is not None:
+        for column, value in zip(("key_hash", "ssh_port", "ssh_host_key"), facts):
+            columns.append(column)
+            values.append(value)
+            update.append(f"{column} = excluded.{column}")
     txn.execute(
-        "INSERT INTO hosts (name, url, started_at, heartbeat_at) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
-        + (", url = excluded.url, started_at = excluded.started_at" if started else ""),
-        (host, url, txn.now, txn.now),
+        f"INSERT INTO hosts ({', '.join(columns)}) "
+        f"VALUES ({', '.join('?' for _ in columns)}) "
+        f"ON CONFLICT (name) DO UPDATE SET {', '.join(update)}",
+        values,
     )
 
 
@@ -1247,9 +1262,9 @@ class Store:
 
     # -- several hosts --------------------------------------------------------
 
-    def heartbeat(self, host, url=""):
-        """Deferred: ``host`` is alive now."""
-        return self.write(lambda txn: _beat(txn, host, url))
+    def heartbeat(self, host, url="", facts=None):
+        """Deferred: ``host`` is alive now (``facts``: see ``_beat``)."""
+        return self.write(lambda txn: _beat(txn, host, url, facts=facts))
 
     def hosts(self):
         """Deferred[dict]: host name -> ``(url, heartbeat_at)``."""
@@ -1261,6 +1276,22 @@ class Store:
                 ).fetchall()
             }
         )
+
+    def host(self, name):
+        """Deferred[dict or None]: what is recorded of host ``name``."""
+
+        def query(c):
+            row = c.execute(
+                "SELECT name, url, heartbeat_at, key_hash, ssh_port, ssh_host_key "
+                "FROM hosts WHERE name = ?",
+                (name,),
+            ).fetchone()
+            if row is None:
+                return None
+            keys = ("name", "url", "heartbeat_at", "key_hash", "ssh_port")
+            return dict(zip((*keys, "ssh_host_key"), row))
+
+        return self.read(query)
 
     def class_definitions(self):
         """Deferred[dict]: class -> ``(arch, attrs)`` of every host's classes."""

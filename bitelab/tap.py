@@ -343,6 +343,19 @@ def make_lab_service(settings, lab, reactor, server_log=None):
         streams=streams,
         max_followers=settings.console_max_followers,
     )
+    if settings.host_name:
+        from bitelab.forward import http_client
+
+        forwarding(
+            settings,
+            store,
+            manager,
+            api,
+            http_client(reactor, settings.host_cacert),
+            lambda: _port_number(ssh.port),
+            host_key_facts(host_key)["ssh_host_key"],
+            reactor,
+        )
     web = WebService(api, manager, tokens, reactor, settings.console_max_followers)
     web.setServiceParent(top)
     site = LabSite(
@@ -355,6 +368,8 @@ def make_lab_service(settings, lab, reactor, server_log=None):
         metrics,
     )
     site.web_sessions = web.sessions
+    if api.hosts is not None:
+        site.authenticate_host = api.hosts.verify
     http = LimitedHTTPFactory(site, settings.http_max_connections)
     listening("http_endpoint", settings.http_endpoint, http).setServiceParent(top)
     reloader = BoardReloader(
@@ -384,6 +399,19 @@ def make_lab_service(settings, lab, reactor, server_log=None):
     top.store, top.metrics, top.site, top.reloader = store, metrics, site, reloader
     top.http = http
     return top
+
+
+def forwarding(settings, store, manager, api, http, ssh_port, ssh_host_key, clock):
+    """Hosts of one lab forward hardware work to the board's own host
+    (``bitelab.forward``) with the treq-like client ``http``; the heartbeat
+    tells the others how to reach this one: its key's hash, ``ssh_port()``
+    and the public ``ssh_host_key``."""
+    from bitelab.forward import Forwarder, HostAuthority, HostKey
+
+    key = HostKey(settings.host_name)
+    manager.host_facts = lambda: (key.hash, ssh_port(), ssh_host_key)
+    api.hosts = HostAuthority(store)
+    api.forwarder = Forwarder(store, key, http, clock, settings.host_timeout)
 
 
 def ssh_limits(settings):

@@ -18,17 +18,28 @@ boards [ { name = h1-a; brdclass = c; } ]
 """
 H2 = """
 setup_script = /bin/true;
-classes { c { arch = x; } }
-boards [ { name = h2-a; brdclass = c; }, { name = h2-b; brdclass = c; } ]
+classes { c { arch = x; } p { arch = x; } }
+boards [ { name = h2-a; brdclass = c; }, { name = h2-b; brdclass = c; },
+    { name = h2-p; brdclass = p; options = [
+        { cls = recpower, port = 1 }, { cls = serialconsole, val = /dev/ttyX1 } ] } ]
 """
 
 
 @pytest.fixture
 def hosts(tmp_path, postgres_server):
-    """Hosts h1 and h2 on one fresh PostgreSQL database."""
-    url = postgres_server.database()
-    one = InLab(tmp_path / "h1", H1, "host_name=h1\nhost_timeout=5\n", database=url)
-    two = InLab(tmp_path / "h2", H2, "host_name=h2\nhost_timeout=5\n", database=url)
+    """Hosts h1 and h2 on one fresh PostgreSQL database, forwarding to each
+    other in-process."""
+    url, peers = postgres_server.database(), {}
+    one, two = (
+        InLab(
+            tmp_path / name,
+            boards,
+            f"host_name={name}\nhost_url=http://{name}\nhost_timeout=5\n",
+            database=url,
+            peers=peers,
+        )
+        for name, boards in (("h1", H1), ("h2", H2))
+    )
     yield one, two
     one.close()
     two.close()
@@ -79,9 +90,13 @@ def test_both_hosts_list_every_board_with_its_host(hosts):
             ("h1-a", "h1"),
             ("h2-a", "h2"),
             ("h2-b", "h2"),
+            ("h2-p", "h2"),
         }
     classes = one.request("GET", "/classes", "alice").body["classes"]
-    assert [(c["name"], c["boards"], c["free"]) for c in classes] == [("c", 3, 3)]
+    assert [(c["name"], c["boards"], c["free"]) for c in classes] == [
+        ("c", 3, 3),
+        ("p", 1, 1),
+    ]
 
 
 def test_a_silent_host_is_down_and_its_boards_not_handed_out(hosts):
@@ -104,13 +119,158 @@ def test_a_silent_host_is_down_and_its_boards_not_handed_out(hosts):
     assert "host_down" not in one.request("GET", "/boards/h2-a", "root").body
 
 
-def test_power_of_another_hosts_board_is_refused_with_where(hosts):
-    """Hardware work on a board of another host says which host to use."""
-    one, two = hosts
-    one.request("POST", "/boards/h2-a/reserve", "alice")
+def reserved(one, two, user, name):
+    """``user`` holds ``name`` (reserved through h1); its reservation id."""
+    response = one.request("POST", f"/boards/{name}/reserve", user)
     settle(one, two)
-    power = one.request("POST", "/boards/h2-a/attrs", "alice", {"power": "on"})
-    assert power.status in (400, 409)
+    assert response.status == 200, response.body
+    return response.body["reservation_id"]
+
+
+def test_power_through_another_host_is_switched_by_the_boards_host(hosts):
+    """Power of h2's board asked through h1 is forwarded: h2 switches it, for
+    the holder only, and h1 relays h2's answer."""
+    one, two = hosts
+    reserved(one, two, "alice", "h2-p")
+    switch = one.request("POST", "/boards/h2-p/attrs", "alice", {"power": "on"})
+    settle(one, two)
+    assert switch.status == 200, switch.body
+    assert switch.body["name"] == "h2-p" and switch.body["attrs"]["power"] == "on"
+    assert two.power_state == {1: True}
+    audit = two.request("GET", "/events?board=h2-p", "root").body["events"]
+    assert ("power", "alice", "on") in [
+        (e["action"], e["user"], e["detail"]) for e in audit
+    ]
+    stranger = one.request("POST", "/boards/h2-p/attrs", "bob", {"power": "off"})
+    settle(one, two)
+    assert stranger.status == 403, stranger.body
+    assert "not held by you" in stranger.body["error"]["message"]
+    assert two.power_state == {1: True}
+
+
+def test_console_logs_through_another_host_come_from_the_boards_host(hosts):
+    """The console log of h2's board, now and of a past reservation, read
+    through h1, is h2's, and only for its holder."""
+    one, two = hosts
+    rid = reserved(one, two, "alice", "h2-p")
+    two.consoles["h2-p"].received(b"alice's output\n")
+    now = one.request("GET", "/boards/h2-p/console", "alice")
+    settle(one, two)
+    assert now.status == 200 and now.raw.endswith(b"alice's output\n")
+    other = one.request("GET", "/boards/h2-p/console", "bob")
+    settle(one, two)
+    assert other.status == 403
+    one.request("POST", "/boards/h2-p/release", "alice")
+    settle(one, two)
+    past = one.request("GET", f"/boards/h2-p/console?reservation={rid}", "alice")
+    settle(one, two)
+    assert past.status == 200 and b"alice's output\n" in past.raw
+
+
+def test_maintenance_of_another_hosts_board_ends_on_its_host(hosts):
+    """An admin ends h2's board's maintenance through h1: h2 powers it off
+    first, then it is free."""
+    one, two = hosts
+    one.request("POST", "/boards/h2-p/maintenance", "root", {"reason": "rewire"})
+    settle(one, two)
+    assert one.board("h2-p")["state"] == "maintenance"
+    ended = one.request("DELETE", "/boards/h2-p/maintenance", "root")
+    settle(one, two)
+    assert ended.status == 200, ended.body
+    assert ended.body["state"] == "free" and two.power_state == {1: False}
+
+
+def test_hardware_work_for_a_silent_host_is_refused_at_once(hosts):
+    """When h2 has stopped beating, power of its board through h1 is refused
+    with a message naming h2, and nothing is switched."""
+    one, two = hosts
+    reserved(one, two, "alice", "h2-p")
+    one.tick(6)
+    switch = one.request("POST", "/boards/h2-p/attrs", "alice", {"power": "on"})
+    settle(one)
+    assert switch.status == 409
+    assert "host h2" in switch.body["error"]["message"]
+    assert "down" in switch.body["error"]["message"]
+    assert two.power_state == {}
+
+
+def raw(lab, method, path, headers, data=None):
+    """Start an API call to ``lab`` with exactly ``headers``; a dict that gets
+    its ``status`` and ``body`` once it is answered."""
+    answer = {}
+    d = lab.http.request(method, "http://lab/api/v1" + path, headers=headers, data=data)
+    d.addCallback(lambda r: answer.update(status=r.code) or lab.http.json_content(r))
+    d.addCallback(lambda body: answer.update(body=body))
+    lab.http.flush()
+    return answer
+
+
+def test_only_hosts_of_the_lab_may_forward(hosts):
+    """A request claiming to come from a host is refused unless the key is
+    that host's (the others know only its hash), and names a valid user."""
+    one, two = hosts
+    reserved(one, two, "alice", "h2-p")
+    body = b'{"power": "on"}'
+    for header, user in (
+        (b"Bitelab-Host h1 " + b"x" * 43, b"alice"),
+        (b"Bitelab-Host h9 " + one.api.forwarder.key.key.encode(), b"alice"),
+        (one.api.forwarder.key.header(), b"alice;rm"),
+        (one.api.forwarder.key.header(), b""),
+    ):
+        answer = raw(
+            two,
+            "POST",
+            "/boards/h2-p/attrs",
+            {"Authorization": [header], "X-Bitelab-User": [user]},
+            body,
+        )
+        assert answer["status"] == 401, (header, user, answer)
+    assert two.power_state == {}
+    answer = raw(
+        two,
+        "POST",
+        "/boards/h2-p/attrs",
+        {
+            "Authorization": [one.api.forwarder.key.header()],
+            "X-Bitelab-User": ["alice"],
+        },
+        body,
+    )
+    assert "status" not in answer
+    settle(one, two)
+    assert answer["status"] == 200 and two.power_state == {1: True}
+
+
+def test_a_forwarded_request_is_not_forwarded_again(hosts):
+    """A request h2 forwarded to h1 for a board h1 does not serve is
+    answered by h1 with an error, not sent back to h2."""
+    one, two = hosts
+    reserved(one, two, "alice", "h2-p")
+    answer = raw(
+        one,
+        "POST",
+        "/boards/h2-p/attrs",
+        {
+            "Authorization": [two.api.forwarder.key.header()],
+            "X-Bitelab-User": ["alice"],
+        },
+        b'{"power": "on"}',
+    )
+    assert answer["status"] == 409
+    assert "host h2 sent a request" in answer["body"]["error"]["message"]
+    assert two.power_state == {}
+
+
+def test_info_names_the_ssh_service_serving_a_boards_console(hosts):
+    """``/info?login=BOARD`` on any host gives the SSH service of the board's
+    host; other logins get the answering host's own."""
+    one, two = hosts
+    info = raw(one, "GET", "/info?login=h2-p", {})["body"]
+    assert info["host"] == "h2" and info["ssh_host"] == "h2"
+    assert info["ssh_port"] == two.ssh_port
+    for login in ("h1-a", "lab", "nosuch", "%00"):
+        info = raw(one, "GET", f"/info?login={login}", {})["body"]
+        assert info["host"] == "h1" and "ssh_host" not in info
 
 
 def test_board_files_that_disagree_are_refused(tmp_path, postgres_server):

@@ -39,7 +39,7 @@ from bitelab.options import PowerOption, SerialConsole
 from bitelab.script import ScriptResult
 from bitelab.store import Store
 from bitelab.stream import EventStreams
-from bitelab.tap import option_map, sync_database
+from bitelab.tap import forwarding, option_map, sync_database
 from bitelab.tokens import TokenStore
 
 
@@ -225,11 +225,34 @@ class Viewer:
         self.closed = reason
 
 
+class PeerHTTP:
+    """The client a host of an in-process several-host lab forwards with:
+    each request goes to the ``StubTreq`` of the host whose ``host_url``
+    starts its URL (``peers``: URL -> ``InLab``)."""
+
+    def __init__(self, peers):
+        self.peers = peers
+
+    def request(self, method, url, **kwargs):
+        for base, lab in self.peers.items():
+            if url.startswith(base + "/"):
+                d = lab.http.request(method, url, **kwargs)
+                lab.http.flush()
+                return d
+        return defer.fail(ConnectionRefusedError(url))
+
+
 class InLab:
     """One lab directory and the server currently running on it."""
 
-    def __init__(self, directory, boards, settings="", database=None):
-        """``database``: a PostgreSQL URL; a SQLite file in ``directory`` if None."""
+    def __init__(self, directory, boards, settings="", database=None, peers=None):
+        """``database``: a PostgreSQL URL; a SQLite file in ``directory`` if None.
+
+        ``peers`` maps the ``host_url`` of each host of a several-host lab to
+        its ``InLab``, shared by them all: hosts forward to each other
+        through it.
+        """
+        self.peers = peers if peers is not None else {}
         self.dir = str(directory)
         os.makedirs(self.dir, exist_ok=True)
         with open(os.path.join(self.dir, "boards.ucl"), "w") as f:
@@ -324,6 +347,20 @@ class InLab:
         self.manager.room.notify = self.streams.notify
         self.api = API(self.manager, self.token_store, self.clock, streams=self.streams)
         self.http = StubTreq(self.api.resource())
+        if self.config.host_name:
+            self.peers[self.config.host_url] = self
+            #: what the heartbeat says of this host's SSH service
+            self.ssh_port, self.ssh_host_key = 2200 + len(self.peers), ""
+            forwarding(
+                self.config,
+                self.store,
+                self.manager,
+                self.api,
+                PeerHTTP(self.peers),
+                lambda: self.ssh_port,
+                self.ssh_host_key,
+                self.clock,
+            )
         self.manager.startService()
 
     def crash(self):

@@ -100,7 +100,12 @@ CREATE TABLE hosts (
     name TEXT PRIMARY KEY,
     url TEXT NOT NULL DEFAULT '',
     started_at DOUBLE PRECISION NOT NULL,
-    heartbeat_at DOUBLE PRECISION NOT NULL
+    heartbeat_at DOUBLE PRECISION NOT NULL,
+    -- the hash of the key this host proves itself with to the others
+    key_hash TEXT NOT NULL DEFAULT '',
+    -- where this host's SSH service listens, and its public host key
+    ssh_port INTEGER,
+    ssh_host_key TEXT NOT NULL DEFAULT ''
 );
 
 CREATE TABLE classes (

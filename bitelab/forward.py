@@ -1,0 +1,223 @@
+"""Hosts of one lab forward hardware work to each other.
+
+Every host answers the whole API, but power, console logs and the end of a
+maintenance need the hardware of the board's own host.  The host that
+receives such a request forwards it, as it came, to the board's host at
+that host's ``host_url``, and relays the answer (a console that is
+followed streams through, with back-pressure).  The client never needs to
+know where a board hangs off.
+
+The forwarded request carries ``Authorization: Bitelab-Host NAME KEY`` and
+the user the forwarding host authenticated (token or web session) in
+``X-Bitelab-User``.  ``KEY`` is a random key each host makes at start;
+the others know only its hash, from the shared ``hosts`` table, as they
+know only the hashes of tokens.  A forwarded request is never forwarded
+again.  Use an https ``host_url`` where the network between hosts is not
+trusted (``host_cacert`` names the CA to check it against).
+"""
+
+import hashlib
+import hmac
+import re
+import secrets
+from urllib.parse import urlsplit
+
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from bitelab.config import USER_RE
+from bitelab.errors import Unauthorized, Unavailable
+
+#: ``Authorization`` of a request one host forwards to another
+HOST_AUTH_RE = re.compile(r"Bitelab-Host ([A-Za-z0-9][A-Za-z0-9._-]{0,63}) (\S{1,100})")
+#: the header naming the user a forwarded request acts for
+USER_HEADER = b"X-Bitelab-User"
+#: response headers relayed from the board's host
+RELAYED = (b"Content-Type", b"Cache-Control", b"Content-Disposition")
+
+
+def hash_key(key):
+    """The hash of a host key, as the ``hosts`` table keeps it."""
+    return hashlib.sha256(key.encode("ascii")).hexdigest()
+
+
+class HostKey:
+    """This host's key: made at start, never stored; the others get its hash."""
+
+    def __init__(self, host):
+        self.host = host
+        self.key = secrets.token_urlsafe(32)
+        self.hash = hash_key(self.key)
+
+    def header(self):
+        """The ``Authorization`` value proving this host."""
+        return f"Bitelab-Host {self.host} {self.key}".encode("ascii")
+
+
+class HostAuthority:
+    """Checks the ``Bitelab-Host`` credentials of forwarded requests."""
+
+    def __init__(self, store):
+        self.store = store
+
+    @defer.inlineCallbacks
+    def verify(self, header):
+        """Deferred[str]: the name of the host ``header`` proves;
+        ``Unauthorized`` otherwise."""
+        match = HOST_AUTH_RE.fullmatch(header)
+        if match is None:
+            raise Unauthorized("malformed host credentials")
+        name, key = match.groups()
+        row = yield self.store.host(name)
+        if (
+            row is None
+            or not row["key_hash"]
+            or not hmac.compare_digest(row["key_hash"], hash_key(key))
+        ):
+            raise Unauthorized(f"host {name} did not prove itself")
+        return name
+
+    @defer.inlineCallbacks
+    def user(self, request, header):
+        """Deferred[str]: the user a forwarded ``request`` acts for."""
+        host = yield self.verify(header)
+        user = (request.getHeader(USER_HEADER) or b"").decode("latin-1")
+        if not USER_RE.fullmatch(user):
+            raise Unauthorized(f"host {host} forwarded a request for no valid user")
+        request.forwarded_by = host
+        return user
+
+
+@implementer(IPushProducer)
+class _Relay(protocol.Protocol):
+    """Writes the board's host's answer to the client's request as it comes,
+    pausing the board's host while the client is slow."""
+
+    def __init__(self, request, done):
+        self.request = request
+        self.done = done
+
+    def connectionMade(self):
+        self.request.registerProducer(self, True)
+        self.request.notifyFinish().addBoth(self._client_gone)
+
+    def dataReceived(self, data):
+        if not self.done.called:
+            self.request.write(data)
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        if self.request.producer is self:
+            self.request.unregisterProducer()
+        if not self.done.called:
+            self.done.callback(None)
+
+    def _client_gone(self, _):
+        if not self.done.called:
+            self.done.callback(None)
+            self.transport.stopProducing()
+
+    def pauseProducing(self):
+        self.transport.pauseProducing()
+
+    def resumeProducing(self):
+        self.transport.resumeProducing()
+
+    def stopProducing(self):
+        self.transport.stopProducing()
+
+
+def http_client(reactor, cacert=None):
+    """The treq client hosts forward with: persistent connections, a
+    connection time-out, and https checked against ``cacert`` if given
+    (the system's CAs otherwise)."""
+    from treq.client import HTTPClient
+    from twisted.internet import ssl
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+    policy = BrowserLikePolicyForHTTPS()
+    if cacert:
+        with open(cacert, "rb") as f:
+            policy = BrowserLikePolicyForHTTPS(
+                trustRoot=ssl.Certificate.loadPEM(f.read())
+            )
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    agent = Agent(reactor, contextFactory=policy, connectTimeout=10, pool=pool)
+    return HTTPClient(agent)
+
+
+class Forwarder:
+    """Sends a request to the host a board hangs off and relays its answer.
+
+    ``http`` is a treq-like client (``request(method, url, headers=...,
+    data=...)``); ``key`` this host's ``HostKey``.
+    """
+
+    log = Logger()
+
+    def __init__(self, store, key, http, clock, host_timeout):
+        self.store = store
+        self.key = key
+        self.http = http
+        self.clock = clock
+        self.host_timeout = host_timeout
+
+    @defer.inlineCallbacks
+    def forward(self, request, host, user):
+        """Deferred: ``request`` answered by ``host`` for ``user``."""
+        if getattr(request, "forwarded_by", None) is not None:
+            # the hosts disagree on where the board is: no ping-pong
+            raise Unavailable(
+                f"host {request.forwarded_by} sent a request for a board of "
+                f"host {host} here; try again once the hosts agree"
+            )
+        row = yield self.store.host(host)
+        if row is None or not row["url"]:
+            raise Unavailable(
+                f"host {host}, which the board hangs off, gives no host_url "
+                "to reach it at"
+            )
+        if row["heartbeat_at"] <= self.clock.seconds() - self.host_timeout:
+            raise Unavailable(
+                f"host {host}, which the board hangs off, is down; try again "
+                "when it is back"
+            )
+        request.content.seek(0)
+        body = request.content.read()
+        headers = {
+            b"Authorization": [self.key.header()],
+            USER_HEADER: [user.encode("ascii")],
+        }
+        content_type = request.getHeader(b"Content-Type")
+        if content_type is not None:
+            headers[b"Content-Type"] = [content_type]
+        url = row["url"] + request.uri.decode("ascii")
+        try:
+            response = yield self.http.request(
+                request.method.decode("ascii"),
+                url,
+                headers=headers,
+                data=body or None,
+                unbuffered=True,
+            )
+        except Exception as e:  # noqa: BLE001 - any failure to reach it is one answer
+            self.log.info(
+                "forwarding {method} {uri} to {host} failed: {e}",
+                method=request.method,
+                uri=request.uri,
+                host=host,
+                e=e,
+            )
+            raise Unavailable(
+                f"host {host}, which the board hangs off, did not answer at "
+                f"{urlsplit(row['url']).netloc}; try again"
+            ) from None
+        request.setResponseCode(response.code)
+        for name in RELAYED:
+            values = response.headers.getRawHeaders(name)
+            if values:
+                request.setHeader(name, values[0])
+        done = defer.Deferred()
+        response.deliverBody(_Relay(request, done))
+        yield done
