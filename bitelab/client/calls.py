@@ -24,9 +24,14 @@ class Calls:
         """The absolute URL of ``path`` under ``/api/v1``."""
         return self.base_url.rstrip("/") + "/api/v1" + path
 
-    def info(self):
-        """``GET /info``: name, version, SSH port and host key (no token)."""
-        return self.call("GET", "/info", auth=False)
+    def info(self, login=None):
+        """``GET /info``: name, version, SSH port and host key (no token).
+
+        With ``login`` (a board's name), the SSH service of the host serving
+        that board's console.
+        """
+        query = "?" + urlencode({"login": login}) if login else ""
+        return self.call("GET", "/info" + query, auth=False)
 
     def whoami(self):
         """``GET /whoami``: the token's user and whether it is an admin."""

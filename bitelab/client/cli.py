@@ -425,7 +425,9 @@ def build_parser():
         "JSON object a line. Follows the stream again if it is lost; Ctrl-C "
         "ends it.",
     )
-    add("contssh", "ProxyCommand for ssh to the lab", contssh.DESCRIPTION)
+    contssh.add_login_argument(
+        add("contssh", "ProxyCommand for ssh to the lab", contssh.DESCRIPTION)
+    )
     add(
         "web",
         "print a one-time link that signs you in to the web UI",
@@ -517,7 +519,8 @@ async def _console(api, args, settings, environ, out, err):
     from bitelab.client import console
 
     console.check_ssh()
-    info = await api.info()
+    # the SSH service of the board's own host, in a lab of several hosts
+    info = await api.info(args.board)
     if settings.token:
         board = await api.board(args.board)
         if not (board.get("attrs") or {}).get("console"):
@@ -851,7 +854,11 @@ def main(argv=None):
             if args.lab or os.environ.get("BITELAB_LAB"):
                 settings = load_settings(os.environ, args.lab, need_token=False)
                 url, cacert = settings.url, settings.cacert
-            sys.exit(contssh.execute(args.http_timeout, url=url, cacert=cacert))
+            sys.exit(
+                contssh.execute(
+                    args.http_timeout, url=url, cacert=cacert, login=args.login
+                )
+            )
         settings = load_settings(
             os.environ, args.lab, need_token=args.command not in ("console", "token")
         )

@@ -47,7 +47,8 @@ def proxy_command():
     not on ``PATH``; ``%`` is doubled because OpenSSH expands it.
     """
     command = shlex.join([sys.executable, "-m", "bitelab.client.contssh"])
-    return command.replace("%", "%%")
+    # %r: the login, a board's console being served by the board's host
+    return command.replace("%", "%%") + " --login %r"
 
 
 def known_hosts_file(environ):
@@ -63,6 +64,8 @@ class SSHTarget:
     """How to reach one lab's SSH service: the alias and ssh's options.
 
     ``info`` is the lab's ``/api/v1/info`` document, ``url`` its address.
+    In a lab of several hosts each host has its own SSH host key, recorded
+    under the alias ``LAB.HOST``.
     """
 
     def __init__(self, info, url, environ, err):
@@ -72,6 +75,9 @@ class SSHTarget:
             raise ConfigProblem(
                 f"{url} gives no usable lab name in /api/v1/info; is it a bitelab server?"
             )
+        host = str(info.get("host") or "")
+        self.alias = f"{self.name}.{host}" if _NAME.match(host) else self.name
+        self.what = f"lab {self.name}" + (f" (host {host})" if host else "")
         self.known_hosts = known_hosts_file(environ)
         self.strict = self._pin(info, err)
 
@@ -85,18 +91,18 @@ class SSHTarget:
         if recorded is None:
             self.known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             with open(self.known_hosts, "a", encoding="ascii") as f:
-                f.write(f"{self.name} {key_type} {blob}\n")
+                f.write(f"{self.alias} {key_type} {blob}\n")
             fingerprint = info.get("ssh_host_key_fingerprint") or key_type
             err.write(
-                f"bitelab: recorded the SSH host key of lab {self.name} "
+                f"bitelab: recorded the SSH host key of {self.what} "
                 f"({fingerprint}) in {self.known_hosts}\n"
             )
         elif recorded != (key_type, blob):
             raise ConfigProblem(
-                f"lab {self.name} at {self.url} has another SSH host key than the one "
-                f"recorded for {self.name} in {self.known_hosts}: two labs share the "
+                f"{self.what} at {self.url} has another SSH host key than the one "
+                f"recorded for {self.alias} in {self.known_hosts}: two labs share the "
                 "name (give one another lab_name) or the key was replaced (if so, "
-                f"forget the old one: ssh-keygen -R {self.name} -f {self.known_hosts})"
+                f"forget the old one: ssh-keygen -R {self.alias} -f {self.known_hosts})"
             )
         return True
 
@@ -108,7 +114,7 @@ class SSHTarget:
             return None
         for line in lines:
             fields = line.split()
-            if len(fields) >= 3 and self.name in fields[0].split(","):
+            if len(fields) >= 3 and self.alias in fields[0].split(","):
                 return fields[1], fields[2]
         return None
 
@@ -120,7 +126,7 @@ class SSHTarget:
             "-o",
             f"ProxyCommand={proxy_command()}",
             "-o",
-            f"HostKeyAlias={self.name}",
+            f"HostKeyAlias={self.alias}",
             "-o",
             f"UserKnownHostsFile={_quote(self.known_hosts)}",
             "-o",
@@ -128,7 +134,7 @@ class SSHTarget:
         ]
         if identity:
             argv += ["-i", identity]
-        return [*argv, *options, "-l", login, self.name]
+        return [*argv, *options, "-l", login, self.alias]
 
 
 def ssh_environment(settings, environ):

@@ -4,6 +4,9 @@ Use it as ``ssh -o 'ProxyCommand bitelab contssh' -l lab bitelab``. It asks
 ``$BITELAB_URL/api/v1/info`` for the SSH port (checking an https server
 against ``BITELAB_CACERT`` when set), connects to that port on the host of
 ``BITELAB_URL`` and copies bytes between its stdin/stdout and the socket.
+With ``--login %r`` (as ``bitelab console`` runs it), a board's console
+login goes to the SSH service of the host the board hangs off, wherever
+``BITELAB_URL`` points in a lab of several hosts.
 OpenSSH starts it for every connection, so it imports only the standard
 library.
 """
@@ -48,13 +51,25 @@ def build_parser():
         metavar="SECONDS",
         help="give up connecting after this long (default: %(default)s)",
     )
+    add_login_argument(parser)
     return parser
 
 
-def server_address(base_url, timeout, cacert=None):
+def add_login_argument(parser):
+    """``--login``: the login ssh makes (its ``%r``)."""
+    parser.add_argument(
+        "--login",
+        metavar="LOGIN",
+        help="the login ssh makes (%%r): a board's console is served by the "
+        "host the board hangs off",
+    )
+
+
+def server_address(base_url, timeout, cacert=None, login=None):
     """``(host, ssh_port)`` of the lab behind ``base_url``, from ``/api/v1/info``.
 
-    ``cacert`` is a CA file to check an https server's certificate against.
+    ``cacert`` is a CA file to check an https server's certificate against;
+    ``login`` the login ssh makes, whose host may be another of the lab's.
     """
     from bitelab.client.errors import ClientError, Refused
     from bitelab.client.quick import QuickAPI, run_sync
@@ -67,7 +82,7 @@ def server_address(base_url, timeout, cacert=None):
         )
     api = QuickAPI(base_url, None, timeout, cacert)
     try:
-        info = run_sync(api.info())
+        info = run_sync(api.info(login))
     except Refused as exc:
         raise ContsshError(f"{api.url('/info')}: {exc}", EXIT_REFUSED) from exc
     except ClientError as exc:
@@ -80,7 +95,7 @@ def server_address(base_url, timeout, cacert=None):
             "is BITELAB_URL a bitelab server?",
             EXIT_UNREACHABLE,
         ) from exc
-    return parts.hostname, port
+    return info.get("ssh_host") or parts.hostname, port
 
 
 def connect(host, port, timeout):
@@ -126,11 +141,11 @@ def _write_all(fd, data):
         view = view[written:]
 
 
-def run(timeout, environ, url=None, cacert=None):
+def run(timeout, environ, url=None, cacert=None, login=None):
     """Find the server, connect, and pipe until it closes; the exit status.
 
     The lab is at ``url`` (default ``BITELAB_URL``), its CA file ``cacert``
-    (default ``BITELAB_CACERT``).
+    (default ``BITELAB_CACERT``); ``login`` is the login ssh makes.
     """
     base_url = (url or environ.get("BITELAB_URL", "")).strip()
     if not base_url:
@@ -140,7 +155,7 @@ def run(timeout, environ, url=None, cacert=None):
             EXIT_CONFIG,
         )
     cacert = cacert or environ.get("BITELAB_CACERT", "").strip() or None
-    host, port = server_address(base_url, timeout, cacert)
+    host, port = server_address(base_url, timeout, cacert, login)
     sock = connect(host, port, timeout)
     with sock:
         try:
@@ -156,10 +171,11 @@ def run(timeout, environ, url=None, cacert=None):
     return 0
 
 
-def execute(timeout, environ=None, url=None, cacert=None):
+def execute(timeout, environ=None, url=None, cacert=None, login=None):
     """Run ``contssh`` and turn its errors into a message; the exit status."""
     try:
-        return run(timeout, os.environ if environ is None else environ, url, cacert)
+        environ = os.environ if environ is None else environ
+        return run(timeout, environ, url, cacert, login)
     except ContsshError as exc:
         print(f"bitelab contssh: {exc}", file=sys.stderr)
         return exc.status
@@ -169,7 +185,8 @@ def execute(timeout, environ=None, url=None, cacert=None):
 
 def main(argv=None):
     """Entry point of ``python -m bitelab.client.contssh``."""
-    return execute(build_parser().parse_args(argv).timeout)
+    args = build_parser().parse_args(argv)
+    return execute(args.timeout, login=args.login)
 
 
 if __name__ == "__main__":
