@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from bitelab.config import check_lab, load_boards
 from bitelab.errors import BitelabError, ConfigError
 from bitelab.options import PowerOption, SerialConsole
+from bitelab.views import board_facts
 
 log = Logger()
 
@@ -120,7 +121,12 @@ class BoardReloader:
         }
         new = attrs.evolve(new, boards=boards)
         try:
-            held = yield self.store.sync_boards(new)
+            held = yield self.store.sync_boards(
+                new,
+                board_facts(new, self.settings),
+                self.settings.host_name,
+                self.settings.host_url,
+            )
         except BitelabError as e:
             yield self._refused(e.message)
             return None

@@ -46,6 +46,7 @@ _BOARD_COLUMNS = (
     ("detail", "r.detail"),
     ("host", "b.host"),
     ("driver", "r.driver"),
+    ("facts", "b.facts"),
 )
 _BOARD_KEYS = tuple(key for key, _ in _BOARD_COLUMNS)
 _BOARD_SELECT = (
@@ -149,7 +150,7 @@ class Txn:
         )
 
 
-def sync_boards(cursor, lab, now, host="", url=""):
+def sync_boards(cursor, lab, now, host="", url="", facts=None):
     """Bring the boards table in line with this host's board file (one
     transaction).
 
@@ -157,9 +158,11 @@ def sync_boards(cursor, lab, now, host="", url=""):
     reservation holds it: then it is kept, marked removed, until that
     reservation has ended.  Boards of other hosts are left alone; a board
     another host already serves, or a class another host defined otherwise,
-    is a ``ConfigError``.  Returns the reservation id of each of this host's
-    boards being set up or reserved.
+    is a ``ConfigError``.  ``facts`` maps boards to what every host shows
+    of them (``bitelab.views.board_facts``).  Returns the reservation id of
+    each of this host's boards being set up or reserved.
     """
+    facts = facts or {}
     txn = Txn(cursor, now)
     txn.execute("BEGIN IMMEDIATE")
     for name, brdclass in sorted(lab.classes.items()):
@@ -194,10 +197,18 @@ def sync_boards(cursor, lab, now, host="", url=""):
             )
         arch = lab.classes[board.brdclass].arch
         txn.execute(
-            "INSERT INTO boards (name, class, arch, host) VALUES (?, ?, ?, ?) "
+            "INSERT INTO boards (name, class, arch, host, facts) "
+            "VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET class = excluded.class, "
-            "arch = excluded.arch, configured = 1, host = excluded.host",
-            (board.name, board.brdclass, arch, host),
+            "arch = excluded.arch, configured = 1, host = excluded.host, "
+            "facts = excluded.facts",
+            (
+                board.name,
+                board.brdclass,
+                arch,
+                host,
+                json.dumps(facts.get(board.name, {}), sort_keys=True),
+            ),
         )
     held = {}
     rows = txn.execute(
@@ -373,7 +384,7 @@ class Store:
         d.addErrback(_storage_failure)
         return d
 
-    def sync_boards(self, lab):
+    def sync_boards(self, lab, facts=None, host="", url=""):
         """Deferred[dict]: ``sync_boards`` with ``lab`` on the running server's
         database (a board file reload): what it returns, the reservation id
         of each board being set up or reserved."""
@@ -381,7 +392,7 @@ class Store:
 
         def interaction(cursor):
             self._check_file()
-            return sync_boards(cursor, lab, now)
+            return sync_boards(self.wrap(cursor), lab, now, host, url, facts)
 
         d = self.writer.runInteraction(interaction)
         d.addErrback(_storage_failure)
@@ -1386,6 +1397,7 @@ LAB_TABLES = {
     "boards": (
         *("name", "class", "arch", "configured", "state", "reservation_id"),
         *("reason", "released_at", "setup_failures", "power", "power_at", "host"),
+        "facts",
     ),
     "tokens": ("hash", "user", "created_at", "revoked_at"),
     "events": ("id", "at", "user", "board", "action", "detail", "reservation"),

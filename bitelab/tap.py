@@ -161,6 +161,7 @@ def sync_database(settings, lab, now):
     """
     from bitelab import db
     from bitelab.store import sync_boards
+    from bitelab.views import board_facts
 
     if settings.db_url:
         return _sync_postgresql(settings, lab, now)
@@ -174,7 +175,14 @@ def sync_database(settings, lab, now):
             )
         cursor = conn.cursor()
         try:
-            held = sync_boards(cursor, lab, now, settings.host_name, settings.host_url)
+            held = sync_boards(
+                cursor,
+                lab,
+                now,
+                settings.host_name,
+                settings.host_url,
+                board_facts(lab, settings),
+            )
             conn.commit()
         except BaseException:
             conn.rollback()
@@ -191,11 +199,17 @@ def _sync_postgresql(settings, lab, now):
 
     from bitelab import db, postgres
     from bitelab.store import sync_boards
+    from bitelab.views import board_facts
 
     conn = db.open_database(settings)
     try:
         held = sync_boards(
-            conn.cursor(), lab, now, settings.host_name, settings.host_url
+            conn.cursor(),
+            lab,
+            now,
+            settings.host_name,
+            settings.host_url,
+            board_facts(lab, settings),
         )
         conn.commit()
     except psycopg.Error as e:

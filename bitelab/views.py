@@ -5,6 +5,7 @@ see: setup-script attributes and power-failure details only for the holder
 (attributes) and admins (both).
 """
 
+import json
 from datetime import UTC, datetime
 
 from bitelab import rules
@@ -30,6 +31,25 @@ def default_timeout(lab, config, name):
     return option.val if option else config.default_timeout
 
 
+def board_facts(lab, config):
+    """What every host of the lab shows of each board of ``lab`` (this
+    host's file): name -> ``{"attrs": ..., "power": bool}``, the board's own
+    attributes and whether it has power control."""
+    facts = {}
+    for name, board in lab.boards.items():
+        attributes = {}
+        for option in board.options:
+            attributes.update(option.static_attrs())
+        attributes["default_timeout"] = default_timeout(lab, config, name)
+        if board.option(SerialConsole) is not None:
+            attributes["console"] = True
+        facts[name] = {
+            "attrs": attributes,
+            "power": board.option(PowerOption) is not None,
+        }
+    return facts
+
+
 def board_view(
     row, user, admin, lab, config, power_errors, consoles, down_hosts=frozenset()
 ):
@@ -38,6 +58,13 @@ def board_view(
     board = lab.boards.get(name)
     brdclass = lab.classes.get(row["class"])
     attributes = dict(brdclass.attrs) if brdclass is not None else {}
+    if board is None and row["host"] != config.host_name:
+        # another host's board: as that host described it
+        facts = json.loads(row["facts"] or "{}")
+        attributes.update(facts.get("attrs", {}))
+        if facts.get("power"):
+            attributes["power"] = row["power"]
+            attributes["power_read_at"] = iso(row["power_at"])
     if board is not None:
         for option in board.options:
             attributes.update(option.static_attrs())

@@ -2,11 +2,14 @@
 
 import gc
 import os
+import shutil
+import subprocess
+import sys
 import tty
 
 import pytest
 
-from support.server import LabServer
+from support.server import REPO, LabServer
 
 # the snmp_agent fixture: a real snmpsim PoE switch
 pytest_plugins = ["support.snmpagent", "support.pg"]
@@ -56,3 +59,19 @@ def serial():
     yield master, os.ttyname(slave)
     os.close(master)
     os.close(slave)
+
+
+@pytest.fixture
+def fake_conf(tmp_path):
+    """A copy of the example lab's board and power scripts; the board runs."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    for name in ("fakeboard.py", "statepower.sh"):
+        shutil.copy(os.path.join(REPO, "conf", name), conf / name)
+    script = [sys.executable, str(conf / "fakeboard.py")]
+    started = subprocess.run(
+        [*script, "start", "con-1"], capture_output=True, text=True, check=False
+    )
+    assert started.returncode == 0, started.stderr
+    yield conf
+    subprocess.run([*script, "stop", "con-1"], capture_output=True, check=False)

@@ -8,79 +8,17 @@ from the labs file, and a lab served over TLS with its own CA.
 import json
 import os
 import pty
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from support.server import REPO, LabServer, wait_for
+from support.cli import BIN, Client, boards
+from support.server import LabServer, wait_for
 from support.tls import self_signed
 
 pytestmark = pytest.mark.e2e
-
-BIN = os.path.dirname(sys.executable)
-
-
-def boards(conf):
-    """A board file: con-1 on the fake board's pty, plain-1 without a console."""
-    power = f"{conf}/statepower.sh"
-    return f"""
-classes {{ z {{ arch = arm; }} }}
-boards [
-    {{ name = con-1; brdclass = z; options = [
-        {{ cls = serialconsole, val = "{conf}/state/con-1.tty" }},
-        {{ cls = cmdpower, on = ["{power}", "on", con-1],
-           off = ["{power}", "off", con-1], status = ["{power}", "status", con-1] }},
-    ] }},
-    {{ name = plain-1; brdclass = z; options = [] }},
-]
-"""
-
-
-class Client:
-    """Runs ``bitelab`` of this tree as one user, with a HOME of its own."""
-
-    def __init__(self, home, env):
-        self.home = Path(home)
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.env = {
-            "PATH": f"{BIN}:{os.environ['PATH']}",
-            "HOME": str(self.home),
-            "PYTHONPATH": REPO,
-            "LANG": "C.UTF-8",
-            **env,
-        }
-
-    def run(self, *argv, stdin=subprocess.DEVNULL, timeout=60, **env):
-        """``bitelab ARGV``; the CompletedProcess (text)."""
-        return subprocess.run(
-            [os.path.join(BIN, "bitelab"), *argv],
-            env={**self.env, **env},
-            stdin=stdin,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-
-@pytest.fixture
-def fake_conf(tmp_path):
-    """A copy of the example lab's board and power scripts; the board runs."""
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    for name in ("fakeboard.py", "statepower.sh"):
-        shutil.copy(os.path.join(REPO, "conf", name), conf / name)
-    script = [sys.executable, str(conf / "fakeboard.py")]
-    started = subprocess.run(
-        [*script, "start", "con-1"], capture_output=True, text=True, check=False
-    )
-    assert started.returncode == 0, started.stderr
-    yield conf
-    subprocess.run([*script, "stop", "con-1"], capture_output=True, check=False)
 
 
 @pytest.fixture

@@ -82,8 +82,9 @@ def test_reserve_on_one_host_is_set_up_by_the_boards_host(hosts):
 
 
 def test_both_hosts_list_every_board_with_its_host(hosts):
-    """Either host lists all boards of the lab with their host."""
-    one, _two = hosts
+    """Either host lists all boards of the lab with their host, and shows a
+    board's attributes as its own host does."""
+    one, two = hosts
     for lab in hosts:
         boards = lab.request("GET", "/boards", "alice").body["boards"]
         assert {(b["name"], b["host"]) for b in boards} == {
@@ -92,6 +93,14 @@ def test_both_hosts_list_every_board_with_its_host(hosts):
             ("h2-b", "h2"),
             ("h2-p", "h2"),
         }
+    mine, theirs = (
+        lab.request("GET", "/boards/h2-p", "alice").body for lab in (two, one)
+    )
+    # only whether the console's device is open is the board's host's alone
+    del mine["attrs"]["console_connected"]
+    assert theirs["attrs"] == mine["attrs"]
+    assert theirs["attrs"]["console"] is True and "power" in theirs["attrs"]
+    assert theirs["attrs"]["default_timeout"] == 100
     classes = one.request("GET", "/classes", "alice").body["classes"]
     assert [(c["name"], c["boards"], c["free"]) for c in classes] == [
         ("c", 3, 3),

@@ -1,11 +1,18 @@
 """Three real ``twistd`` hosts on loopback sharing one PostgreSQL database."""
 
 import concurrent.futures
+import json
+import os
 import random
+import shutil
+import signal
+import socket
 import stat
 
 import pytest
 
+from support.cli import Client
+from support.cli import boards as fake_board
 from support.server import LabServer, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -85,6 +92,33 @@ def test_clients_on_every_host_never_share_a_board(three_hosts):
         assert board.startswith(host + "-"), line
 
 
+def test_a_host_reloading_its_board_file_changes_only_its_boards(three_hosts):
+    """SIGHUP on h2 with a board added: every host lists it as h2's, and the
+    other hosts' boards are untouched."""
+    servers, _ = three_hosts
+    h1, h2, _h3 = servers
+    root = h1.token("root")
+    before = {b["name"]: b["host"] for b in h1.get("/api/v1/boards", root)["boards"]}
+    h2.write_boards(
+        host_boards("h2", "/bin/true").replace(
+            " ]", ", { name = h2-new; brdclass = c; } ]"
+        )
+    )
+    h2.process.send_signal(signal.SIGHUP)
+    wait_for(
+        lambda: "h2-new"
+        in {b["name"] for b in h1.get("/api/v1/boards", root)["boards"]},
+        what="h1 listing h2's new board",
+    )
+    after = {b["name"]: b["host"] for b in h3_boards(servers, root)}
+    assert after == {**before, "h2-new": "h2"}
+
+
+def h3_boards(servers, token):
+    """The boards the third host lists."""
+    return servers[2].get("/api/v1/boards", token)["boards"]
+
+
 def test_a_host_killed_mid_release_finishes_it_when_back(three_hosts, tmp_path):
     """A host killed while releasing one of its boards leaves the board
     releasing and marked down; back, it finishes the release."""
@@ -107,3 +141,90 @@ def test_a_host_killed_mid_release_finishes_it_when_back(three_hosts, tmp_path):
         what="h2 finishing the release",
     )
     assert "host_down" not in h1.get("/api/v1/boards/h2-0", root)
+
+
+@pytest.fixture
+def board_on_h2(tmp_path, postgres_server, fake_conf):
+    """Host h1 with a plain board and host h2 with con-1, the fake board (a
+    pty console and command power), both knowing alice's and bob's keys."""
+    url = postgres_server.database()
+    servers = []
+    for name, boards in (
+        ("h1", host_boards("h1", "/bin/true")),
+        ("h2", fake_board(fake_conf)),
+    ):
+        server = LabServer(
+            tmp_path / name,
+            boards=boards,
+            settings={"db_url": url, "host_name": name, "host_timeout": "3"},
+        )
+        with open(server.env_path, "a") as f:
+            f.write(f"host_url={server.url}\n")
+        servers.append(server)
+    h1, h2 = servers
+    for user in ("alice", "bob"):
+        # the hosts of a lab share their users' keys
+        key = h1.add_user(user)
+        shutil.copy(key + ".pub", os.path.join(h2.keys_dir, f"{user}.pub"))
+    for server in servers:
+        server.start()
+    yield h1, h2
+    for server in servers:
+        server.stop()
+
+
+def test_power_and_console_through_a_host_that_does_not_own_the_board(
+    board_on_h2, tmp_path
+):
+    """A user pointed at h1 only uses con-1 of h2 as if it were h1's: power
+    and console logs are forwarded to h2, and ``bitelab console`` reaches
+    h2's SSH service; another user is refused by h2 through h1."""
+    h1, _h2 = board_on_h2
+    token = h1.token("alice")
+    alice = Client(tmp_path / "alice", {"BITELAB_URL": h1.url, "BITELAB_AUTH": token})
+    reserved = alice.run("--json", "reserve", "con-1")
+    assert reserved.returncode == 0, reserved.stderr
+    rid = json.loads(reserved.stdout)["reservation_id"]
+    on = alice.run("set", "power=on", "con-1")
+    assert on.returncode == 0, on.stderr
+    wait_for(
+        lambda: b"type help"
+        in h1.request("GET", "/api/v1/boards/con-1/console", token=token)[1],
+        what="the board's boot seen through h1",
+    )
+    follow = socket.create_connection(("127.0.0.1", h1.http_port), timeout=30)
+    follow.sendall(
+        b"GET /api/v1/boards/con-1/console?follow=1 HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
+    )
+    result = alice.run(
+        "console", "-i", h1.key("alice"), "con-1",
+        "--send", r"echo relayed-42\r", "--expect", "relayed-42",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "relayed-42" in result.stdout
+    assert "recorded the SSH host key of lab bitelab (host h2)" in result.stderr
+    known = (alice.home / ".config" / "bitelab" / "known_hosts").read_text()
+    assert known.startswith("bitelab.h2 ssh-ed25519 ")
+    streamed = b""
+    while b"relayed-42" not in streamed:
+        chunk = follow.recv(65536)
+        assert chunk, streamed
+        streamed += chunk
+    follow.close()
+    bob = h1.token("bob")
+    status, body = h1.request(
+        "POST", "/api/v1/boards/con-1/attrs", {"power": "off"}, bob
+    )
+    assert status == 403 and body["error"]["code"] == "forbidden"
+    released = alice.run("release", "con-1")
+    assert released.returncode == 0, released.stderr
+    status, past = h1.request(
+        "GET", f"/api/v1/boards/con-1/console?reservation={rid}", token=token
+    )
+    assert status == 200 and b"relayed-42" in past
+    root = h1.token("root")
+    audit = h1.get("/api/v1/events?board=con-1", root)["events"]
+    assert ("power", "alice", "on") in [
+        (e["action"], e["user"], e["detail"]) for e in audit
+    ]

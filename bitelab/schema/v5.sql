@@ -47,7 +47,9 @@ CREATE TABLE boards (
     power TEXT CHECK (power IN ('on', 'off')),
     power_at REAL,
     -- the lab host the board hangs off ('' in a one-host lab)
-    host TEXT NOT NULL DEFAULT ''
+    host TEXT NOT NULL DEFAULT '',
+    -- what every host shows of the board, as its own host describes it
+    facts TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX boards_pick ON boards (class, state, configured, released_at, name);
 CREATE INDEX boards_state ON boards (state);
