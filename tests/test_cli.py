@@ -347,6 +347,27 @@ def test_times_in_local_zone_or_utc(lab):
     assert "expires:  2027-01-15 08:12:00 UTC (in 12m)" in utc.out
 
 
+def test_list_names_each_boards_host_in_a_lab_of_several_hosts(lab):
+    """In a lab of several hosts (boards with a ``host``), ``list`` has a HOST
+    column naming the host each board hangs off, and a down host's boards say
+    so."""
+    lab.boards["cora-1"]["host"] = "host1"
+    lab.boards["cora-2"].update(host="host2", host_down=True)
+    result = run_inprocess(lab, ["list"])
+    lines = result.out.splitlines()
+    assert lines[0].split() == [
+        "BOARD",
+        "CLASS",
+        "HOST",
+        "STATE",
+        "HOLDER",
+        "EXPIRES",
+        "POWER",
+    ]
+    assert lines[1].split() == ["cora-1", "cora-z7s", "host1", "free", "-", "-", "off"]
+    assert lines[2].split()[:4] == ["cora-2", "cora-z7s", "host2", "(down)"]
+
+
 def test_list_marks_a_failed_power_operation(lab):
     """A board whose last power operation failed is marked in ``list``."""
     lab.boards["cora-2"]["attrs"]["power_error"] = "switch did not answer"

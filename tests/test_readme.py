@@ -5,7 +5,11 @@ Every ``.. code-block:: sh`` of README.rst runs, in order, in one bash with
 for the jail demo, names and addresses) are made unique, so that the test
 runs beside a lab on the usual ports and beside itself.  Blocks of class
 ``no-test`` (installing from the network, the test suite itself, zsh) are
-left out; blocks of class ``root`` (the jail demo) run only as root.
+left out; blocks of class ``root`` (the jail demo) run only as root, and
+blocks of class ``postgresql`` (the two hosts on one PostgreSQL) only where
+Debian's PostgreSQL is installed (always under CI).  ``TMPDIR`` is a
+directory of the test's own, so that a database the walk-through made in it
+is found and stopped if the walk-through fails.
 """
 
 import argparse
@@ -23,14 +27,16 @@ from pathlib import Path
 import pytest
 
 from bitelab.client import cli
+from support import pg
 from support.jail import JailSite, force_clean
 from support.server import REPO, free_port
 
 pytestmark = pytest.mark.e2e
 
 README = Path(REPO) / "README.rst"
-#: the ports of the example labs' .env files (9464: the example's metrics)
-PORTS = (8080, 2222, 8081, 2223, 8443, 2224, 9464)
+#: the ports of the example labs' .env files (9464: the example's metrics;
+#: 8090 to 2233: the two hosts of conf/hosts/; 5433: their PostgreSQL)
+PORTS = (8080, 2222, 8081, 2223, 8443, 2224, 9464, 8090, 2232, 8091, 2233, 5433)
 
 _BLOCK = re.compile(
     r"^\.\. code-block:: sh\n((?:   :\w+: .*\n)*)\n((?:(?: {4}.*)?\n)+)", re.MULTILINE
@@ -95,9 +101,12 @@ class Checkout:
                     f"{first_uid}-{self.jail.last_uid}",
                 ),
             ]
-        for path in (self.dir / "conf").iterdir():
+        for path in (self.dir / "conf").rglob("*"):
             if path.name.endswith((".env", ".ucl")) or path.name == "jail-demo.sh":
                 path.write_text(self.rewrite(path.read_text()))
+        # the walk-through's TMPDIR; the postgres account must reach into it
+        self.tmp = Path(tempfile.mkdtemp(prefix="bitelab-readme-"))
+        self.tmp.chmod(0o755)
 
     def rewrite(self, text):
         """``text`` with this copy's ports, names and addresses."""
@@ -120,6 +129,18 @@ class Checkout:
                 ["ip", "link", "del", self.link], check=False, capture_output=True
             )
             force_clean(self.jail)
+        for pid_file in self.tmp.glob("*/data/postmaster.pid"):
+            data = pid_file.parent
+            as_owner = []
+            if os.geteuid() == 0:
+                as_owner = ["runuser", "-u", data.owner(), "--"]
+            subprocess.run(
+                [*as_owner, pg._bin("pg_ctl"), "-D", data, "-m", "immediate", "stop"],
+                check=False,
+                capture_output=True,
+            )
+            left.append(f"PostgreSQL in {data}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
         return left
 
 
@@ -131,11 +152,16 @@ def test_readme_walk_through_runs_as_written(tmp_path):
         and shutil.which("ip") is not None
         and os.path.exists("/usr/sbin/sshd")
     )
+    with_postgresql = pg.available()
+    if not with_postgresql and os.environ.get("CI"):
+        pytest.fail("PostgreSQL is not installed; .ci/run installs it")
     checkout = Checkout(tmp_path / "checkout", with_jail)
     blocks = [
         (classes, checkout.rewrite(text))
         for classes, text in readme_blocks(README.read_text())
-        if "no-test" not in classes and (with_jail or "root" not in classes)
+        if "no-test" not in classes
+        and (with_jail or "root" not in classes)
+        and (with_postgresql or "postgresql" not in classes)
     ]
     script = ["set -eo pipefail"]
     for number, (_, text) in enumerate(blocks, 1):
@@ -147,6 +173,7 @@ def test_readme_walk_through_runs_as_written(tmp_path):
         "HOME": str(home),
         "PYTHONPATH": REPO,
         "LANG": "C.UTF-8",
+        "TMPDIR": str(checkout.tmp),
     }
     log = tmp_path / "walk-through.log"
     try:
@@ -168,6 +195,7 @@ def test_readme_walk_through_runs_as_written(tmp_path):
         while list(state.glob("*.pid")) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not list(state.glob("*.pid")), "the README left servers running"
+        assert not list(checkout.tmp.iterdir()), "the README left files in TMPDIR"
     finally:
         left = checkout.stop_everything()
     assert not left
@@ -183,3 +211,22 @@ def test_readme_walk_through_runs_as_written(tmp_path):
     )
     commands = set(subparsers.choices)
     assert commands - {"contssh"} <= used, commands - used
+
+
+def test_readme_shows_host1_env_as_shipped():
+    """The settings README.rst shows for ``conf/hosts/host1.env`` are that
+    file's, so that the two-hosts walk-through runs what the reader reads."""
+    text = README.read_text()
+    shown = re.search(
+        r"``conf/hosts/host1.env``:\n\n\.\. code-block:: ini\n\n((?: {4}.*\n)+)",
+        text,
+    )
+    assert shown, "README.rst no longer shows conf/hosts/host1.env"
+    settings = [
+        line
+        for line in (Path(REPO) / "conf" / "hosts" / "host1.env")
+        .read_text()
+        .splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert [line[4:] for line in shown.group(1).splitlines()] == settings

@@ -133,13 +133,24 @@ def render_boards(document, moment):
     ]
     if not rows:
         return "no boards\n"
-    text = table(["BOARD", "CLASS", "STATE", "HOLDER", "EXPIRES", "POWER"], rows)
+    head = ["BOARD", "CLASS", "STATE", "HOLDER", "EXPIRES", "POWER"]
+    if any(board.get("host") for board in boards):
+        # a lab of several hosts: which host each board hangs off
+        head.insert(2, "HOST")
+        for row, board in zip(rows, boards, strict=True):
+            row.insert(2, _host(board))
+    text = table(head, rows)
     if any((board.get("attrs") or {}).get("power_error") for board in boards):
         text += (
             f"{POWER_FAILED}: the last power operation failed; "
             "bitelab info BOARD says why\n"
         )
     return text
+
+
+def _host(board):
+    host = or_dash(board.get("host"))
+    return f"{host} (down)" if board.get("host_down") else host
 
 
 def render_classes(document, moment):
