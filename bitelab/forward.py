@@ -80,12 +80,20 @@ class HostAuthority:
         return name
 
     @defer.inlineCallbacks
+    def forwarded_user(self, header, user):
+        """Deferred[(str, str)]: the host ``header`` proves and the ``user``
+        (its ``X-Bitelab-User``) it forwards for."""
+        host = yield self.verify(header)
+        if not USER_RE.fullmatch(user or ""):
+            raise Unauthorized(f"host {host} forwarded a request for no valid user")
+        return host, user
+
+    @defer.inlineCallbacks
     def user(self, request, header):
         """Deferred[str]: the user a forwarded ``request`` acts for."""
-        host = yield self.verify(header)
-        user = (request.getHeader(USER_HEADER) or b"").decode("latin-1")
-        if not USER_RE.fullmatch(user):
-            raise Unauthorized(f"host {host} forwarded a request for no valid user")
+        host, user = yield self.forwarded_user(
+            header, (request.getHeader(USER_HEADER) or b"").decode("latin-1")
+        )
         request.forwarded_by = host
         return user
 
@@ -128,20 +136,25 @@ class _Relay(protocol.Protocol):
         self.transport.stopProducing()
 
 
-def http_client(reactor, cacert=None):
-    """The treq client hosts forward with: persistent connections, a
-    connection time-out, and https checked against ``cacert`` if given
-    (the system's CAs otherwise)."""
-    from treq.client import HTTPClient
+def trust_root(cacert):
+    """The CA of ``cacert`` (a PEM file) to check other hosts against; None
+    (the system's CAs) without one."""
     from twisted.internet import ssl
+
+    if not cacert:
+        return None
+    with open(cacert, "rb") as f:
+        return ssl.Certificate.loadPEM(f.read())
+
+
+def http_client(reactor, trust=None):
+    """The treq client hosts forward with: persistent connections, a
+    connection time-out, and https checked against the CA ``trust`` (the
+    system's CAs if None)."""
+    from treq.client import HTTPClient
     from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-    policy = BrowserLikePolicyForHTTPS()
-    if cacert:
-        with open(cacert, "rb") as f:
-            policy = BrowserLikePolicyForHTTPS(
-                trustRoot=ssl.Certificate.loadPEM(f.read())
-            )
+    policy = BrowserLikePolicyForHTTPS(trustRoot=trust)
     pool = HTTPConnectionPool(reactor, persistent=True)
     agent = Agent(reactor, contextFactory=policy, connectTimeout=10, pool=pool)
     return HTTPClient(agent)
@@ -156,22 +169,18 @@ class Forwarder:
 
     log = Logger()
 
-    def __init__(self, store, key, http, clock, host_timeout):
+    def __init__(self, store, key, http, clock, host_timeout, trust=None):
         self.store = store
         self.key = key
         self.http = http
         self.clock = clock
         self.host_timeout = host_timeout
+        #: the CA other hosts' https ``host_url`` is checked against
+        self.trust = trust
 
     @defer.inlineCallbacks
-    def forward(self, request, host, user):
-        """Deferred: ``request`` answered by ``host`` for ``user``."""
-        if getattr(request, "forwarded_by", None) is not None:
-            # the hosts disagree on where the board is: no ping-pong
-            raise Unavailable(
-                f"host {request.forwarded_by} sent a request for a board of "
-                f"host {host} here; try again once the hosts agree"
-            )
+    def _reachable(self, host):
+        """Deferred[dict]: the ``hosts`` row of ``host``, if it can be asked."""
         row = yield self.store.host(host)
         if row is None or not row["url"]:
             raise Unavailable(
@@ -183,12 +192,43 @@ class Forwarder:
                 f"host {host}, which the board hangs off, is down; try again "
                 "when it is back"
             )
-        request.content.seek(0)
-        body = request.content.read()
-        headers = {
+        return row
+
+    def _headers(self, user):
+        return {
             b"Authorization": [self.key.header()],
             USER_HEADER: [user.encode("ascii")],
         }
+
+    @defer.inlineCallbacks
+    def open_console(self, user, host, board):
+        """Deferred[RemoteConsoleAccess]: ``board``'s console, served by
+        ``host``, for ``user``."""
+        from bitelab.remoteconsole import open_remote_console
+
+        row = yield self._reachable(host)
+        headers = {
+            "Authorization": self.key.header().decode("ascii"),
+            USER_HEADER.decode("ascii"): user,
+        }
+        access = yield open_remote_console(
+            self.clock, host, row["url"], board, headers, self.trust
+        )
+        return access
+
+    @defer.inlineCallbacks
+    def forward(self, request, host, user):
+        """Deferred: ``request`` answered by ``host`` for ``user``."""
+        if getattr(request, "forwarded_by", None) is not None:
+            # the hosts disagree on where the board is: no ping-pong
+            raise Unavailable(
+                f"host {request.forwarded_by} sent a request for a board of "
+                f"host {host} here; try again once the hosts agree"
+            )
+        row = yield self._reachable(host)
+        request.content.seek(0)
+        body = request.content.read()
+        headers = self._headers(user)
         content_type = request.getHeader(b"Content-Type")
         if content_type is not None:
             headers[b"Content-Type"] = [content_type]

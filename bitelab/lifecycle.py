@@ -672,6 +672,8 @@ class BoardManager(service.Service):
             elif row["state"] == rules.RESERVING:
                 d = self._roll_back(name, rid)
             else:
+                # an ending another host committed: its event was that host's
+                self._end_console(row)
                 d = self._wind_down(row)
             self._background(d, f"recovering {name}")
 
@@ -876,15 +878,27 @@ class BoardManager(service.Service):
         for console in self.consoles.values():
             console.reservation_logs.prune(older_than)
 
+    def _end_console(self, row):
+        """Cut the sessions of the reservation ``row``'s board is ending."""
+        console = self.consoles.get(row["name"])
+        if console is not None:
+            why = row["detail"] or "released"
+            console.end(row["reservation_id"], row["holder"], iso(self.now()), why)
+
     def _cut_consoles(self, event):
-        """Event subscriber: consoles follow their board's reservations."""
+        """Event subscriber: consoles follow their board's reservations (an
+        ending committed on another host is cut here when this host takes
+        it up, and at the latest when the board is free)."""
         console = self.consoles.get(event.board)
         if console is None:
             return
         when = iso(event.at)
         if event.kind in (events.RESERVING, events.RESERVED):
             console.begin(event.reservation, event.holder, when)
-        elif event.kind == events.RELEASING:
+        elif event.kind == events.RELEASING or (
+            event.kind in (events.FREED, events.MAINTENANCE)
+            and event.reservation is not None
+        ):
             console.end(event.reservation, event.holder, when, event.detail)
         elif event.kind == events.EXPIRING:
             minutes = max(1, round(int(event.detail) / 60))

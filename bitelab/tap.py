@@ -358,17 +358,19 @@ def make_lab_service(settings, lab, reactor, server_log=None):
         max_followers=settings.console_max_followers,
     )
     if settings.host_name:
-        from bitelab.forward import http_client
+        from bitelab.forward import http_client, trust_root
 
+        trust = trust_root(settings.host_cacert)
         forwarding(
             settings,
             store,
             manager,
             api,
-            http_client(reactor, settings.host_cacert),
+            http_client(reactor, trust),
             lambda: _port_number(ssh.port),
             host_key_facts(host_key)["ssh_host_key"],
             reactor,
+            trust,
         )
     web = WebService(api, manager, tokens, reactor, settings.console_max_followers)
     web.setServiceParent(top)
@@ -415,7 +417,9 @@ def make_lab_service(settings, lab, reactor, server_log=None):
     return top
 
 
-def forwarding(settings, store, manager, api, http, ssh_port, ssh_host_key, clock):
+def forwarding(
+    settings, store, manager, api, http, ssh_port, ssh_host_key, clock, trust=None
+):
     """Hosts of one lab forward hardware work to the board's own host
     (``bitelab.forward``) with the treq-like client ``http``; the heartbeat
     tells the others how to reach this one: its key's hash, ``ssh_port()``
@@ -425,7 +429,7 @@ def forwarding(settings, store, manager, api, http, ssh_port, ssh_host_key, cloc
     key = HostKey(settings.host_name)
     manager.host_facts = lambda: (key.hash, ssh_port(), ssh_host_key)
     api.hosts = HostAuthority(store)
-    api.forwarder = Forwarder(store, key, http, clock, settings.host_timeout)
+    api.forwarder = Forwarder(store, key, http, clock, settings.host_timeout, trust)
 
 
 def ssh_limits(settings):

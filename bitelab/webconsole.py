@@ -21,6 +21,11 @@ What goes over the socket:
 
 The socket is refused at the handshake (401 or 403) without a session
 cookie, or when the browser says it comes from another site.
+
+In a lab of several hosts, the console of another host's board is relayed
+from that host (``bitelab.remoteconsole``); the host the board hangs off
+takes such a socket with the ``Bitelab-Host`` credentials of
+``bitelab.forward`` instead of a session.
 """
 
 import json
@@ -33,7 +38,14 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 
 from bitelab.config import NAME_RE
-from bitelab.errors import BitelabError, NotFound, Unauthorized, Unavailable
+from bitelab.errors import (
+    BitelabError,
+    Elsewhere,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+)
+from bitelab.forward import USER_HEADER
 from bitelab.websession import COOKIE, cookie_value, same_origin
 
 #: the path of a board's console socket, before the board's name
@@ -77,6 +89,9 @@ class _SocketViewer:
     def write(self, data):
         self.socket.output(data)
 
+    def notice(self, message):
+        self.socket.say(type="notice", message=message)
+
     def close(self, reason):
         self.socket.cut(reason)
 
@@ -87,6 +102,8 @@ class ConsoleSocket(WebSocketServerProtocol):
     access = None
     refusal = None
     session = None
+    #: the host of the lab that relays this socket, if one does
+    forwarded_by = None
     user = None
     board = None
     viewer = None
@@ -118,9 +135,19 @@ class ConsoleSocket(WebSocketServerProtocol):
         super().connectionLost(reason)
 
     @defer.inlineCallbacks
-    def onConnect(self, request):
-        """Check the session and the board before the socket opens."""
+    def _user(self, request):
+        """The user of the socket: its session's, or the one another host
+        of the lab forwards it for."""
         sockets = self.factory
+        header = request.headers.get("authorization", "")
+        if header.startswith("Bitelab-Host ") and sockets.hosts is not None:
+            try:
+                self.forwarded_by, user = yield sockets.hosts.forwarded_user(
+                    header, request.headers.get(USER_HEADER.decode().lower())
+                )
+            except Unauthorized as e:
+                raise ConnectionDeny(401, e.message) from None
+            return user
         # the Host header with its port (``request.host`` has lost it)
         if not same_origin(request.origin, request.headers.get("host")):
             raise ConnectionDeny(403, "cross-site WebSocket refused")
@@ -132,7 +159,14 @@ class ConsoleSocket(WebSocketServerProtocol):
             user = yield sockets.sessions.check_token(session)
         except Unauthorized as e:
             raise ConnectionDeny(401, e.message) from None
-        self.session, self.user = session, user
+        self.session = session
+        return user
+
+    @defer.inlineCallbacks
+    def onConnect(self, request):
+        """Check the session and the board before the socket opens."""
+        sockets = self.factory
+        user = self.user = yield self._user(request)
         name = request.path[len(PATH) :] if request.path.startswith(PATH) else ""
         try:
             if not NAME_RE.fullmatch(name) or len(name) > 128:
@@ -143,7 +177,12 @@ class ConsoleSocket(WebSocketServerProtocol):
                     f"you have {sockets.open[user]} consoles open in the browser, "
                     "the most one user may; close one first"
                 )
-            self.access = yield sockets.manager.open_console(user, name)
+            try:
+                self.access = yield sockets.manager.open_console(user, name)
+            except Elsewhere as e:
+                if sockets.forwarder is None or self.forwarded_by is not None:
+                    raise
+                self.access = yield sockets.forwarder.open_console(user, e.host, name)
         except BitelabError as e:
             self.refusal = e
 
@@ -169,7 +208,8 @@ class ConsoleSocket(WebSocketServerProtocol):
         self.say(type="attached", board=self.board, reservation=access.reservation)
         self.viewer = _SocketViewer(self)
         self.factory.open[self.user] += 1
-        self.factory.sessions.watch(self.session, self.signed_out)
+        if self.session is not None:
+            self.factory.sessions.watch(self.session, self.signed_out)
         access.attach(self.viewer, replay=True)
         log.info(
             "{user} attached to the console of {board} from a browser",
@@ -198,7 +238,8 @@ class ConsoleSocket(WebSocketServerProtocol):
         if self.viewer is not None:
             viewer, self.viewer = self.viewer, None
             self.access.detach(viewer)
-            self.factory.sessions.unwatch(self.session, self.signed_out)
+            if self.session is not None:
+                self.factory.sessions.unwatch(self.session, self.signed_out)
             self.factory.open[self.user] -= 1
             if not self.factory.open[self.user]:
                 del self.factory.open[self.user]
@@ -237,6 +278,11 @@ class ConsoleSockets(WebSocketServerFactory):
     and how many consoles each user has open (``max_per_user`` at most)."""
 
     protocol = ConsoleSocket
+
+    #: checks the credentials of other hosts (``bitelab.forward.HostAuthority``)
+    hosts = None
+    #: reaches the consoles of other hosts' boards (``bitelab.forward.Forwarder``)
+    forwarder = None
 
     def __init__(self, manager, sessions, max_per_user=8, reactor=None):
         super().__init__(reactor=reactor)

@@ -314,3 +314,20 @@ def test_a_waiter_on_one_host_gets_a_board_freed_on_another(hosts):
     assert waiting.status == 200, waiting.body
     assert waiting.body["name"] == "h2-b" and waiting.body["holder"] == "bob"
     assert ("reserve", "h2-b") in [(a, b) for _, a, b, _ in two.script_runs]
+
+
+def test_a_release_through_another_host_cuts_the_consoles_on_the_boards_host(hosts):
+    """Alice's console session on h2 is cut when her release, made through
+    h1, is taken up by h2; the next holder's output never reaches it."""
+    one, two = hosts
+    reserved(one, two, "alice", "h2-p")
+    viewer = two.attach("alice", "h2-p")
+    assert viewer is not None
+    two.consoles["h2-p"].received(b"alice's output\n")
+    one.request("POST", "/boards/h2-p/release", "alice")
+    settle(one, two)
+    assert one.board("h2-p")["state"] == "free"
+    assert viewer.closed and "ended" in viewer.closed
+    reserved(one, two, "bob", "h2-p")
+    two.consoles["h2-p"].received(b"bob's secret\n")
+    assert b"bob's secret" not in bytes(viewer.data)

@@ -8,12 +8,15 @@ import shutil
 import signal
 import socket
 import stat
+import time
 
 import pytest
+import websocket
 
 from support.cli import Client
 from support.cli import boards as fake_board
 from support.server import LabServer, wait_for
+from support.web import sign_in
 
 pytestmark = pytest.mark.e2e
 
@@ -228,3 +231,58 @@ def test_power_and_console_through_a_host_that_does_not_own_the_board(
     assert ("power", "alice", "on") in [
         (e["action"], e["user"], e["detail"]) for e in audit
     ]
+
+
+def received(socket, until, seconds=30):
+    """The messages of ``socket`` up to the first for which ``until`` holds."""
+    deadline, got = time.monotonic() + seconds, []
+    while not got or not until(got[-1]):
+        assert time.monotonic() < deadline, got
+        try:
+            got.append(socket.recv())
+        except websocket.WebSocketTimeoutException:
+            continue
+    return got
+
+
+def test_browser_console_through_a_host_that_does_not_own_the_board(board_on_h2):
+    """A browser signed in to h1 opens the console of h2's con-1 at h1: h1
+    relays it from h2 both ways, and h2's cut at the release made through h1
+    reaches the browser; another user is refused by h2 through h1."""
+    h1, _h2 = board_on_h2
+    token = h1.token("alice")
+    status, _ = h1.request("POST", "/api/v1/boards/con-1/reserve", {}, token)
+    assert status == 200
+    status, _ = h1.request("POST", "/api/v1/boards/con-1/attrs", {"power": "on"}, token)
+    assert status == 200
+    url = h1.url.replace("http:", "ws:") + "/ws/console/con-1"
+    socket = websocket.create_connection(
+        url, header=[f"Cookie: {sign_in(h1, token, None)}"], origin=h1.url, timeout=2
+    )
+    try:
+        assert json.loads(socket.recv())["type"] == "attached"
+        first = received(socket, lambda m: isinstance(m, bytes))
+        assert first[-1].startswith(b"=== bitelab: reserved by alice")
+        for key in b"version\r":
+            socket.send_binary(bytes([key]))
+        seen = []
+        received(
+            socket,
+            lambda m: seen.append(m) or b"fakeboard 1.0 (con-1)" in b"".join(seen),
+        )
+        status, _ = h1.request("POST", "/api/v1/boards/con-1/release", {}, token)
+        assert status == 200
+        closing = received(socket, lambda m: isinstance(m, str))
+        assert json.loads(closing[-1])["type"] == "closed"
+    finally:
+        socket.close()
+    h1.request("POST", "/api/v1/boards/con-1/reserve", {}, token)
+    bob = h1.token("bob")
+    refused = websocket.create_connection(
+        url, header=[f"Cookie: {sign_in(h1, bob, None)}"], origin=h1.url, timeout=30
+    )
+    try:
+        error = json.loads(refused.recv())
+        assert error["type"] == "error" and error["code"] == "forbidden"
+    finally:
+        refused.close()

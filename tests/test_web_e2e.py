@@ -3,13 +3,13 @@
 plain WebSocket client (``websocket-client``)."""
 
 import ssl
-import urllib.request
 
 import pytest
 import websocket
 
 from support.pty import PtyBoard
 from support.server import wait_for
+from support.web import sign_in
 
 pytestmark = pytest.mark.e2e
 
@@ -17,26 +17,6 @@ BOARDS = (
     "classes {{ z {{ arch = arm; }} }}\nboards [ {{ name = con-1; brdclass = z; "
     'options = [ {{ cls = serialconsole, val = "{device}" }} ] }} ]\n'
 )
-
-
-def sign_in(server, token, context):
-    """The session cookie (``name=value``) of signing in with ``token``."""
-    page = urllib.request.urlopen(server.url + "/login", context=context)
-    check = page.headers["Set-Cookie"].split(";")[0].split("=", 1)[1]
-    request = urllib.request.Request(
-        server.url + "/login",
-        method="POST",
-        data=b"",
-        headers={
-            "Authorization": f"Bearer {token}",
-            "X-Login-CSRF": check,
-            "Cookie": f"bitelab_login={check}",
-        },
-    )
-    answer = urllib.request.urlopen(request, context=context)
-    cookie = answer.headers["Set-Cookie"]
-    assert "Secure" in cookie and "HttpOnly" in cookie
-    return cookie.split(";")[0]
 
 
 def test_console_socket_over_tls(lab_server):
