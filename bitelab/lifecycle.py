@@ -172,6 +172,12 @@ class BoardManager(service.Service):
                     yield self.recover()
                 if "grants" in due:
                     yield self.room.poll_grants()
+        except StorageError as e:
+            # the periodic tick does it once the database is back
+            self.log.warn(
+                "cannot take up another host's work now: {error}", error=e.message
+            )
+            self._due.clear()
         finally:
             self._waking = False
 

@@ -183,14 +183,14 @@ class Listener(service.Service):
         self._retry = self.reactor.callLater(self._delay, self._connect)
         self._delay = min(max(self._delay * 2, 1.0), MAX_RETRY_DELAY)
 
-    def _lost(self, reason):
+    def _lost(self, why):
         self._reader = None
         self.listening = False
         if self.running:
             self.log.warn(
                 "lost the connection listening for other hosts' wake-ups "
                 "({why}); connecting again",
-                why=one_line(reason.value),
+                why=why,
             )
             self._again()
 
@@ -225,6 +225,8 @@ class _Reader:
         # a descriptor of our own: libpq closes its socket when the connection
         # fails, and the reactor must never watch a closed (or reused) number
         self.fd = os.dup(conn.pgconn.socket)
+        #: why the connection ended (the reactor passes a generic reason)
+        self.why = None
 
     def fileno(self):
         return self.fd
@@ -240,19 +242,21 @@ class _Reader:
         try:
             pgconn.consume_input()
         except psycopg.OperationalError as e:
-            return error.ConnectionLost(one_line(e))
+            self.why = one_line(e)
+            return error.ConnectionLost()
         payloads = []
         while (notify := pgconn.notifies()) is not None:
             payloads.append(notify.extra.decode("utf-8", "replace"))
         if payloads:
             self.listener._received(payloads)
         if pgconn.status != pq.ConnStatus.OK:
-            return error.ConnectionLost("the listening connection broke")
+            self.why = "the connection broke"
+            return error.ConnectionLost()
         return None
 
     def connectionLost(self, reason):
         self.close()
-        self.listener._lost(reason)
+        self.listener._lost(self.why or one_line(reason.value))
 
     def close(self):
         """Close the connection and our descriptor of its socket."""

@@ -150,3 +150,53 @@ def test_a_listener_cut_off_comes_back_and_still_delivers(hosts):
     response = yield reserve_across(two, one, "h1-a", "carol")
     assert response.status == 200, response.body
     assert response.body["holder"] == "carol" and response.body["host"] == "h1"
+
+
+def test_notices_name_the_boards_whose_work_other_hosts_may_have():
+    """A notice names the boards of the events that may give another host
+    work (not, e.g., an extension), says whether a waiter was handed a
+    board, and falls back to "anything changed" when too long to send."""
+    from bitelab import events
+    from bitelab.events import Event
+    from bitelab.wakeup import MAX_NOTICE, notice, read_notice
+
+    def event(kind, board):
+        return Event(kind=kind, board=board, at=0.0)
+
+    assert notice("h1", [event(events.EXTENDED, "b"), event("power", "b")]) is None
+    text = notice(
+        "h1",
+        [
+            event(events.FREED, "b"),
+            event(events.GRANTED, "b"),
+            event(events.RESERVING, "b"),
+        ],
+    )
+    assert read_notice(text) == ("h1", frozenset({"b"}), True)
+    many = [event(events.RELEASING, f"board-{i:05}") for i in range(MAX_NOTICE // 8)]
+    text = notice("h1", many)
+    assert len(text.encode()) < 8000
+    assert read_notice(text) == ("h1", None, False)
+
+
+def test_one_read_of_notices_is_one_delivery_without_this_hosts_own():
+    """The notices one read brings are merged into one delivery; this host's
+    own are left out (its event bus told it), and one that cannot be read
+    means anything may have changed."""
+    from bitelab.wakeup import Listener
+
+    delivered = []
+    listener = Listener(None, None, "h1", lambda *args: delivered.append(args))
+    own = '{"host": "h1", "boards": ["h1-a"], "granted": true}'
+    listener._received([own])
+    assert delivered == []
+    listener._received(
+        [
+            own,
+            '{"host": "h2", "boards": ["h1-a"], "granted": false}',
+            '{"host": "h3", "boards": ["h2-b"], "granted": true}',
+        ]
+    )
+    assert delivered == [({"h1-a", "h2-b"}, True)]
+    listener._received(["not json", '{"host": "h2", "boards": ["x"]}'])
+    assert delivered[-1] == (None, True)
