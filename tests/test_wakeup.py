@@ -200,3 +200,31 @@ def test_one_read_of_notices_is_one_delivery_without_this_hosts_own():
     assert delivered == [({"h1-a", "h2-b"}, True)]
     listener._received(["not json", '{"host": "h2", "boards": ["x"]}'])
     assert delivered[-1] == (None, True)
+
+
+def test_a_burst_of_wake_ups_is_one_round_more_not_one_each(hosts):
+    """Wake-ups that come while a round of work runs are done in one more
+    round; notices about other hosts' boards nobody here waits on, or of
+    grants while nobody waits here, start no work at all.  (The database
+    read that recovery starts with is held pending by the test, as a slow
+    database would.)"""
+    one, _two = hosts
+    manager = one.manager
+    reads = []
+    real = one.store.unsettled
+
+    def held():
+        d = defer.Deferred()
+        reads.append(d)
+        return d.addCallback(lambda _: real())
+
+    one.store.unsettled = held
+    manager.wake(frozenset({"h2-a"}), granted=True)
+    assert reads == []
+    for _ in range(5):
+        manager.wake(frozenset({"h1-a"}))
+    assert len(reads) == 1
+    reads[0].callback(None)
+    assert len(reads) == 2
+    reads[1].callback(None)
+    assert len(reads) == 2
