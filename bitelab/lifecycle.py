@@ -17,6 +17,7 @@ from twisted.application import service
 from twisted.conch.ssh import keys
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from bitelab import events, rules
 from bitelab.config import NAME_RE, BoardClass
@@ -85,6 +86,11 @@ class BoardManager(service.Service):
         self.driving = {}
         self._pending = set()
         self._slots = defer.DeferredSemaphore(config.release_concurrency)
+        #: board -> Deferreds of waits on another host's work on it (``wake``)
+        self._watchers = {}
+        #: work another host's notice asked for, not started yet
+        self._due = set()
+        self._waking = False
         self._loop = None
         self._next_prune = 0
         #: () -> what the heartbeat tells the other hosts of this one
@@ -139,6 +145,72 @@ class BoardManager(service.Service):
                 self.prune_console_logs()
         except Exception:  # noqa: BLE001 - the periodic check must survive anything
             self.log.failure("periodic reservation check failed")
+
+    def wake(self, boards=None, granted=False):
+        """Another host committed work for this one (``bitelab.wakeup``).
+
+        ``boards``: the boards its commit changed (None: anything may have
+        changed, as after notices were missed); ``granted``: it handed a
+        board to a waiter, maybe one held open here.  Waits on those boards
+        look again at once.  Recovery (taking up reservations and endings of
+        this host's boards) and the look for granted waiters run in the
+        background, one round at a time: what comes during a round is done
+        in one more round after it.
+        """
+        if not self.running:
+            return
+        for name, watchers in list(self._watchers.items()):
+            if boards is None or name in boards:
+                for d in list(watchers):
+                    if not d.called:
+                        d.callback(None)
+        if boards is None or any(name in self.lab.boards for name in boards):
+            self._due.add("recover")
+        if granted and self.room.waiting:
+            self._due.add("grants")
+        if self._due and not self._waking:
+            self._background(self._run_wakes(), "waking up for another host's work")
+
+    @defer.inlineCallbacks
+    def _run_wakes(self):
+        self._waking = True
+        try:
+            while self._due:
+                due, self._due = self._due, set()
+                if "recover" in due:
+                    yield self.recover()
+                if "grants" in due:
+                    yield self.room.poll_grants()
+        except StorageError as e:
+            # the periodic tick does it once the database is back
+            self.log.warn(
+                "cannot take up another host's work now: {error}", error=e.message
+            )
+            self._due.clear()
+        finally:
+            self._waking = False
+
+    def _news_of(self, name):
+        """Deferred: fires when another host reports a change of board
+        ``name`` (``wake``), or after ``AWAIT_INTERVAL`` at the latest;
+        cancel it once it is not wanted."""
+        d = defer.Deferred()
+        timer = self.clock.callLater(AWAIT_INTERVAL, d.callback, None)
+        watchers = self._watchers.setdefault(name, set())
+        watchers.add(d)
+
+        def forget(result):
+            if timer.active():
+                timer.cancel()
+            watchers.discard(d)
+            if not watchers and self._watchers.get(name) is watchers:
+                del self._watchers[name]
+            if isinstance(result, Failure) and result.check(defer.CancelledError):
+                return None
+            return result
+
+        d.addBoth(forget)
+        return d
 
     def settle(self):
         """Deferred: fires once every step running in the background is done."""
@@ -542,22 +614,27 @@ class BoardManager(service.Service):
         limit = limit or self.config.setup_script_timeout * 2 + 30
         deadline = self.now() + limit
         while True:
-            yield task.deferLater(self.clock, AWAIT_INTERVAL)
-            current = yield self.store.board(name)
-            if current["reservation_id"] != rid or current["state"] not in (
-                rules.RESERVING,
-                rules.RELEASING,
-            ):
-                return current
-            down = yield self._down_hosts()
-            if row["host"] in down and current["state"] == rules.RELEASING:
-                # recorded: the host finishes the release when it is back
-                return current
-            if self.now() > deadline:
-                raise Unavailable(
-                    f"host {row['host']} has not finished with board {name} in "
-                    f"{limit:g} s; it goes on there"
-                )
+            # armed before the read, so that no news between the two is missed
+            news = self._news_of(name)
+            try:
+                current = yield self.store.board(name)
+                if current["reservation_id"] != rid or current["state"] not in (
+                    rules.RESERVING,
+                    rules.RELEASING,
+                ):
+                    return current
+                down = yield self._down_hosts()
+                if row["host"] in down and current["state"] == rules.RELEASING:
+                    # recorded: the host finishes the release when it is back
+                    return current
+                if self.now() > deadline:
+                    raise Unavailable(
+                        f"host {row['host']} has not finished with board {name} "
+                        f"in {limit:g} s; it goes on there"
+                    )
+                yield news
+            finally:
+                news.cancel()
 
     @defer.inlineCallbacks
     def _await_setup(self, row):

@@ -14,7 +14,7 @@ gone raises ``StorageError`` (503 ``storage``) with nothing changed.
 
 import json
 
-from bitelab import events, postgres, rules
+from bitelab import events, postgres, rules, wakeup
 from bitelab.db import file_identity, storage_problem
 from bitelab.errors import (
     ConfigError,
@@ -341,6 +341,9 @@ class Store:
         self.clock = clock
         self.path = path
         self._identity = file_identity(path) if path else None
+        #: the host whose writes wake the lab's other hosts for the work they
+        #: give them (``bitelab.wakeup``); None: nobody to wake (SQLite)
+        self.wakes_from = None
 
     # -- plumbing ---------------------------------------------------------
 
@@ -362,11 +365,20 @@ class Store:
             txn = Txn(self.wrap(cursor), now)
             txn.execute("BEGIN IMMEDIATE")
             result = fn(txn, *args)
+            if self.wakes_from:
+                self._wake_others(txn)
             return result, txn.events
 
         d = self.writer.runInteraction(interaction)
         d.addCallbacks(self._committed, _storage_failure)
         return d
+
+    def _wake_others(self, txn):
+        """Have PostgreSQL tell the other hosts, once ``txn`` commits, of
+        the work it gives them."""
+        payload = wakeup.notice(self.wakes_from, txn.events)
+        if payload is not None:
+            txn.execute("SELECT pg_notify(?, ?)", (wakeup.CHANNEL, payload))
 
     def _committed(self, outcome):
         result, events = outcome

@@ -312,6 +312,14 @@ def make_lab_service(settings, lab, reactor, server_log=None):
     manager = BoardManager(reactor, settings, lab, store, power, scripts, consoles)
     manager.resume_consoles(held)
     manager.setServiceParent(top)
+    if settings.db_url and settings.host_name:
+        from bitelab.wakeup import Listener
+
+        # commits wake the other hosts, and this host hears theirs
+        store.wakes_from = settings.host_name
+        Listener(
+            reactor, settings.db_url, settings.host_name, manager.wake
+        ).setServiceParent(top)
     tokens = TokenStore(store, reactor)
 
     def class_of(name):

@@ -12,7 +12,10 @@ order of every step:
   slow scripts and devices, and for a crash in the middle of one;
 * consoles are real ``ConsoleService`` objects whose serial port is a
   recording stand-in (output is injected with ``received``);
-* the HTTP API is the real Klein resource behind ``treq.testing.StubTreq``.
+* the HTTP API is the real Klein resource behind ``treq.testing.StubTreq``;
+* with ``listen``, a host of a lab on PostgreSQL hears the other hosts'
+  wake-ups through a real ``bitelab.wakeup.Listener`` on the real reactor:
+  only that part needs the reactor to run.
 
 ``InLab.crash()`` throws the running server away mid-step (pending calls
 are never answered, sessions are gone) and starts a new one on the same
@@ -27,7 +30,7 @@ import attrs
 from treq.testing import StubTreq
 from twisted.internet import defer, task
 
-from bitelab import db, postgres
+from bitelab import db, postgres, wakeup
 from bitelab.api import API
 from bitelab.boardpower import BoardPower
 from bitelab.config import load_boards, load_config
@@ -41,6 +44,7 @@ from bitelab.store import Store
 from bitelab.stream import EventStreams
 from bitelab.tap import forwarding, option_map, sync_database
 from bitelab.tokens import TokenStore
+from bitelab.wakeup import Listener
 
 
 class InlinePool:
@@ -245,14 +249,18 @@ class PeerHTTP:
 class InLab:
     """One lab directory and the server currently running on it."""
 
-    def __init__(self, directory, boards, settings="", database=None, peers=None):
+    def __init__(
+        self, directory, boards, settings="", database=None, peers=None, listen=False
+    ):
         """``database``: a PostgreSQL URL; a SQLite file in ``directory`` if None.
 
         ``peers`` maps the ``host_url`` of each host of a several-host lab to
         its ``InLab``, shared by them all: hosts forward to each other
-        through it.
+        through it.  ``listen``: hear the other hosts' wake-ups on the real
+        reactor.
         """
         self.peers = peers if peers is not None else {}
+        self.listen = listen
         self.dir = str(directory)
         os.makedirs(self.dir, exist_ok=True)
         with open(os.path.join(self.dir, "boards.ucl"), "w") as f:
@@ -341,6 +349,10 @@ class InLab:
             self.consoles,
         )
         self.manager.resume_consoles(held)
+        self.listener = None
+        if self.config.db_url and self.config.host_name:
+            # as the server does: its commits wake the other hosts
+            self.store.wakes_from = self.config.host_name
         self.token_store = TokenStore(self.store, self.clock)
         self.streams = EventStreams(self.clock)
         self.store.bus.subscribe(self.streams.publish)
@@ -362,9 +374,29 @@ class InLab:
                 self.clock,
             )
         self.manager.startService()
+        if self.listen:
+            from twisted.internet import reactor
+
+            self.listener = Listener(
+                reactor, self.config.db_url, self.config.host_name, self.manager.wake
+            )
+            self.listener.startService()
+
+    def listening(self):
+        """Whether the server hears the other hosts' wake-ups now."""
+        return self.listener is not None and self.listener.listening
+
+    def listening_backends(self):
+        """Process ids of the database sessions listening for this host."""
+        rows = self.pool.sql(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = ?",
+            (wakeup.application_name(self.config.host_name),),
+        )
+        return sorted(pid for (pid,) in rows)
 
     def crash(self):
         """``kill -9`` and restart: nothing pending is ever answered."""
+        self._stop_listening()
         self.manager.stopService()
         for console in self.consoles.values():
             # the sessions' connections die with the process
@@ -377,7 +409,12 @@ class InLab:
         self.pool.close()
         self.start()
 
+    def _stop_listening(self):
+        if self.listener is not None:
+            self.listener.stopService()
+
     def close(self):
+        self._stop_listening()
         self.manager.stopService()
         for console in self.consoles.values():
             console.stopService()
