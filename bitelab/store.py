@@ -357,13 +357,18 @@ class Store:
             )
 
     def write(self, fn, *args):
-        """Deferred: ``fn(txn, *args)`` in one write transaction, events after."""
-        now = self.clock.seconds()
+        """Deferred: ``fn(txn, *args)`` in one write transaction, events after.
+
+        Its time is read once the transaction holds the lab's write lock, so
+        that times follow the order in which transactions commit (a
+        transaction that waited for another never records an earlier time).
+        """
 
         def interaction(cursor):
             self._check_file()
-            txn = Txn(self.wrap(cursor), now)
+            txn = Txn(self.wrap(cursor), None)
             txn.execute("BEGIN IMMEDIATE")
+            txn.now = self.clock.seconds()
             result = fn(txn, *args)
             if self.wakes_from:
                 self._wake_others(txn)

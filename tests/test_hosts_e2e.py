@@ -10,9 +10,11 @@ import socket
 import stat
 import time
 
+import psycopg
 import pytest
 import websocket
 
+from support.allocation import check_clients, check_database
 from support.cli import Client
 from support.cli import boards as fake_board
 from support.server import LabServer, wait_for
@@ -21,18 +23,18 @@ from support.web import sign_in
 pytestmark = pytest.mark.e2e
 
 
-def host_boards(host, script):
+def host_boards(host, script, count=4):
     return (
         f"setup_script = {script};\nclasses {{ c {{ arch = x; }} }}\nboards [ "
-        + ", ".join(f"{{ name = {host}-{i}; brdclass = c; }}" for i in range(2))
+        + ", ".join(f"{{ name = {host}-{i}; brdclass = c; }}" for i in range(count))
         + " ]"
     )
 
 
 @pytest.fixture
 def three_hosts(tmp_path, postgres_server):
-    """Hosts h1, h2 and h3 with two boards each and a setup script that logs
-    which host ran it."""
+    """Hosts h1, h2 and h3 with four boards each and a setup script that logs
+    which host ran it; ``(servers, the script's log, the database's URL)``."""
     url = postgres_server.database()
     log = tmp_path / "calls.log"
     script = tmp_path / "setup.sh"
@@ -46,50 +48,54 @@ def three_hosts(tmp_path, postgres_server):
             settings={"db_url": url, "host_name": name, "host_timeout": "3"},
         )
         servers.append(server.start())
-    yield servers, log
+    yield servers, log, url
     for server in servers:
         server.stop()
 
 
+#: clients racing for the 12 boards, and reserve+release cycles each
+CLIENTS, CYCLES = 16, 64
+
+
 def test_clients_on_every_host_never_share_a_board(three_hosts):
-    """Clients hitting different hosts race for one class: no board is ever
-    held twice, and each board's setup and release run on its own host."""
-    servers, log = three_hosts
-    tokens = [servers[0].token(f"u{i}") for i in range(9)]
-    rng = random.Random(3)
+    """Clients hitting different hosts race for one class, waiting in the
+    lab's one queue, over a thousand reserves: each gets its board, none is
+    ever held twice (by the database's reservations and audit log, and by
+    the clients' own clocks), and each board's setup and release run on its
+    own host."""
+    servers, log, url = three_hosts
+    tokens = [servers[0].token(f"u{i}") for i in range(CLIENTS)]
 
     def client(i):
-        held = []
-        for _ in range(6):
-            server = servers[rng.randrange(3)]
-            status, board = server.request(
-                "POST", "/api/v1/boards/c/reserve", {}, tokens[i]
+        rng, held = random.Random(i), []
+        for _ in range(CYCLES):
+            asked = time.monotonic()
+            status, board = servers[rng.randrange(3)].request(
+                "POST", "/api/v1/boards/c/reserve", {"wait": 120}, tokens[i]
             )
-            if status != 200:
-                continue
-            held.append((board["name"], board["reservation_id"]))
-            other = servers[rng.randrange(3)]
-            status, _ = other.request(
-                "POST", f"/api/v1/boards/{board['name']}/release", {}, tokens[i]
+            assert status == 200, board
+            answered = time.monotonic()
+            name = board["name"]
+            status, _ = servers[rng.randrange(3)].request(
+                "POST", f"/api/v1/boards/{name}/release", {}, tokens[i]
             )
             assert status == 200
+            held.append((name, board["reservation_id"], asked, answered, answered))
         return held
 
-    with concurrent.futures.ThreadPoolExecutor(9) as pool:
-        grants = [g for held in pool.map(client, range(9)) for g in held]
-    assert grants
-    root = servers[1].token("root")
-    events = servers[1].get("/api/v1/events?limit=1000", root)["events"]
-    open_by_board = {}
-    for event in reversed(events):
-        board, rid = event["board"], event["reservation"]
-        if event["action"] == "reserving":
-            assert open_by_board.get(board) is None, (board, open_by_board[board], rid)
-            open_by_board[board] = rid
-        elif event["action"] in ("freed", "maintenance") and rid is not None:
-            assert open_by_board.get(board) == rid
-            open_by_board[board] = None
-    assert len(set(grants)) == len(grants)
+    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+        records = [r for held in pool.map(client, range(CLIENTS)) for r in held]
+    assert len(records) == CLIENTS * CYCLES
+    with psycopg.connect(url) as conn:
+        reservations = conn.execute(
+            "SELECT board, id, created_at, ended_at FROM reservations"
+        ).fetchall()
+        events = conn.execute(
+            "SELECT board, action, reservation FROM events ORDER BY id"
+        ).fetchall()
+    assert check_database(reservations, events) == []
+    assert check_clients(records) == []
+    assert len(reservations) == len(records)
     for line in log.read_text().splitlines():
         host, _action, board = line.split()
         assert board.startswith(host + "-"), line
@@ -98,7 +104,7 @@ def test_clients_on_every_host_never_share_a_board(three_hosts):
 def test_a_host_reloading_its_board_file_changes_only_its_boards(three_hosts):
     """SIGHUP on h2 with a board added: every host lists it as h2's, and the
     other hosts' boards are untouched."""
-    servers, _ = three_hosts
+    servers, _log, _url = three_hosts
     h1, h2, _h3 = servers
     root = h1.token("root")
     before = {b["name"]: b["host"] for b in h1.get("/api/v1/boards", root)["boards"]}
@@ -125,7 +131,7 @@ def h3_boards(servers, token):
 def test_a_host_killed_mid_release_finishes_it_when_back(three_hosts, tmp_path):
     """A host killed while releasing one of its boards leaves the board
     releasing and marked down; back, it finishes the release."""
-    servers, _ = three_hosts
+    servers, _log, _url = three_hosts
     h1, h2, _h3 = servers
     alice, root = h1.token("alice"), h1.token("root")
     status, board = h1.request("POST", "/api/v1/boards/h2-0/reserve", {}, alice)
