@@ -331,3 +331,48 @@ def test_a_release_through_another_host_cuts_the_consoles_on_the_boards_host(hos
     reserved(one, two, "bob", "h2-p")
     two.consoles["h2-p"].received(b"bob's secret\n")
     assert b"bob's secret" not in bytes(viewer.data)
+
+
+def test_a_reservation_made_through_another_host_expires_on_the_boards_host(hosts):
+    """A reservation of h2's board made through h1 is ended by h2 when its
+    time is up (h2 powers the board off); h1's ticks leave it alone."""
+    one, two = hosts
+    response = one.request("POST", "/boards/h2-p/reserve", "alice", {"timeout": 30})
+    settle(one, two)
+    assert response.status == 200, response.body
+    one.request("POST", "/boards/h2-p/attrs", "alice", {"power": "on"})
+    settle(one, two)
+    assert two.power_state == {1: True}
+    one.tick(31)
+    assert one.board("h2-p")["state"] == "reserved"
+    two.tick(31)
+    settle(two, one)
+    assert one.board("h2-p")["state"] == "free"
+    assert two.power_state == {1: False}
+    ended = one.request(
+        "GET", f"/reservations/{response.body['reservation_id']}", "alice"
+    )
+    assert ended.body["cause"] == "expire"
+
+
+def test_a_host_back_from_the_dead_ends_what_expired_while_it_was_gone(hosts):
+    """While h2 is silent its board's reservation runs out: h1 shows the
+    board down and still held; back, h2 powers it off and frees it, and the
+    audit log shows the expiry."""
+    one, two = hosts
+    reserved(one, two, "alice", "h2-p")
+    one.request("POST", "/boards/h2-p/attrs", "alice", {"timeout": 10, "power": "on"})
+    settle(one, two)
+    assert two.power_state == {1: True}
+    one.tick(60)
+    board = one.request("GET", "/boards/h2-p", "root").body
+    assert board["host_down"] is True and board["state"] == "reserved"
+    two.tick(60)
+    settle(two, one)
+    assert one.board("h2-p")["state"] == "free"
+    assert two.power_state == {1: False}
+    actions = [
+        e["action"]
+        for e in one.request("GET", "/events?board=h2-p", "root").body["events"]
+    ]
+    assert actions[:2] == ["freed", "releasing"]
