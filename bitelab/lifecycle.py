@@ -93,6 +93,9 @@ class BoardManager(service.Service):
         self._waking = False
         self._loop = None
         self._next_prune = 0
+        #: reaches other hosts' boards (``bitelab.forward.Forwarder``; None
+        #: in a one-host lab)
+        self.forwarder = None
         #: () -> what the heartbeat tells the other hosts of this one
         #: (``bitelab.store._beat``'s ``facts``); set where the SSH service is
         self.host_facts = None
@@ -236,6 +239,19 @@ class BoardManager(service.Service):
     def is_board(self, name):
         """Whether ``name`` is a board of the board file."""
         return name in self.lab.boards
+
+    def is_lab_board(self, name):
+        """Whether ``name`` is a board of this host's file, or (a Deferred)
+        of another host's, in a lab of several hosts."""
+        if name in self.lab.boards or not self.config.host_name:
+            return name in self.lab.boards
+        if not NAME_RE.fullmatch(name) or len(name) > 128:
+            return False
+        d = self.store.board(name)
+        d.addCallbacks(
+            lambda row: row is not None, lambda f: f.trap(NotFound) and False
+        )
+        return d
 
     def now(self):
         return self.clock.seconds()
@@ -929,6 +945,19 @@ class BoardManager(service.Service):
             raise NotFound(f"board {name} has no serial console")
         rid = rules.check_console(row, user, self.is_admin(user))
         return ConsoleAccess(console, rid)
+
+    @defer.inlineCallbacks
+    def open_any_console(self, user, name, relay=True):
+        """Deferred: ``open_console``, or in a lab of several hosts the
+        console of another host's board relayed from there (unless not to
+        ``relay``: what another host relays is not relayed again)."""
+        try:
+            access = yield self.open_console(user, name)
+        except Elsewhere as e:
+            if self.forwarder is None or not relay:
+                raise
+            access = yield self.forwarder.open_console(user, e.host, name)
+        return access
 
     @defer.inlineCallbacks
     def past_console_log(self, user, name, rid):

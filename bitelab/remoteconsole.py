@@ -1,8 +1,8 @@
 """The console of another host's board, reached through that host.
 
-A browser's console socket is served by the host the browser signed in
-to; when the board hangs off another host, that host opens the board's
-console socket on the board's host (``/ws/console/BOARD`` at its
+A browser's console socket (or an SSH console login) is served by the
+host it reached; when the board hangs off another host, that host opens the
+board's console socket on the board's host (``/ws/console/BOARD`` at its
 ``host_url``, with the ``Bitelab-Host`` credentials of
 ``bitelab.forward``) and relays both ways.  The board's host applies every
 rule of its own consoles: the holder only, the cut when the reservation
@@ -22,10 +22,14 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 
+from bitelab.console import TOO_SLOW
 from bitelab.errors import Forbidden, NotFound, Unavailable
 
 #: the console socket's path, before the board's name (``bitelab.webconsole``)
 PATH = "/ws/console/"
+#: bytes a viewer without back-pressure (an SSH session) may fall behind
+#: before it is dropped, as the console hub drops its own
+MAX_BACKLOG = 1024 * 1024
 #: the errors a console socket's refusal may carry, by code
 _ERRORS = {cls.code: cls for cls in (Forbidden, NotFound, Unavailable)}
 
@@ -63,17 +67,19 @@ class RemoteConsoleAccess:
                 f"the reservation of {self.board} has ended; console closed"
             )
         self.viewer = viewer
-        viewer.registerProducer(self.socket.transport, True)
+        if hasattr(viewer, "registerProducer"):
+            viewer.registerProducer(self.socket.transport, True)
         early, self._early = self._early, []
         for data in early:
-            viewer.write(data)
+            self.output(data)
 
     def detach(self, viewer):
         """The viewer has gone: so does the socket to the board's host."""
         if viewer is not self.viewer:
             return
         self.viewer = None
-        viewer.unregisterProducer()
+        if hasattr(viewer, "unregisterProducer"):
+            viewer.unregisterProducer()
         self.ended = True
         self.socket.leave()
 
@@ -91,10 +97,16 @@ class RemoteConsoleAccess:
     # -- from the board's host ------------------------------------------
 
     def output(self, data):
-        if self.viewer is not None:
-            self.viewer.write(data)
-        elif not self.ended:
-            self._early.append(data)
+        viewer = self.viewer
+        if viewer is None:
+            if not self.ended:
+                self._early.append(data)
+            return
+        viewer.write(data)
+        pending = getattr(viewer, "pending", None)
+        if pending is not None and pending() > MAX_BACKLOG:
+            self.closed(TOO_SLOW)
+            self.socket.leave()
 
     def notice(self, message):
         if self.viewer is not None and hasattr(self.viewer, "notice"):
@@ -104,7 +116,8 @@ class RemoteConsoleAccess:
         self.ended = True
         viewer, self.viewer = self.viewer, None
         if viewer is not None:
-            viewer.unregisterProducer()
+            if hasattr(viewer, "unregisterProducer"):
+                viewer.unregisterProducer()
             viewer.close(reason)
 
 

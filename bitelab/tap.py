@@ -437,7 +437,9 @@ def forwarding(
     key = HostKey(settings.host_name)
     manager.host_facts = lambda: (key.hash, ssh_port(), ssh_host_key)
     api.hosts = HostAuthority(store)
-    api.forwarder = Forwarder(store, key, http, clock, settings.host_timeout, trust)
+    api.forwarder = manager.forwarder = Forwarder(
+        store, key, http, clock, settings.host_timeout, trust
+    )
 
 
 def ssh_limits(settings):
@@ -500,12 +502,14 @@ class SSHLab:
         return self.tokens.issue(user)
 
     def open_console(self, user, board):
-        """Deferred[hub]: ``board``'s console if ``user`` may use it."""
-        return self.manager.open_console(user, board)
+        """Deferred[hub]: ``board``'s console if ``user`` may use it; that
+        of another host's board is relayed from there."""
+        return self.manager.open_any_console(user, board)
 
     def is_board(self, name):
-        """Whether ``name`` is a board."""
-        return self.manager.is_board(name)
+        """Whether ``name`` is a board of the lab (a Deferred when it may be
+        another host's)."""
+        return self.manager.is_lab_board(name)
 
 
 def makeService(options):

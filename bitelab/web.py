@@ -364,8 +364,8 @@ class WebService(service.Service):
         self.sessions = WebSessions(clock, tokens)
         api.sessions = self.sessions
         self.sockets = ConsoleSockets(manager, self.sessions, max_consoles, clock)
-        # several hosts: consoles of other hosts' boards are relayed
-        self.sockets.hosts, self.sockets.forwarder = api.hosts, api.forwarder
+        # several hosts: the others relay their users' consoles of boards here
+        self.sockets.hosts = api.hosts
         self.root = WebRoot(
             api.resource(), self.sessions, WebSocketResource(self.sockets), manager
         )

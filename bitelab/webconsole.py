@@ -38,13 +38,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 
 from bitelab.config import NAME_RE
-from bitelab.errors import (
-    BitelabError,
-    Elsewhere,
-    NotFound,
-    Unauthorized,
-    Unavailable,
-)
+from bitelab.errors import BitelabError, NotFound, Unauthorized, Unavailable
 from bitelab.forward import USER_HEADER
 from bitelab.websession import COOKIE, cookie_value, same_origin
 
@@ -177,12 +171,9 @@ class ConsoleSocket(WebSocketServerProtocol):
                     f"you have {sockets.open[user]} consoles open in the browser, "
                     "the most one user may; close one first"
                 )
-            try:
-                self.access = yield sockets.manager.open_console(user, name)
-            except Elsewhere as e:
-                if sockets.forwarder is None or self.forwarded_by is not None:
-                    raise
-                self.access = yield sockets.forwarder.open_console(user, e.host, name)
+            self.access = yield sockets.manager.open_any_console(
+                user, name, relay=self.forwarded_by is None
+            )
         except BitelabError as e:
             self.refusal = e
 
@@ -281,8 +272,6 @@ class ConsoleSockets(WebSocketServerFactory):
 
     #: checks the credentials of other hosts (``bitelab.forward.HostAuthority``)
     hosts = None
-    #: reaches the consoles of other hosts' boards (``bitelab.forward.Forwarder``)
-    forwarder = None
 
     def __init__(self, manager, sessions, max_per_user=8, reactor=None):
         super().__init__(reactor=reactor)

@@ -4,10 +4,12 @@ import concurrent.futures
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import socket
 import stat
+import subprocess
 import time
 
 import psycopg
@@ -292,3 +294,44 @@ def test_browser_console_through_a_host_that_does_not_own_the_board(board_on_h2)
         assert error["type"] == "error" and error["code"] == "forbidden"
     finally:
         refused.close()
+
+
+def read_until(stream, wanted, seconds=30):
+    """What ``stream`` gives up to and including ``wanted``."""
+    deadline, seen = time.monotonic() + seconds, b""
+    while wanted not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, seen
+        ready, _, _ = select.select([stream], [], [], left)
+        if ready:
+            chunk = os.read(stream.fileno(), 65536)
+            assert chunk, seen
+            seen += chunk
+    return seen
+
+
+def test_ssh_console_login_at_a_host_that_does_not_own_the_board(board_on_h2):
+    """``ssh -l con-1`` straight to h1's SSH port reaches h2's board: h1
+    relays the console both ways, and the release made through h1 ends the
+    session with its reason."""
+    h1, _h2 = board_on_h2
+    token = h1.token("alice")
+    assert h1.request("POST", "/api/v1/boards/con-1/reserve", {}, token)[0] == 200
+    assert (
+        h1.request("POST", "/api/v1/boards/con-1/attrs", {"power": "on"}, token)[0]
+        == 200
+    )
+    ssh = h1.ssh_console("alice", "con-1", stdin=subprocess.PIPE)
+    try:
+        ssh.stdin.write(b"version\r")
+        ssh.stdin.flush()
+        read_until(ssh.stdout, b"fakeboard 1.0 (con-1)")
+        assert h1.request("POST", "/api/v1/boards/con-1/release", {}, token)[0] == 200
+        assert b"reservation of con-1 ended" in read_until(ssh.stdout, b"ended")
+        assert ssh.wait(timeout=30) == 0
+    finally:
+        ssh.kill()
+        ssh.wait()
+    bob = h1.ssh_console("bob", "con-1")
+    _, err = bob.communicate(timeout=30)
+    assert bob.returncode != 0 and b"you do not hold board con-1" in err, err
