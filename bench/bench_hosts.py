@@ -43,7 +43,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from support.allocation import check_clients, check_database
+from support.allocation import check_clients, check_database, history
 from support.pg import PostgresServer
 from support.server import LabServer
 
@@ -291,12 +291,7 @@ def several_hosts(directory, args):
                     "SELECT count(*) FROM reservations WHERE ended_at IS NULL"
                 ).fetchone()[0]
             )
-            reservations = conn.execute(
-                "SELECT board, id, created_at, ended_at FROM reservations"
-            ).fetchall()
-            events = conn.execute(
-                "SELECT board, action, reservation FROM events ORDER BY id"
-            ).fetchall()
+            reservations, events = history(conn)
         problems = check_database(reservations, events) + check_clients(records)
         if len(reservations) != len(records):
             problems.append(
@@ -344,12 +339,7 @@ def one_host_sqlite(directory, args):
                     "SELECT count(*) FROM reservations WHERE ended_at IS NULL"
                 ).fetchone()[0]
             )
-            reservations = conn.execute(
-                "SELECT board, id, created_at, ended_at FROM reservations"
-            ).fetchall()
-            events = conn.execute(
-                "SELECT board, action, reservation FROM events ORDER BY id"
-            ).fetchall()
+            reservations, events = history(conn)
         conn.close()
     finally:
         server.stop()

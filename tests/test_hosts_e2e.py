@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import websocket
 
-from support.allocation import check_clients, check_database
+from support.allocation import check_clients, check_database, history
 from support.cli import Client
 from support.cli import boards as fake_board
 from support.server import LabServer, wait_for
@@ -89,12 +89,7 @@ def test_clients_on_every_host_never_share_a_board(three_hosts):
         records = [r for held in pool.map(client, range(CLIENTS)) for r in held]
     assert len(records) == CLIENTS * CYCLES
     with psycopg.connect(url) as conn:
-        reservations = conn.execute(
-            "SELECT board, id, created_at, ended_at FROM reservations"
-        ).fetchall()
-        events = conn.execute(
-            "SELECT board, action, reservation FROM events ORDER BY id"
-        ).fetchall()
+        reservations, events = history(conn)
     assert check_database(reservations, events) == []
     assert check_clients(records) == []
     assert len(reservations) == len(records)

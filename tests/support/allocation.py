@@ -57,3 +57,15 @@ def check_database(reservations, events):
                 problems.append(f"{board}: freed {rid} that it did not hold")
             open_by_board[board] = None
     return problems
+
+
+def history(conn):
+    """``(reservations, events)`` of a lab's database connection (SQLite or
+    psycopg), as ``check_database`` takes them."""
+    reservations = conn.execute(
+        "SELECT board, id, created_at, ended_at FROM reservations"
+    ).fetchall()
+    events = conn.execute(
+        "SELECT board, action, reservation FROM events ORDER BY id"
+    ).fetchall()
+    return reservations, events
