@@ -1,10 +1,13 @@
-"""The SQLite schema: created on first use, versioned, upgraded in place, atomically."""
+"""The schema: created on first use, versioned, upgraded in place, atomically
+(SQLite; and PostgreSQL's upgrade)."""
 
 import sqlite3
+from pathlib import Path
 
+import psycopg
 import pytest
 
-from bitelab import db
+from bitelab import db, postgres
 from bitelab.errors import ConfigError
 
 
@@ -150,3 +153,76 @@ def test_version_1_database_upgrades_with_its_reservations(tmp_path):
     assert conn.execute("SELECT action, reservation FROM events").fetchall() == [
         ("reserve", None)
     ]
+
+
+def sqlite_columns(conn):
+    """Every table's columns with their types, defaults and keys."""
+    tables = [
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+        )
+    ]
+    return {
+        table: sorted(
+            (name, kind, default, key)
+            for _, name, kind, _, default, key in conn.execute(
+                f"PRAGMA table_info({table})"
+            )
+        )
+        for table in tables
+    }
+
+
+def test_an_upgraded_database_has_the_schema_of_a_fresh_one(tmp_path):
+    """A schema-1 database upgraded step by step ends with the same tables
+    and columns as a database made at the current version."""
+    old = sqlite3.connect(str(tmp_path / "old.sqlite"), isolation_level=None)
+    for statement in db._statements(db._read_schema("v1.sql")):
+        old.execute(statement)
+    old.execute("CREATE TABLE version (version INTEGER NOT NULL)")
+    old.execute("INSERT INTO version VALUES (1)")
+    old.close()
+    upgraded = db.connect(str(tmp_path / "old.sqlite"))
+    fresh = db.connect(str(tmp_path / "fresh.sqlite"))
+    assert sqlite_columns(upgraded) == sqlite_columns(fresh)
+
+
+def test_a_postgresql_schema_4_database_upgrades_to_a_fresh_ones_schema(
+    postgres_server,
+):
+    """A PostgreSQL database of schema 4 (with a host and a board) upgrades
+    in place to the tables and columns of a fresh one, keeping its rows."""
+    columns = (
+        "SELECT table_name, column_name, data_type, column_default "
+        "FROM information_schema.columns WHERE table_schema = 'public' "
+        "ORDER BY table_name, column_name"
+    )
+    old_url, fresh_url = postgres_server.database(), postgres_server.database()
+    with psycopg.connect(old_url) as conn:
+        for statement in postgres._statements(
+            (Path(__file__).parent / "data" / "postgresql-v4.sql").read_text()
+        ):
+            conn.execute(statement)
+        conn.execute("CREATE TABLE version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO version VALUES (4)")
+        conn.execute(
+            "INSERT INTO hosts (name, url, started_at, heartbeat_at) "
+            "VALUES ('h1', 'http://h1', 1, 2)"
+        )
+        conn.execute(
+            "INSERT INTO boards (name, class, arch, host) VALUES ('b1', 'c', 'x', 'h1')"
+        )
+    upgraded, fresh = postgres.connect(old_url), postgres.connect(fresh_url)
+    try:
+        assert upgraded.execute(columns).fetchall() == fresh.execute(columns).fetchall()
+        assert upgraded.execute("SELECT version FROM version").fetchone() == (5,)
+        assert upgraded.execute("SELECT name, host, facts FROM boards").fetchall() == [
+            ("b1", "h1", "{}")
+        ]
+        assert upgraded.execute("SELECT name, url, key_hash FROM hosts").fetchall() == [
+            ("h1", "http://h1", "")
+        ]
+    finally:
+        upgraded.close()
+        fresh.close()
