@@ -10,6 +10,7 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
 
 import psycopg
@@ -330,3 +331,68 @@ def test_ssh_console_login_at_a_host_that_does_not_own_the_board(board_on_h2):
     bob = h1.ssh_console("bob", "con-1")
     _, err = bob.communicate(timeout=30)
     assert bob.returncode != 0 and b"you do not hold board con-1" in err, err
+
+
+def test_a_host_added_to_a_running_lab_serves_at_once(tmp_path, postgres_server):
+    """Clients race through h1 and h2 while h3 joins the lab: h3's boards
+    are handed out through the other hosts and set up by h3, h3 answers the
+    whole lab, and no board is ever held twice."""
+    url = postgres_server.database()
+    log = tmp_path / "calls.log"
+    script = tmp_path / "setup.sh"
+    script.write_text(f'#!/bin/sh\necho "$BITELAB_HOST $1 $2" >> {log}\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    servers = [
+        LabServer(
+            tmp_path / name,
+            boards=host_boards(name, script, 2),
+            settings={"db_url": url, "host_name": name, "host_timeout": "3"},
+        )
+        for name in ("h1", "h2", "h3")
+    ]
+    h1, h2, h3 = servers
+    try:
+        h1.start()
+        h2.start()
+        tokens = [h1.token(f"u{i}") for i in range(6)]
+        joined = threading.Event()
+
+        def client(i):
+            rng, held = random.Random(i), []
+            for cycle in range(40):
+                if cycle == 10 and i == 0:
+                    h3.start()
+                    joined.set()
+                entry = [h1, h2, h3] if joined.is_set() else [h1, h2]
+                asked = time.monotonic()
+                status, board = rng.choice(entry).request(
+                    "POST", "/api/v1/boards/c/reserve", {"wait": 120}, tokens[i]
+                )
+                assert status == 200, board
+                answered = time.monotonic()
+                status, _ = rng.choice(entry).request(
+                    "POST", f"/api/v1/boards/{board['name']}/release", {}, tokens[i]
+                )
+                assert status == 200
+                held.append(
+                    (board["name"], board["reservation_id"], asked, answered, answered)
+                )
+            return held
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            records = [r for held in pool.map(client, range(6)) for r in held]
+        assert {name for name, *_ in records} >= {"h3-0", "h3-1"}
+        with psycopg.connect(url) as conn:
+            assert check_database(*history(conn)) == []
+        assert check_clients(records) == []
+        for line in log.read_text().splitlines():
+            host, _action, board = line.split()
+            assert board.startswith(host + "-"), line
+        root = h3.token("root")
+        listed = {
+            b["name"]: b["host"] for b in h3.get("/api/v1/boards", root)["boards"]
+        }
+        assert listed == {f"{h}-{i}": h for h in ("h1", "h2", "h3") for i in range(2)}
+    finally:
+        for server in servers:
+            server.stop()
