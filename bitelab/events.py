@@ -36,6 +36,12 @@ GRANTED = "granted"
 LEFT = "left"
 #: a reservation ends soon (``detail``: seconds left)
 EXPIRING = "expiring"
+#: a host of the lab started (no board: ``detail`` names it)
+HOST_STARTED = "host_started"
+#: a host of the lab stopped beating; its boards are not handed out
+HOST_DOWN = "host_down"
+#: a host noted down beats again
+HOST_UP = "host_up"
 
 
 @attrs.frozen

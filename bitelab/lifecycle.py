@@ -139,6 +139,7 @@ class BoardManager(service.Service):
             expired = yield self.store.expire_waiters()
             self.room.time_out_swept(expired)
             if self.config.host_name:
+                yield self.store.note_down_hosts(self.config.host_timeout)
                 yield self.room.poll_grants()
             if self.config.expiry_notices:
                 yield self.store.due_notices(self.config.expiry_notices)

@@ -236,7 +236,22 @@ def _beat(txn, host, url, started=False, facts=None):
     ssh_host_key)``, the hash of the key it proves itself with and its SSH
     service.
     """
-    update = ["heartbeat_at = excluded.heartbeat_at"]
+    before = txn.execute(
+        "SELECT heartbeat_at, down_since FROM hosts WHERE name = ?", (host,)
+    ).fetchone()
+    if started:
+        gone = ""
+        if before is not None and before[1] is not None:
+            gone = f" after {txn.now - before[0]:.0f} s down"
+        txn.event(events.HOST_STARTED, None, None, f"host {host} started{gone}")
+    elif before is not None and before[1] is not None:
+        txn.event(
+            events.HOST_UP,
+            None,
+            None,
+            f"host {host} beats again after {txn.now - before[0]:.0f} s",
+        )
+    update = ["heartbeat_at = excluded.heartbeat_at", "down_since = NULL"]
     if started:
         update += ["url = excluded.url", "started_at = excluded.started_at"]
     columns, values = ["name", "url", "started_at", "heartbeat_at"], [host, url]
@@ -1304,6 +1319,38 @@ class Store:
                 ).fetchall()
             }
         )
+
+    def note_down_hosts(self, host_timeout):
+        """Deferred: record in the audit log, once each, the hosts silent for
+        ``host_timeout`` seconds (their boards are not handed out).  Only a
+        read while every host beats."""
+
+        def txn_fn(txn):
+            rows = txn.execute(
+                "SELECT name, heartbeat_at FROM hosts "
+                "WHERE down_since IS NULL AND heartbeat_at <= ?",
+                (txn.now - host_timeout,),
+            ).fetchall()
+            for name, beat in rows:
+                txn.execute(
+                    "UPDATE hosts SET down_since = ? WHERE name = ?", (txn.now, name)
+                )
+                txn.event(
+                    events.HOST_DOWN,
+                    None,
+                    None,
+                    f"host {name} is down: no heartbeat for {txn.now - beat:.0f} s; "
+                    "its boards are not handed out",
+                )
+
+        d = self.read(
+            lambda c: c.execute(
+                "SELECT 1 FROM hosts WHERE down_since IS NULL AND heartbeat_at <= ?",
+                (self.clock.seconds() - host_timeout,),
+            ).fetchone()
+        )
+        d.addCallback(lambda silent: None if silent is None else self.write(txn_fn))
+        return d
 
     def host(self, name):
         """Deferred[dict or None]: what is recorded of host ``name``."""

@@ -358,7 +358,7 @@ def test_a_reservation_made_through_another_host_expires_on_the_boards_host(host
 def test_a_host_back_from_the_dead_ends_what_expired_while_it_was_gone(hosts):
     """While h2 is silent its board's reservation runs out: h1 shows the
     board down and still held; back, h2 powers it off and frees it, and the
-    audit log shows the expiry."""
+    audit log shows h2 going down, coming back, and the expiry."""
     one, two = hosts
     reserved(one, two, "alice", "h2-p")
     one.request("POST", "/boards/h2-p/attrs", "alice", {"timeout": 10, "power": "on"})
@@ -371,8 +371,20 @@ def test_a_host_back_from_the_dead_ends_what_expired_while_it_was_gone(hosts):
     settle(two, one)
     assert one.board("h2-p")["state"] == "free"
     assert two.power_state == {1: False}
-    actions = [
-        e["action"]
-        for e in one.request("GET", "/events?board=h2-p", "root").body["events"]
+    seen = [
+        (e["action"], e["board"], e["detail"])
+        for e in reversed(one.request("GET", "/events", "root").body["events"])
     ]
-    assert actions[:2] == ["freed", "releasing"]
+    steps = [
+        (action, board)
+        for action, board, _ in seen
+        if action in ("host_down", "host_up", "releasing", "freed")
+    ]
+    assert steps == [
+        ("host_down", None),
+        ("host_up", None),
+        ("releasing", "h2-p"),
+        ("freed", "h2-p"),
+    ]
+    down = next(detail for action, _, detail in seen if action == "host_down")
+    assert down.startswith("host h2 is down")

@@ -107,7 +107,9 @@ CREATE TABLE hosts (
     key_hash TEXT NOT NULL DEFAULT '',
     -- where this host's SSH service listens, and its public host key
     ssh_port INTEGER,
-    ssh_host_key TEXT NOT NULL DEFAULT ''
+    ssh_host_key TEXT NOT NULL DEFAULT '',
+    -- when another host noted this one silent (NULL: it is beating)
+    down_since REAL
 );
 
 CREATE TABLE classes (
