@@ -253,7 +253,11 @@ def build_parser():
             name, parents=common, help=text, description=description or text
         )
 
-    add("list", "list the boards: class, state, holder, expiry and power")
+    add(
+        "list",
+        "list the boards: class, state, holder, expiry and power (and, in a lab "
+        "of several hosts, each board's host)",
+    )
     add("classes", "list the board classes with free and total boards")
     _board_argument(add("info", "show one board"))
     reserve = add("reserve", "reserve a board, or any free board of a class")
