@@ -30,8 +30,11 @@ from zope.interface import implementer
 from bitelab.config import USER_RE
 from bitelab.errors import Unauthorized, Unavailable
 
-#: ``Authorization`` of a request one host forwards to another
-HOST_AUTH_RE = re.compile(r"Bitelab-Host ([A-Za-z0-9][A-Za-z0-9._-]{0,63}) (\S{1,100})")
+#: ``Authorization`` of a request one host forwards to another (a key is
+#: printable ASCII: anything else is no key, not a failure to hash it)
+HOST_AUTH_RE = re.compile(
+    r"Bitelab-Host ([A-Za-z0-9][A-Za-z0-9._-]{0,63}) ([!-~]{1,100})"
+)
 #: the header naming the user a forwarded request acts for
 USER_HEADER = b"X-Bitelab-User"
 #: response headers relayed from the board's host

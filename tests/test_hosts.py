@@ -331,3 +331,35 @@ def test_a_release_through_another_host_cuts_the_consoles_on_the_boards_host(hos
     reserved(one, two, "bob", "h2-p")
     two.consoles["h2-p"].received(b"bob's secret\n")
     assert b"bob's secret" not in bytes(viewer.data)
+
+
+def test_malformed_host_credentials_are_refused_with_401(hosts):
+    """Host credentials that are not ASCII, too long, or a host that never
+    beat are refused as bad credentials (401), with or without a body, and
+    nothing is switched."""
+    one, two = hosts
+    reserved(one, two, "alice", "h2-p")
+    key = one.api.forwarder.key.key.encode()
+    two.pool.sql(
+        "INSERT INTO hosts (name, started_at, heartbeat_at) VALUES ('h7', 0, 0) RETURNING name"
+    )
+    for header in (
+        b"Bitelab-Host h1 \xe9" + key[1:],
+        b"Bitelab-Host h1 " + key + b"\xe9",
+        b"Bitelab-Host h1 " + b"k" * 5000,
+        b"Bitelab-Host h7 " + key,
+        b"Bitelab-Host h1",
+    ):
+        for method, path, body in (
+            ("GET", "/whoami", None),
+            ("POST", "/boards/h2-p/attrs", b'{"power": "on"}'),
+        ):
+            answer = raw(
+                two,
+                method,
+                path,
+                {"Authorization": [header], "X-Bitelab-User": [b"alice"]},
+                body,
+            )
+            assert answer.get("status") == 401, (header, path, answer)
+    assert two.power_state == {}
