@@ -111,6 +111,10 @@ class _Relay(protocol.Protocol):
         self.done = done
 
     def connectionMade(self):
+        if self.request.channel is None:
+            # the client went away before the board's host answered
+            self._client_gone(None)
+            return
         self.request.registerProducer(self, True)
         self.request.notifyFinish().addBoth(self._client_gone)
 
@@ -119,7 +123,7 @@ class _Relay(protocol.Protocol):
             self.request.write(data)
 
     def connectionLost(self, reason=protocol.connectionDone):
-        if self.request.producer is self:
+        if self.request.producer is self and self.request.channel is not None:
             self.request.unregisterProducer()
         if not self.done.called:
             self.done.callback(None)

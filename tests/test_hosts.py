@@ -7,8 +7,16 @@ and not handed out; board files that disagree are refused at start.
 """
 
 import pytest
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.test.requesthelper import DummyChannel
 
 from bitelab.errors import ConfigError
+from bitelab.forward import _Relay
 from support.inlab import InLab
 
 H1 = """
@@ -363,3 +371,60 @@ def test_malformed_host_credentials_are_refused_with_401(hosts):
             )
             assert answer.get("status") == 401, (header, path, answer)
     assert two.power_state == {}
+
+
+def follow(lab, user, path):
+    """Start ``GET path`` on ``lab`` for ``user`` over a connection of its
+    own (a ``StringTransport``); the connection's protocol."""
+    lab.request("GET", "/whoami", user)
+    site = server.Site(lab.api.resource(), reactor=lab.clock)
+    connection = site.buildProtocol(IPv4Address("TCP", "10.0.0.9", 40000))
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    connection.written = transport.value
+    connection.dataReceived(
+        b"GET /api/v1%s HTTP/1.1\r\nHost: lab\r\nAuthorization: Bearer %s\r\n\r\n"
+        % (path.encode(), lab.tokens[user].encode())
+    )
+    return connection
+
+
+def test_a_client_gone_mid_forward_leaves_nothing_open_on_the_boards_host(hosts):
+    """A client following h2's console through h1 that goes away ends the
+    stream on h2 too: h2 counts no follower for it, and its later output
+    goes nowhere."""
+    one, two = hosts
+    reserved(one, two, "alice", "h2-p")
+    connection = follow(one, "alice", "/boards/h2-p/console?follow=1")
+    settle(one, two)
+    assert two.api._followers == {"alice": 1}
+    two.consoles["h2-p"].received(b"booting\n")
+    settle(one, two)
+    assert b"booting" in connection.written()
+    connection.connectionLost(Failure(ConnectionDone()))
+    settle(one, two)
+    assert two.api._followers == {}
+    two.consoles["h2-p"].received(b"later\n")
+    settle(one, two)
+    assert two.api._followers == {}
+    assert b"later" not in connection.written()
+
+
+def test_a_relay_lets_go_of_a_client_gone_before_or_during_the_answer():
+    """When the board's host answers a forwarded request whose client has
+    gone meanwhile, or the client goes while the answer streams, the relay
+    stops reading the answer (closing the connection to the board's host)
+    and ends cleanly instead of failing on the dead request."""
+    for gone_first in (True, False):
+        request = server.Request(DummyChannel())
+        if gone_first:
+            request.connectionLost(Failure(ConnectionDone()))
+        upstream, done = StringTransport(), defer.Deferred()
+        relay = _Relay(request, done)
+        relay.makeConnection(upstream)
+        if not gone_first:
+            assert not done.called and request.producer is relay
+            request.connectionLost(Failure(ConnectionDone()))
+        assert upstream.producerState == "stopped" and done.called
+        relay.dataReceived(b"more output")
+        relay.connectionLost(Failure(ConnectionDone()))
