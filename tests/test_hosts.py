@@ -17,6 +17,7 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from bitelab.errors import ConfigError
 from bitelab.forward import _Relay
+from bitelab.remoteconsole import RemoteConsoleAccess, _RelaySocket
 from support.inlab import InLab
 
 H1 = """
@@ -428,3 +429,14 @@ def test_a_relay_lets_go_of_a_client_gone_before_or_during_the_answer():
         assert upstream.producerState == "stopped" and done.called
         relay.dataReceived(b"more output")
         relay.connectionLost(Failure(ConnectionDone()))
+
+
+def test_a_relayed_console_given_up_before_attaching_closes_its_socket():
+    """A relayed console whose browser left before attaching is given up by
+    detaching a viewer that never attached: its socket to the board's host
+    is closed, so that host serves no console for nobody."""
+    socket = _RelaySocket()
+    socket.state = socket.STATE_CLOSED
+    access = RemoteConsoleAccess("h2-p", "h2", 1, socket)
+    access.detach(object())
+    assert socket._left and not access.current
