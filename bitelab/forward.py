@@ -11,8 +11,9 @@ The forwarded request carries ``Authorization: Bitelab-Host NAME KEY`` and
 the user the forwarding host authenticated (token or web session) in
 ``X-Bitelab-User``.  ``KEY`` is a random key each host makes at start;
 the others know only its hash, from the shared ``hosts`` table, as they
-know only the hashes of tokens.  A forwarded request is never forwarded
-again.  Use an https ``host_url`` where the network between hosts is not
+know only the hashes of tokens.  These credentials stand for a user only
+on the requests hosts forward (``bitelab.api``, the console socket); a
+forwarded request is never forwarded again.  Use an https ``host_url`` where the network between hosts is not
 trusted (``host_cacert`` names the CA to check it against).
 """
 

@@ -360,7 +360,7 @@ def test_malformed_host_credentials_are_refused_with_401(hosts):
         b"Bitelab-Host h1",
     ):
         for method, path, body in (
-            ("GET", "/whoami", None),
+            ("GET", "/boards/h2-p/console", None),
             ("POST", "/boards/h2-p/attrs", b'{"power": "on"}'),
         ):
             answer = raw(
@@ -440,3 +440,26 @@ def test_a_relayed_console_given_up_before_attaching_closes_its_socket():
     access = RemoteConsoleAccess("h2-p", "h2", 1, socket)
     access.detach(object())
     assert socket._left and not access.current
+
+
+def test_host_credentials_serve_only_the_requests_hosts_forward(hosts):
+    """A host's credentials act for a user only on what hosts forward (power
+    and attributes, console and its logs, the end of a maintenance): with
+    them, nothing else is done as anyone, not even as an admin."""
+    one, two = hosts
+    reserved(one, two, "alice", "h2-a")
+    host = {"Authorization": [one.api.forwarder.key.header()]}
+    for method, path, user, body in (
+        ("GET", "/whoami", "alice", None),
+        ("GET", "/events", "root", None),
+        ("DELETE", "/tokens/current", "alice", None),
+        ("POST", "/login-link", "alice", b"{}"),
+        ("POST", "/boards/h2-a/release", "root", b'{"force": true}'),
+        ("POST", "/boards/h2-b/reserve", "root", b"{}"),
+        ("POST", "/boards/h2-b/maintenance", "root", b"{}"),
+    ):
+        answer = raw(two, method, path, {**host, "X-Bitelab-User": [user]}, body)
+        settle(one, two)
+        assert answer.get("status") == 401, (path, answer)
+    assert one.board("h2-a")["holder"] == "alice"
+    assert one.board("h2-b")["state"] == "free"
