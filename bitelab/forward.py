@@ -61,10 +61,14 @@ class HostKey:
 
 
 class HostAuthority:
-    """Checks the ``Bitelab-Host`` credentials of forwarded requests."""
+    """Checks the ``Bitelab-Host`` credentials of forwarded requests: a
+    host's key is taken while the host beats (a host silent for
+    ``host_timeout`` seconds by ``clock`` sends nothing)."""
 
-    def __init__(self, store):
+    def __init__(self, store, clock, host_timeout):
         self.store = store
+        self.clock = clock
+        self.host_timeout = host_timeout
 
     @defer.inlineCallbacks
     def verify(self, header):
@@ -79,6 +83,7 @@ class HostAuthority:
             row is None
             or not row["key_hash"]
             or not hmac.compare_digest(row["key_hash"], hash_key(key))
+            or row["heartbeat_at"] <= self.clock.seconds() - self.host_timeout
         ):
             raise Unauthorized(f"host {name} did not prove itself")
         return name

@@ -463,3 +463,26 @@ def test_host_credentials_serve_only_the_requests_hosts_forward(hosts):
         assert answer.get("status") == 401, (path, answer)
     assert one.board("h2-a")["holder"] == "alice"
     assert one.board("h2-b")["state"] == "free"
+
+
+def test_the_key_of_a_host_that_stopped_beating_is_refused(hosts):
+    """A host's key is taken only while it beats: once h1 has been silent for
+    host_timeout, its key (say, one overheard) forwards nothing to h2; when
+    h1 beats again it is taken again."""
+    one, two = hosts
+    reserved(one, two, "alice", "h2-p")
+    headers = {
+        "Authorization": [one.api.forwarder.key.header()],
+        "X-Bitelab-User": ["alice"],
+    }
+    two.tick(6)
+    answer = raw(two, "POST", "/boards/h2-p/attrs", headers, b'{"power": "on"}')
+    settle(two)
+    assert answer.get("status") == 401, answer
+    assert two.power_state == {}
+    one.clock.advance(6)
+    one.tick()
+    answer = raw(two, "POST", "/boards/h2-p/attrs", headers, b'{"power": "on"}')
+    settle(one, two)
+    assert answer.get("status") == 200, answer
+    assert two.power_state == {1: True}
