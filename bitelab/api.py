@@ -212,7 +212,9 @@ class API:
         return _APIResource(self.app.resource())
 
     @defer.inlineCallbacks
-    def _user(self, request):
+    def _user(self, request, forwardable=False):
+        """Deferred[str]: the user ``request`` acts for; another host's
+        credentials stand for one only where hosts forward (``forwardable``)."""
         header = request.getHeader(b"Authorization")
         if header is None and self.sessions is not None:
             user = yield self.sessions.user(request)
@@ -224,6 +226,8 @@ class API:
                 "ssh -o 'ProxyCommand bitelab contssh' -l lab bitelab"
             )
         if header.startswith(b"Bitelab-Host ") and self.hosts is not None:
+            if not forwardable:
+                raise Unauthorized("hosts forward only hardware work and consoles")
             user = yield self.hosts.user(request, header.decode("latin-1"))
             return user
         match = BEARER_RE.fullmatch(header.decode("latin-1"))
@@ -387,7 +391,7 @@ class API:
     @app.route("/api/v1/boards/<name>/attrs", methods=["POST"])
     @defer.inlineCallbacks
     def set_attrs(self, request, name):
-        user = yield self._user(request)
+        user = yield self._user(request, forwardable=True)
         name = _board_name(name)
         # which attributes a board accepts is the manager's to say
         body = _read_body(request, None)
@@ -409,7 +413,7 @@ class API:
     @app.route("/api/v1/boards/<name>/maintenance", methods=["DELETE"])
     @defer.inlineCallbacks
     def maintenance_off(self, request, name):
-        user = yield self._user(request)
+        user = yield self._user(request, forwardable=True)
         result = yield self._here_or_forwarded(
             request, user, self.manager.clear_maintenance(user, _board_name(name))
         )
@@ -418,7 +422,7 @@ class API:
     @app.route("/api/v1/boards/<name>/console", methods=["GET"])
     @defer.inlineCallbacks
     def console(self, request, name):
-        user = yield self._user(request)
+        user = yield self._user(request, forwardable=True)
         past = request.args.get(b"reservation", [None])[0]
         if past is not None:
             if not past.isdigit() or len(past) > 18:

@@ -11,8 +11,9 @@ The forwarded request carries ``Authorization: Bitelab-Host NAME KEY`` and
 the user the forwarding host authenticated (token or web session) in
 ``X-Bitelab-User``.  ``KEY`` is a random key each host makes at start;
 the others know only its hash, from the shared ``hosts`` table, as they
-know only the hashes of tokens.  A forwarded request is never forwarded
-again.  Use an https ``host_url`` where the network between hosts is not
+know only the hashes of tokens.  These credentials stand for a user only
+on the requests hosts forward (``bitelab.api``, the console socket); a
+forwarded request is never forwarded again.  Use an https ``host_url`` where the network between hosts is not
 trusted (``host_cacert`` names the CA to check it against).
 """
 
@@ -30,8 +31,11 @@ from zope.interface import implementer
 from bitelab.config import USER_RE
 from bitelab.errors import Unauthorized, Unavailable
 
-#: ``Authorization`` of a request one host forwards to another
-HOST_AUTH_RE = re.compile(r"Bitelab-Host ([A-Za-z0-9][A-Za-z0-9._-]{0,63}) (\S{1,100})")
+#: ``Authorization`` of a request one host forwards to another (a key is
+#: printable ASCII: anything else is no key, not a failure to hash it)
+HOST_AUTH_RE = re.compile(
+    r"Bitelab-Host ([A-Za-z0-9][A-Za-z0-9._-]{0,63}) ([!-~]{1,100})"
+)
 #: the header naming the user a forwarded request acts for
 USER_HEADER = b"X-Bitelab-User"
 #: response headers relayed from the board's host
@@ -57,10 +61,14 @@ class HostKey:
 
 
 class HostAuthority:
-    """Checks the ``Bitelab-Host`` credentials of forwarded requests."""
+    """Checks the ``Bitelab-Host`` credentials of forwarded requests: a
+    host's key is taken while the host beats (a host silent for
+    ``host_timeout`` seconds by ``clock`` sends nothing)."""
 
-    def __init__(self, store):
+    def __init__(self, store, clock, host_timeout):
         self.store = store
+        self.clock = clock
+        self.host_timeout = host_timeout
 
     @defer.inlineCallbacks
     def verify(self, header):
@@ -75,6 +83,7 @@ class HostAuthority:
             row is None
             or not row["key_hash"]
             or not hmac.compare_digest(row["key_hash"], hash_key(key))
+            or row["heartbeat_at"] <= self.clock.seconds() - self.host_timeout
         ):
             raise Unauthorized(f"host {name} did not prove itself")
         return name
@@ -108,6 +117,10 @@ class _Relay(protocol.Protocol):
         self.done = done
 
     def connectionMade(self):
+        if self.request.channel is None:
+            # the client went away before the board's host answered
+            self._client_gone(None)
+            return
         self.request.registerProducer(self, True)
         self.request.notifyFinish().addBoth(self._client_gone)
 
@@ -116,7 +129,7 @@ class _Relay(protocol.Protocol):
             self.request.write(data)
 
     def connectionLost(self, reason=protocol.connectionDone):
-        if self.request.producer is self:
+        if self.request.producer is self and self.request.channel is not None:
             self.request.unregisterProducer()
         if not self.done.called:
             self.done.callback(None)

@@ -74,12 +74,14 @@ class RemoteConsoleAccess:
             self.output(data)
 
     def detach(self, viewer):
-        """The viewer has gone: so does the socket to the board's host."""
-        if viewer is not self.viewer:
-            return
-        self.viewer = None
-        if hasattr(viewer, "unregisterProducer"):
-            viewer.unregisterProducer()
+        """The viewer has gone (or one that never attached gives the console
+        up): so does the socket to the board's host."""
+        if self.viewer is not None:
+            if viewer is not self.viewer:
+                return
+            self.viewer = None
+            if hasattr(viewer, "unregisterProducer"):
+                viewer.unregisterProducer()
         self.ended = True
         self.socket.leave()
 

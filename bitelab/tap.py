@@ -436,7 +436,7 @@ def forwarding(
 
     key = HostKey(settings.host_name)
     manager.host_facts = lambda: (key.hash, ssh_port(), ssh_host_key)
-    api.hosts = HostAuthority(store)
+    api.hosts = HostAuthority(store, clock, settings.host_timeout)
     api.forwarder = manager.forwarder = Forwarder(
         store, key, http, clock, settings.host_timeout, trust
     )

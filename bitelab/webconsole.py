@@ -179,6 +179,12 @@ class ConsoleSocket(WebSocketServerProtocol):
 
     def onOpen(self):
         """Attach to the console, replaying this reservation's log first."""
+        if not self.connected:
+            # the browser left while its console was being opened
+            self.ended = True
+            if self.access is not None:
+                self.access.detach(_SocketViewer(self))
+            return
         if self.refusal is None:
             try:
                 self._attach()

@@ -930,6 +930,21 @@ def test_console_runs_ssh_through_contssh_with_the_pinned_key(serve, tmp_path):
     assert known.read_text() == f"lab-one {HOST_KEY}\n"
 
 
+def test_console_of_a_board_name_with_shell_syntax_is_refused(serve, tmp_path):
+    """``console`` of a name that is no board's (here with shell syntax) is
+    refused in one line before ssh runs, so that its ProxyCommand, which
+    OpenSSH gives to a shell with the login in it, never runs it."""
+    info = info_server(serve, 9, name="lab-one")
+    mark = tmp_path / "ran"
+    for name in (f"x;touch {mark}", f"$(touch {mark})", "a b", "x\n"):
+        result = bitelab(
+            "console", "--", name, url=f"http://127.0.0.1:{info.port}", home=tmp_path
+        )
+        assert result.returncode == 2, result.stderr
+        assert "is no board's name" in one_line(result)
+    assert not mark.exists()
+
+
 @pytest.mark.parametrize(
     "command, module", [("bitelab", None), ("bitelab-admin", "bitelab.admin")]
 )

@@ -7,8 +7,17 @@ and not handed out; board files that disagree are refused at start.
 """
 
 import pytest
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.test.requesthelper import DummyChannel
 
 from bitelab.errors import ConfigError
+from bitelab.forward import _Relay
+from bitelab.remoteconsole import RemoteConsoleAccess, _RelaySocket
 from support.inlab import InLab
 
 H1 = """
@@ -388,3 +397,149 @@ def test_a_host_back_from_the_dead_ends_what_expired_while_it_was_gone(hosts):
     ]
     down = next(detail for action, _, detail in seen if action == "host_down")
     assert down.startswith("host h2 is down")
+
+
+def test_malformed_host_credentials_are_refused_with_401(hosts):
+    """Host credentials that are not ASCII, too long, or a host that never
+    beat are refused as bad credentials (401), with or without a body, and
+    nothing is switched."""
+    one, two = hosts
+    reserved(one, two, "alice", "h2-p")
+    key = one.api.forwarder.key.key.encode()
+    two.pool.sql(
+        "INSERT INTO hosts (name, started_at, heartbeat_at) VALUES ('h7', 0, 0) RETURNING name"
+    )
+    for header in (
+        b"Bitelab-Host h1 \xe9" + key[1:],
+        b"Bitelab-Host h1 " + key + b"\xe9",
+        b"Bitelab-Host h1 " + b"k" * 5000,
+        b"Bitelab-Host h7 " + key,
+        b"Bitelab-Host h1",
+    ):
+        for method, path, body in (
+            ("GET", "/boards/h2-p/console", None),
+            ("POST", "/boards/h2-p/attrs", b'{"power": "on"}'),
+        ):
+            answer = raw(
+                two,
+                method,
+                path,
+                {"Authorization": [header], "X-Bitelab-User": [b"alice"]},
+                body,
+            )
+            assert answer.get("status") == 401, (header, path, answer)
+    assert two.power_state == {}
+
+
+def follow(lab, user, path):
+    """Start ``GET path`` on ``lab`` for ``user`` over a connection of its
+    own (a ``StringTransport``); the connection's protocol."""
+    lab.request("GET", "/whoami", user)
+    site = server.Site(lab.api.resource(), reactor=lab.clock)
+    connection = site.buildProtocol(IPv4Address("TCP", "10.0.0.9", 40000))
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    connection.written = transport.value
+    connection.dataReceived(
+        b"GET /api/v1%s HTTP/1.1\r\nHost: lab\r\nAuthorization: Bearer %s\r\n\r\n"
+        % (path.encode(), lab.tokens[user].encode())
+    )
+    return connection
+
+
+def test_a_client_gone_mid_forward_leaves_nothing_open_on_the_boards_host(hosts):
+    """A client following h2's console through h1 that goes away ends the
+    stream on h2 too: h2 counts no follower for it, and its later output
+    goes nowhere."""
+    one, two = hosts
+    reserved(one, two, "alice", "h2-p")
+    connection = follow(one, "alice", "/boards/h2-p/console?follow=1")
+    settle(one, two)
+    assert two.api._followers == {"alice": 1}
+    two.consoles["h2-p"].received(b"booting\n")
+    settle(one, two)
+    assert b"booting" in connection.written()
+    connection.connectionLost(Failure(ConnectionDone()))
+    settle(one, two)
+    assert two.api._followers == {}
+    two.consoles["h2-p"].received(b"later\n")
+    settle(one, two)
+    assert two.api._followers == {}
+    assert b"later" not in connection.written()
+
+
+def test_a_relay_lets_go_of_a_client_gone_before_or_during_the_answer():
+    """When the board's host answers a forwarded request whose client has
+    gone meanwhile, or the client goes while the answer streams, the relay
+    stops reading the answer (closing the connection to the board's host)
+    and ends cleanly instead of failing on the dead request."""
+    for gone_first in (True, False):
+        request = server.Request(DummyChannel())
+        if gone_first:
+            request.connectionLost(Failure(ConnectionDone()))
+        upstream, done = StringTransport(), defer.Deferred()
+        relay = _Relay(request, done)
+        relay.makeConnection(upstream)
+        if not gone_first:
+            assert not done.called and request.producer is relay
+            request.connectionLost(Failure(ConnectionDone()))
+        assert upstream.producerState == "stopped" and done.called
+        relay.dataReceived(b"more output")
+        relay.connectionLost(Failure(ConnectionDone()))
+
+
+def test_a_relayed_console_given_up_before_attaching_closes_its_socket():
+    """A relayed console whose browser left before attaching is given up by
+    detaching a viewer that never attached: its socket to the board's host
+    is closed, so that host serves no console for nobody."""
+    socket = _RelaySocket()
+    socket.state = socket.STATE_CLOSED
+    access = RemoteConsoleAccess("h2-p", "h2", 1, socket)
+    access.detach(object())
+    assert socket._left and not access.current
+
+
+def test_host_credentials_serve_only_the_requests_hosts_forward(hosts):
+    """A host's credentials act for a user only on what hosts forward (power
+    and attributes, console and its logs, the end of a maintenance): with
+    them, nothing else is done as anyone, not even as an admin."""
+    one, two = hosts
+    reserved(one, two, "alice", "h2-a")
+    host = {"Authorization": [one.api.forwarder.key.header()]}
+    for method, path, user, body in (
+        ("GET", "/whoami", "alice", None),
+        ("GET", "/events", "root", None),
+        ("DELETE", "/tokens/current", "alice", None),
+        ("POST", "/login-link", "alice", b"{}"),
+        ("POST", "/boards/h2-a/release", "root", b'{"force": true}'),
+        ("POST", "/boards/h2-b/reserve", "root", b"{}"),
+        ("POST", "/boards/h2-b/maintenance", "root", b"{}"),
+    ):
+        answer = raw(two, method, path, {**host, "X-Bitelab-User": [user]}, body)
+        settle(one, two)
+        assert answer.get("status") == 401, (path, answer)
+    assert one.board("h2-a")["holder"] == "alice"
+    assert one.board("h2-b")["state"] == "free"
+
+
+def test_the_key_of_a_host_that_stopped_beating_is_refused(hosts):
+    """A host's key is taken only while it beats: once h1 has been silent for
+    host_timeout, its key (say, one overheard) forwards nothing to h2; when
+    h1 beats again it is taken again."""
+    one, two = hosts
+    reserved(one, two, "alice", "h2-p")
+    headers = {
+        "Authorization": [one.api.forwarder.key.header()],
+        "X-Bitelab-User": ["alice"],
+    }
+    two.tick(6)
+    answer = raw(two, "POST", "/boards/h2-p/attrs", headers, b'{"power": "on"}')
+    settle(two)
+    assert answer.get("status") == 401, answer
+    assert two.power_state == {}
+    one.clock.advance(6)
+    one.tick()
+    answer = raw(two, "POST", "/boards/h2-p/attrs", headers, b'{"power": "on"}')
+    settle(one, two)
+    assert answer.get("status") == 200, answer
+    assert two.power_state == {1: True}

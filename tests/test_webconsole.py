@@ -8,11 +8,14 @@ import copy
 import json
 
 import pytest
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 
 from bitelab.console import BREAK_SECONDS, TOO_SLOW
 from bitelab.webconsole import MAX_MESSAGE
 from support.inlab import RecordingPort
-from support.inweb import CLOSE, WebLab, open_socket
+from support.inweb import CLOSE, WebLab, open_socket, ws_upgrade
 
 BOARDS = """
 setup_script = /bin/true;
@@ -239,3 +242,28 @@ def test_consoles_per_user_are_capped(lab):
     ninth = open_socket(lab, "a1", alice)
     assert ninth.messages()[0]["code"] == "unavailable"
     assert ninth.close_code() == 4409
+
+
+def test_a_browser_gone_while_the_console_opens_leaves_nothing_attached(lab):
+    """A browser that goes away while its console is being looked up (the
+    database is slow) is not attached once the lookup is done: no viewer
+    stays on the board's console and its user's count of open consoles is
+    back to none."""
+    alice = lab.browser("alice")
+    reserve(lab, alice)
+    hub = lab.consoles["a1"].hub
+    viewers = set(hub.viewers)
+    real, held = lab.manager.open_console, []
+
+    def slow(user, name):
+        held.append(defer.Deferred())
+        return held[-1].addCallback(lambda _: real(user, name))
+
+    lab.manager.open_console = slow
+    client = lab.connect()
+    ws_upgrade(client, "/ws/console/a1", alice.cookie)
+    assert held and client.transport.value() == b""
+    client.proto.connectionLost(Failure(ConnectionDone()))
+    held[0].callback(None)
+    assert set(hub.viewers) == viewers
+    assert lab.web.sockets.open == {}

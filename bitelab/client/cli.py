@@ -68,6 +68,9 @@ EXIT_POWER_FAILED = 5
 #: the shell's status of a command ended by Ctrl-C (SIGINT)
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 
+#: what a board's name is made of (the server's rule)
+_BOARD_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
 #: exit statuses of server failures that have one of their own
 FAILURE_STATUS = {"setup_failed": EXIT_SETUP_FAILED, "power_failed": EXIT_POWER_FAILED}
 
@@ -522,6 +525,11 @@ def _binary(out):
 async def _console(api, args, settings, environ, out, err):
     from bitelab.client import console
 
+    if not _BOARD_NAME.fullmatch(args.board):
+        # the login reaches a shell: OpenSSH runs the ProxyCommand with it
+        raise ConfigProblem(
+            f"{args.board!r} is no board's name (letters, digits, '.', '_', '-')"
+        )
     console.check_ssh()
     # the SSH service of the board's own host, in a lab of several hosts
     info = await api.info(args.board)
