@@ -13,6 +13,7 @@ gone raises ``StorageError`` (503 ``storage``) with nothing changed.
 """
 
 import json
+import re
 
 from bitelab import events, postgres, rules
 from bitelab.db import file_identity, storage_problem
@@ -48,11 +49,16 @@ _BOARD_COLUMNS = (
     ("driver", "r.driver"),
 )
 _BOARD_KEYS = tuple(key for key, _ in _BOARD_COLUMNS)
-_BOARD_SELECT = (
-    "SELECT "
-    + ", ".join(column for _, column in _BOARD_COLUMNS)
-    + " FROM boards b LEFT JOIN reservations r ON r.id = b.reservation_id"
+_BOARD_FROM = " FROM boards b LEFT JOIN reservations r ON r.id = b.reservation_id"
+_BOARD_SELECT = "SELECT " + ", ".join(column for _, column in _BOARD_COLUMNS)
+#: a board row and whether a connected client waits in the queue
+_BOARD_WAITS_SELECT = (
+    _BOARD_SELECT
+    + ", EXISTS (SELECT 1 FROM waiters WHERE state = 'waiting' "
+    + "AND lease_until IS NULL)"
+    + _BOARD_FROM
 )
+_BOARD_SELECT += _BOARD_FROM
 _RESERVATION_KEYS = (
     "id",
     "board",
@@ -78,24 +84,83 @@ def _board(row):
     return board
 
 
+#: the board row's keys that come from its reservation, by reservation column
+_FROM_RESERVATION = {
+    "user": "holder",
+    "created_at": "reserved_at",
+    "expires_at": "expires_at",
+    "sshpubkey": "sshpubkey",
+    "script_attrs": "script_attrs",
+    "detail": "detail",
+    "driver": "driver",
+}
+#: board row keys whose columns are REAL: a value written is read back a float
+_REAL_KEYS = frozenset({"released_at", "power_at", "reserved_at", "expires_at"})
+#: a write to these tables may change a board row a transaction has read
+_BOARD_TABLES = re.compile(r"\b(boards|reservations)\b")
+
+
 class Txn:
-    """One write transaction: its cursor, and the events it will publish."""
+    """One write transaction: its cursor, and the events it will publish.
+
+    Writes are serialised lab wide, so a row this transaction has read stays
+    as it read it unless the transaction itself changes it: ``board`` reads a
+    board once and afterwards follows the transaction's own ``set_board`` and
+    ``set_reservation``; any other write to boards or reservations
+    (``execute``) forgets what was read.
+    """
 
     def __init__(self, cursor, now):
         self.cursor = cursor
         self.now = now
         self.events = []
+        #: board name -> its row as this transaction last read or wrote it
+        self._boards = {}
+        #: reservation id -> the columns this transaction inserted it with
+        self._reservations = {}
+        #: whether a connected client waits (None: not known)
+        self._anyone_waits = None
 
     def execute(self, sql, args=()):
         """Run one statement; the cursor, for ``fetchone``/``rowcount``."""
+        if not sql.lstrip().upper().startswith("SELECT"):
+            if _BOARD_TABLES.search(sql):
+                self._boards.clear()
+            if "waiters" in sql:
+                self._anyone_waits = None
         self.cursor.execute(sql, args)
         return self.cursor
 
     def board(self, name):
         """One board's row (joined with its reservation) as a dict, or None."""
-        return _board(
-            self.execute(_BOARD_SELECT + " WHERE b.name = ?", (name,)).fetchone()
-        )
+        if name not in self._boards:
+            row = self.cursor.execute(
+                _BOARD_WAITS_SELECT + " WHERE b.name = ?", (name,)
+            ).fetchone()
+            if row is not None:
+                self._anyone_waits = bool(row[-1])
+                row = _board(row[:-1])
+            self._boards[name] = row
+        row = self._boards[name]
+        if row is None:
+            return None
+        return {**row, "script_attrs": dict(row["script_attrs"])}
+
+    def anyone_waits(self):
+        """Whether a connected client may be waiting in the queue (True
+        unless this transaction has seen that none is)."""
+        return self._anyone_waits is not False
+
+    def add_reservation(self, **values):
+        """Insert a reservation with ``values``; its id."""
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        rid = self.cursor.execute(
+            f"INSERT INTO reservations ({names}) VALUES ({marks})",
+            tuple(values.values()),
+        ).lastrowid
+        self._reservations[rid] = values
+        return rid
 
     def event(
         self,
@@ -109,7 +174,7 @@ class Txn:
         ticket=None,
     ):
         """Append to the audit log; the ``Event`` is published after commit."""
-        cursor = self.execute(
+        cursor = self.cursor.execute(
             "INSERT INTO events (at, user, board, action, detail, reservation) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (self.now, user, board, kind, detail, reservation),
@@ -133,20 +198,51 @@ class Txn:
         """Compare-and-set: change ``name`` only if it is still in
         ``expect_state`` with ``expect_reservation``; False if it is not."""
         assignments = ", ".join(f"{key} = ?" for key in values)
-        cursor = self.execute(
+        cursor = self.cursor.execute(
             f"UPDATE boards SET {assignments} WHERE name = ? AND state = ? "
             "AND reservation_id IS ?",
             (*values.values(), name, expect_state, expect_reservation),
         )
-        return cursor.rowcount == 1
+        changed = cursor.rowcount == 1
+        row = self._boards.get(name)
+        if row is None or not changed:
+            self._boards.pop(name, None)
+            return changed
+        row.update((key, _real(key, value)) for key, value in values.items())
+        if "reservation_id" in values:
+            rid = values["reservation_id"]
+            if rid is not None and rid not in self._reservations:
+                del self._boards[name]
+                return changed
+            inserted = self._reservations.get(rid, {})
+            for column, key in _FROM_RESERVATION.items():
+                row[key] = _real(key, inserted.get(column))
+            row["script_attrs"] = json.loads(inserted.get("script_attrs") or "{}")
+        return changed
 
     def set_reservation(self, rid, **values):
         """Update reservation ``rid``'s columns."""
         assignments = ", ".join(f"{key} = ?" for key in values)
-        self.execute(
+        self.cursor.execute(
             f"UPDATE reservations SET {assignments} WHERE id = ?",
             (*values.values(), rid),
         )
+        for row in self._boards.values():
+            if row is None or row["reservation_id"] != rid:
+                continue
+            for column, value in values.items():
+                if column == "script_attrs":
+                    row["script_attrs"] = json.loads(value or "{}")
+                elif column in _FROM_RESERVATION:
+                    key = _FROM_RESERVATION[column]
+                    row[key] = _real(key, value)
+
+
+def _real(key, value):
+    """``value`` as the database gives back the board row's ``key``."""
+    if key in _REAL_KEYS and value is not None:
+        return float(value)
+    return value
 
 
 def sync_boards(cursor, lab, now, host="", url=""):
@@ -697,11 +793,16 @@ class Store:
         direct = direct and own
         state = rules.RESERVED if direct else rules.RESERVING
         driver = self.policy.host if own and self.policy is not None else None
-        rid = txn.execute(
-            "INSERT INTO reservations (board, user, sshpubkey, state, created_at, "
-            "expires_at, waiter, driver) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (name, user, sshpubkey, state, txn.now, txn.now + timeout, waiter, driver),
-        ).lastrowid
+        rid = txn.add_reservation(
+            board=name,
+            user=user,
+            sshpubkey=sshpubkey,
+            state=state,
+            created_at=txn.now,
+            expires_at=txn.now + timeout,
+            waiter=waiter,
+            driver=driver,
+        )
         if not txn.set_board(name, rules.FREE, None, state=state, reservation_id=rid):
             raise Unavailable(f"board {name} was taken")
         if waiter is not None:
@@ -734,7 +835,7 @@ class Store:
         """Hand every free board that a connected waiter may take to the first
         such waiter, in queue order (inside the transaction that freed it)."""
         policy = self.policy
-        if policy is None:
+        if policy is None or not txn.anyone_waits():
             return
         classes = [
             row[0]

@@ -285,3 +285,51 @@ def test_power_failure_details_are_for_admins_only(lab):
     assert "s3cret" not in mine and "recpower" in mine
     admin = lab.request("GET", "/boards/a2", "root").body["attrs"]["power_error"]
     assert "community=s3cret" in admin
+
+
+class Recorder:
+    """The store's cursors, recording the statements of each write
+    transaction (a list that starts with ``BEGIN IMMEDIATE``)."""
+
+    def __init__(self, wrap):
+        self.wrap = wrap or (lambda cursor: cursor)
+        self.interactions = []
+
+    def __call__(self, cursor):
+        inner, statements = self.wrap(cursor), []
+        self.interactions.append(statements)
+
+        class Recording:
+            def __getattr__(self, name):
+                return getattr(inner, name)
+
+            def execute(self, sql, args=()):
+                statements.append(sql)
+                inner.execute(sql, args)
+                return self
+
+        return Recording()
+
+    def writes(self):
+        return [s for s in self.interactions if s and s[0] == "BEGIN IMMEDIATE"]
+
+
+def test_reserve_and_release_read_each_row_once(lab):
+    """With nobody in the queue, each write transaction of a reserve and a
+    release reads the board's row at most once and never asks the queue
+    for a hand-over; the rows they return are the database's rows."""
+    recorder = Recorder(lab.store.wrap)
+    lab.store.wrap = recorder
+    reserved = reserve(lab, "alice", "b1", timeout=50)
+    assert reserved.status == 200
+    assert reserved.body == lab.request("GET", "/boards/b1", "alice").body
+    released = lab.request("POST", "/boards/b1/release", "alice")
+    answer_all(lab)
+    assert released.status == 200 and released.body["state"] == "free"
+    assert released.body == lab.request("GET", "/boards/b1", "alice").body
+    writes = recorder.writes()
+    assert len(writes) >= 4
+    for statements in writes:
+        reads = [s for s in statements if "FROM boards b LEFT JOIN" in s]
+        assert len(reads) <= 1, statements
+        assert not [s for s in statements if "FROM waiters w" in s], statements
