@@ -57,9 +57,11 @@ _INSERT_WITH_ID = re.compile(
 
 @functools.lru_cache(maxsize=512)
 def _statement(sql):
-    """``(translated SQL, whether it gives back the new row's id)``."""
+    """``(translated SQL, whether it gives back the new row's id as
+    ``lastrowid``)``: an insert that asks for ``RETURNING`` itself fetches
+    what it returns."""
     sql = translate(sql)
-    returning = _INSERT_WITH_ID.match(sql) is not None
+    returning = _INSERT_WITH_ID.match(sql) is not None and "RETURNING" not in sql
     return (sql + " RETURNING id" if returning else sql), returning
 
 

@@ -15,6 +15,8 @@ gone raises ``StorageError`` (503 ``storage``) with nothing changed.
 import json
 import re
 
+import attrs
+
 from bitelab import events, postgres, rules
 from bitelab.db import file_identity, storage_problem
 from bitelab.errors import (
@@ -98,6 +100,10 @@ _FROM_RESERVATION = {
 _REAL_KEYS = frozenset({"released_at", "power_at", "reserved_at", "expires_at"})
 #: a write to these tables may change a board row a transaction has read
 _BOARD_TABLES = re.compile(r"\b(boards|reservations)\b")
+#: a statement on the audit log: it must see the transaction's entries
+_EVENTS_TABLE = re.compile(r"\bevents\b")
+#: audit entries written by one statement at most
+_EVENT_BATCH = 100
 
 
 class Txn:
@@ -114,6 +120,8 @@ class Txn:
         self.cursor = cursor
         self.now = now
         self.events = []
+        #: audit entries (their events) not written yet
+        self._unwritten = []
         #: board name -> its row as this transaction last read or wrote it
         self._boards = {}
         #: reservation id -> the columns this transaction inserted it with
@@ -123,6 +131,8 @@ class Txn:
 
     def execute(self, sql, args=()):
         """Run one statement; the cursor, for ``fetchone``/``rowcount``."""
+        if _EVENTS_TABLE.search(sql):
+            self.flush()
         if not sql.lstrip().upper().startswith("SELECT"):
             if _BOARD_TABLES.search(sql):
                 self._boards.clear()
@@ -173,13 +183,11 @@ class Txn:
         waiter=None,
         ticket=None,
     ):
-        """Append to the audit log; the ``Event`` is published after commit."""
-        cursor = self.cursor.execute(
-            "INSERT INTO events (at, user, board, action, detail, reservation) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (self.now, user, board, kind, detail, reservation),
-        )
-        self.events.append(
+        """Append to the audit log; the ``Event`` is published after commit.
+
+        The entry is written by ``flush``, with the transaction's others.
+        """
+        self._unwritten.append(
             Event(
                 kind=kind,
                 board=board,
@@ -188,11 +196,35 @@ class Txn:
                 user=user,
                 holder=holder,
                 detail=detail,
-                id=cursor.lastrowid,
                 waiter=waiter,
                 ticket=ticket,
             )
         )
+
+    def flush(self):
+        """Write the audit entries made since the last flush, in one statement
+        per ``_EVENT_BATCH``; their events, with the entries' ids, join
+        ``events``."""
+        while self._unwritten:
+            batch = self._unwritten[:_EVENT_BATCH]
+            del self._unwritten[:_EVENT_BATCH]
+            values = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in batch)
+            args = [
+                value
+                for e in batch
+                for value in (e.at, e.user, e.board, e.kind, e.detail, e.reservation)
+            ]
+            rows = self.cursor.execute(
+                "INSERT INTO events (at, user, board, action, detail, reservation) "
+                f"VALUES {values} RETURNING id",
+                args,
+            ).fetchall()
+            # ids rise in the order of the rows, whatever order RETURNING
+            # gives them back in
+            ids = sorted(row[0] for row in rows)
+            self.events.extend(
+                attrs.evolve(event, id=rid) for event, rid in zip(batch, ids)
+            )
 
     def set_board(self, name, expect_state, expect_reservation, **values):
         """Compare-and-set: change ``name`` only if it is still in
@@ -311,6 +343,7 @@ def sync_boards(cursor, lab, now, host="", url=""):
             txn.event("removed", name, detail="left the board file")
     if host:
         _beat(txn, host, url, started=True)
+    txn.flush()
     return held
 
 
@@ -338,7 +371,9 @@ def user_locked(cursor, user):
 
 def audit(cursor, now, user, board, action, detail=""):
     """One audit entry, inside the caller's transaction (``bitelab-admin``)."""
-    Txn(cursor, now).event(action, board, user, detail)
+    txn = Txn(cursor, now)
+    txn.event(action, board, user, detail)
+    txn.flush()
 
 
 def insert_token(cursor, user, token_hash, now):
@@ -354,6 +389,7 @@ def insert_token(cursor, user, token_hash, now):
         (token_hash, user, now),
     )
     txn.event("token_issue", None, user)
+    txn.flush()
 
 
 def revoke_user_tokens(cursor, user, now, detail, action="token_revoke"):
@@ -365,6 +401,7 @@ def revoke_user_tokens(cursor, user, now, detail, action="token_revoke"):
         (now, user),
     ).rowcount
     txn.event(action, None, user, f"{count} tokens, {detail}")
+    txn.flush()
     return count
 
 
@@ -432,6 +469,7 @@ class Store:
             txn = Txn(self.wrap(cursor), now)
             txn.execute("BEGIN IMMEDIATE")
             result = fn(txn, *args)
+            txn.flush()
             return result, txn.events
 
         d = self.writer.runInteraction(interaction)

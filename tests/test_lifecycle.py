@@ -333,3 +333,25 @@ def test_reserve_and_release_read_each_row_once(lab):
         reads = [s for s in statements if "FROM boards b LEFT JOIN" in s]
         assert len(reads) <= 1, statements
         assert not [s for s in statements if "FROM waiters w" in s], statements
+
+
+def test_a_transactions_audit_entries_are_written_at_once(lab):
+    """A write transaction writes its audit entries in one statement (a
+    release with nothing to wind down makes two); the events it publishes
+    carry the entries' ids, in the order they were made."""
+    published = []
+    lab.store.bus.subscribe(published.append)
+    assert reserve(lab, "alice", "b1").body["state"] == "reserved"
+    recorder = Recorder(lab.store.wrap)
+    lab.store.wrap = recorder
+    freed = lab._run(lab.store.begin_release("b1", "alice", False, False, direct=True))
+    assert freed["state"] == "free"
+    (statements,) = recorder.writes()
+    inserts = [s for s in statements if s.startswith("INSERT INTO events")]
+    assert len(inserts) == 1, statements
+    logged = lab.pool.sql(
+        "SELECT id, action FROM events WHERE board = ? ORDER BY id", ("b1",)
+    )
+    mine = [(e.id, e.kind) for e in published if e.board == "b1"]
+    assert mine == [tuple(row) for row in logged]
+    assert [kind for _, kind in mine] == ["reserving", "reserved", "releasing", "freed"]
