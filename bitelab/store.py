@@ -114,6 +114,13 @@ class Txn:
     board once and afterwards follows the transaction's own ``set_board`` and
     ``set_reservation``; any other write to boards or reservations
     (``execute``) forgets what was read.
+
+    What needs no answer yet is held back until the next statement (or
+    ``flush``) and written with what follows it: the audit entries, the
+    reservation changes, and a board's compare-and-set whose outcome the
+    row read tells (successive steps of one board then make one statement,
+    which still compares the state and reservation the first expected, and
+    fails the transaction if they changed after all).
     """
 
     def __init__(self, cursor, now):
@@ -128,9 +135,15 @@ class Txn:
         self._reservations = {}
         #: whether a connected client waits (None: not known)
         self._anyone_waits = None
+        #: a board change held back: ``[name, expected state, expected
+        #: reservation, values]``
+        self._board_change = None
+        #: reservation id -> the columns to change, held back
+        self._reservation_changes = {}
 
     def execute(self, sql, args=()):
         """Run one statement; the cursor, for ``fetchone``/``rowcount``."""
+        self._write_changes()
         if _EVENTS_TABLE.search(sql):
             self.flush()
         if not sql.lstrip().upper().startswith("SELECT"):
@@ -144,6 +157,7 @@ class Txn:
     def board(self, name):
         """One board's row (joined with its reservation) as a dict, or None."""
         if name not in self._boards:
+            self._write_changes()
             row = self.cursor.execute(
                 _BOARD_WAITS_SELECT + " WHERE b.name = ?", (name,)
             ).fetchone()
@@ -163,6 +177,7 @@ class Txn:
 
     def add_reservation(self, **values):
         """Insert a reservation with ``values``; its id."""
+        self._write_changes()
         names = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         rid = self.cursor.execute(
@@ -202,9 +217,10 @@ class Txn:
         )
 
     def flush(self):
-        """Write the audit entries made since the last flush, in one statement
-        per ``_EVENT_BATCH``; their events, with the entries' ids, join
-        ``events``."""
+        """Write what is held back: the changes, then the audit entries (one
+        statement per ``_EVENT_BATCH``), whose events, with the entries'
+        ids, join ``events``."""
+        self._write_changes()
         while self._unwritten:
             batch = self._unwritten[:_EVENT_BATCH]
             del self._unwritten[:_EVENT_BATCH]
@@ -229,36 +245,53 @@ class Txn:
     def set_board(self, name, expect_state, expect_reservation, **values):
         """Compare-and-set: change ``name`` only if it is still in
         ``expect_state`` with ``expect_reservation``; False if it is not."""
+        row = self._boards.get(name)
+        if row is None or (row["state"], row["reservation_id"]) != (
+            expect_state,
+            expect_reservation,
+        ):
+            self._write_changes()
+            changed = self._compare_and_set(
+                name, expect_state, expect_reservation, values
+            )
+            if not changed:
+                self._boards.pop(name, None)
+                return False
+        elif self._board_change is not None and self._board_change[0] == name:
+            self._board_change[3].update(values)
+        else:
+            self._write_changes()
+            self._board_change = [name, expect_state, expect_reservation, values]
+        if name in self._boards:
+            self._follow(name, values)
+        return True
+
+    def _compare_and_set(self, name, expect_state, expect_reservation, values):
         assignments = ", ".join(f"{key} = ?" for key in values)
         cursor = self.cursor.execute(
             f"UPDATE boards SET {assignments} WHERE name = ? AND state = ? "
             "AND reservation_id IS ?",
             (*values.values(), name, expect_state, expect_reservation),
         )
-        changed = cursor.rowcount == 1
-        row = self._boards.get(name)
-        if row is None or not changed:
-            self._boards.pop(name, None)
-            return changed
+        return cursor.rowcount == 1
+
+    def _follow(self, name, values):
+        """Make the row read of ``name`` what ``values`` make it."""
+        row = self._boards[name]
         row.update((key, _real(key, value)) for key, value in values.items())
         if "reservation_id" in values:
             rid = values["reservation_id"]
             if rid is not None and rid not in self._reservations:
                 del self._boards[name]
-                return changed
+                return
             inserted = self._reservations.get(rid, {})
             for column, key in _FROM_RESERVATION.items():
                 row[key] = _real(key, inserted.get(column))
             row["script_attrs"] = json.loads(inserted.get("script_attrs") or "{}")
-        return changed
 
     def set_reservation(self, rid, **values):
         """Update reservation ``rid``'s columns."""
-        assignments = ", ".join(f"{key} = ?" for key in values)
-        self.cursor.execute(
-            f"UPDATE reservations SET {assignments} WHERE id = ?",
-            (*values.values(), rid),
-        )
+        self._reservation_changes.setdefault(rid, {}).update(values)
         for row in self._boards.values():
             if row is None or row["reservation_id"] != rid:
                 continue
@@ -268,6 +301,19 @@ class Txn:
                 elif column in _FROM_RESERVATION:
                     key = _FROM_RESERVATION[column]
                     row[key] = _real(key, value)
+
+    def _write_changes(self):
+        """Write the changes held back."""
+        change, self._board_change = self._board_change, None
+        if change is not None and not self._compare_and_set(*change):
+            raise Unavailable(f"board {change[0]} changed meanwhile; try again")
+        changes, self._reservation_changes = self._reservation_changes, {}
+        for rid, values in changes.items():
+            assignments = ", ".join(f"{key} = ?" for key in values)
+            self.cursor.execute(
+                f"UPDATE reservations SET {assignments} WHERE id = ?",
+                (*values.values(), rid),
+            )
 
 
 def _real(key, value):

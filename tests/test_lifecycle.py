@@ -355,3 +355,45 @@ def test_a_transactions_audit_entries_are_written_at_once(lab):
     mine = [(e.id, e.kind) for e in published if e.board == "b1"]
     assert mine == [tuple(row) for row in logged]
     assert [kind for _, kind in mine] == ["reserving", "reserved", "releasing", "freed"]
+
+
+def test_a_release_with_nothing_to_wind_down_writes_each_row_once(lab):
+    """Freed in the transaction that began its release, a board's row and
+    its reservation's are each changed by one statement, which still
+    compares the board's state and reservation before it changes them."""
+    assert reserve(lab, "alice", "b1").body["state"] == "reserved"
+    rid = lab.board("b1")["reservation_id"]
+    recorder = Recorder(lab.store.wrap)
+    lab.store.wrap = recorder
+    freed = lab._run(lab.store.begin_release("b1", "alice", False, False, direct=True))
+    assert freed["state"] == "free" and freed["reservation_id"] is None
+    (statements,) = recorder.writes()
+    boards = [s for s in statements if s.startswith("UPDATE boards")]
+    assert len(boards) == 1, statements
+    assert "WHERE name = ? AND state = ? AND reservation_id IS ?" in boards[0]
+    assert len([s for s in statements if s.startswith("UPDATE reservations")]) == 1
+    ended = lab.pool.sql(
+        "SELECT state, cause, actor, outcome FROM reservations WHERE id = ?", (rid,)
+    )
+    assert [tuple(row) for row in ended] == [("ended", "release", "alice", "free")]
+
+
+def test_a_held_back_compare_and_set_still_compares(lab):
+    """A board change a transaction holds back (its row read in the same
+    transaction) is still a compare-and-set: had the row changed meanwhile,
+    the transaction fails with nothing written."""
+    from bitelab.errors import Unavailable
+    from bitelab.store import Txn
+
+    def interaction(cursor):
+        txn = Txn(lab.store.wrap(cursor), lab.clock.seconds())
+        txn.execute("BEGIN IMMEDIATE")
+        assert txn.board("a2")["state"] == "free"
+        assert txn.set_board("a2", "free", None, state="maintenance", reason="x")
+        # a change the transaction does not know of
+        cursor.execute("UPDATE boards SET state = 'reserving' WHERE name = 'a2'")
+        txn.flush()
+
+    with pytest.raises(Unavailable):
+        lab._run(lab.pool.runInteraction(interaction))
+    assert lab.board("a2")["state"] == "free"
