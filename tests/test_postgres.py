@@ -4,8 +4,11 @@ it sends."""
 
 import pytest
 import pytest_twisted
+from twisted.internet import task
 
 from bitelab import postgres
+from bitelab.events import EventBus
+from bitelab.store import Store
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -36,7 +39,11 @@ def traced(pool, work, path):
             finally:
                 pgconn.untrace()
         with open(path) as trace:
-            sent = [line.split("\t")[2] for line in trace if line.startswith("F\t")]
+            sent = [
+                line.rstrip("\n").split("\t")[2]
+                for line in trace
+                if line.startswith("F\t")
+            ]
         return result, sent
 
     return pool.runWithConnection(run)
@@ -123,4 +130,70 @@ def test_a_failed_write_releases_the_lock_and_keeps_nothing(url, tmp_path):
 
         assert (yield pool.runInteraction(count)) == 0
     finally:
+        pool.close()
+
+
+def start_trace(path):
+    """A function of an adbapi connection that starts tracing it to ``path``."""
+
+    def start(conn):
+        trace = open(path, "w")  # noqa: SIM115 - closed by stop_trace
+        conn.pgconn.trace(trace.fileno())
+        conn.pgconn.set_trace_flags(
+            psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE
+        )
+        return trace
+
+    return start
+
+
+def stop_trace(conn, trace):
+    """Stop tracing ``conn``; the messages it sent meanwhile."""
+    conn.pgconn.untrace()
+    trace.close()
+    with open(trace.name) as f:
+        return [
+            line.rstrip("\n").split("\t")[2] for line in f if line.startswith("F\t")
+        ]
+
+
+@pytest_twisted.inlineCallbacks
+def test_reserve_and_release_round_trips(url, tmp_path):
+    """A reserve of a board with nothing to set up costs six round trips
+    (the lock, its read, the new reservation, the board's change, its
+    audit entry, the commit), and so does its release (the lock, its read,
+    the board's change, the reservation's, its two audit entries, the
+    commit); the rows and events are those of the steps one by one."""
+    setup = psycopg.connect(url, autocommit=True)
+    setup.execute("INSERT INTO boards (name, class, arch) VALUES ('b1', 'c', 'x')")
+    pool = postgres.make_pool(url)
+    bus = EventBus()
+    published = []
+    bus.subscribe(published.append)
+    clock = task.Clock()
+    clock.advance(1000)
+    store = Store(pool, pool, bus, clock, wrap=postgres.wrap)
+    try:
+        trace = yield pool.runWithConnection(start_trace(tmp_path / "claim"))
+        board = yield store.claim(
+            "b1", False, "alice", None, lambda name: 60, lambda name: True
+        )
+        claimed = yield pool.runWithConnection(stop_trace, trace)
+        assert board["state"] == "reserved" and board["holder"] == "alice"
+        trace = yield pool.runWithConnection(start_trace(tmp_path / "release"))
+        board = yield store.begin_release("b1", "alice", False, False, direct=True)
+        released = yield pool.runWithConnection(stop_trace, trace)
+        assert board["state"] == "free" and board["reservation_id"] is None
+        assert round_trips(claimed) == 6, claimed
+        assert round_trips(released) == 6, released
+        rows = setup.execute(
+            "SELECT r.state, r.outcome, b.state, b.reservation_id FROM reservations r "
+            "JOIN boards b ON b.name = r.board"
+        ).fetchall()
+        assert rows == [("ended", "free", "free", None)]
+        logged = setup.execute("SELECT id, action FROM events ORDER BY id").fetchall()
+        assert [(e.id, e.kind) for e in published] == logged
+        assert [e.kind for e in published] == ["reserved", "releasing", "freed"]
+    finally:
+        setup.close()
         pool.close()
