@@ -251,19 +251,15 @@ class Txn:
             expect_reservation,
         ):
             self._write_changes()
-            changed = self._compare_and_set(
-                name, expect_state, expect_reservation, values
-            )
-            if not changed:
-                self._boards.pop(name, None)
-                return False
-        elif self._board_change is not None and self._board_change[0] == name:
+            self._boards.pop(name, None)
+            return self._compare_and_set(name, expect_state, expect_reservation, values)
+        # the row read tells the outcome: the change can wait
+        if self._board_change is not None and self._board_change[0] == name:
             self._board_change[3].update(values)
         else:
             self._write_changes()
             self._board_change = [name, expect_state, expect_reservation, values]
-        if name in self._boards:
-            self._follow(name, values)
+        self._follow(name, values)
         return True
 
     def _compare_and_set(self, name, expect_state, expect_reservation, values):
