@@ -7,8 +7,14 @@ with the same version numbers as SQLite's.  Every write transaction first
 takes one transaction-scoped advisory lock, so writes are serialised lab
 wide, whichever host makes them, exactly as SQLite's ``BEGIN IMMEDIATE``
 serialises them on one host; reads never wait for it.
+
+The server's connections run in autocommit mode, so that a round trip to
+the database is spent only where it must be: a write's ``BEGIN`` and its
+lock go in one, and a read is its statement alone (in READ COMMITTED each
+statement reads its own snapshot, in a transaction or not).
 """
 
+import functools
 import re
 
 from twisted.enterprise import adbapi
@@ -23,6 +29,13 @@ SCHEMA_VERSION = 5
 _USER = re.compile(r"(?<![\w\"'])user(?![\w\"'])")
 
 
+#: what ``BEGIN IMMEDIATE`` becomes: the write lock, after a ``BEGIN`` of
+#: our own on a connection in autocommit mode, sent as one simple query
+_LOCK = f"SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+_BEGIN_AND_LOCK = f"BEGIN; {_LOCK}"
+
+
+@functools.lru_cache(maxsize=512)
 def translate(sql):
     """SQLite-flavoured store SQL in PostgreSQL's words.
 
@@ -31,7 +44,7 @@ def translate(sql):
     the write lock instead.
     """
     if sql.strip() == "BEGIN IMMEDIATE":
-        return f"SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+        return _LOCK
     sql = sql.replace("IS ?", "IS NOT DISTINCT FROM ?")
     sql = _USER.sub('"user"', sql)
     return sql.replace("?", "%s")
@@ -42,6 +55,16 @@ _INSERT_WITH_ID = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=512)
+def _statement(sql):
+    """``(translated SQL, whether it gives back the new row's id as
+    ``lastrowid``)``: an insert that asks for ``RETURNING`` itself fetches
+    what it returns."""
+    sql = translate(sql)
+    returning = _INSERT_WITH_ID.match(sql) is not None and "RETURNING" not in sql
+    return (sql + " RETURNING id" if returning else sql), returning
+
+
 class Cursor:
     """A psycopg cursor that takes the store's SQL and gives ``lastrowid``."""
 
@@ -50,10 +73,10 @@ class Cursor:
         self.lastrowid = None
 
     def execute(self, sql, args=()):
-        sql = translate(sql)
-        returning = _INSERT_WITH_ID.match(sql) is not None
-        if returning:
-            sql += " RETURNING id"
+        sql, returning = _statement(sql)
+        if sql == _LOCK and self._cursor.connection.autocommit:
+            self._cursor.execute(_BEGIN_AND_LOCK)
+            return self
         self._cursor.execute(sql, tuple(args))
         if returning:
             self.lastrowid = self._cursor.fetchone()[0]
@@ -148,7 +171,8 @@ def connect(url):
 
 def make_pool(url, readers=False):
     """An adbapi pool on ``url``: one connection for writes (their order is
-    the order they were asked in), two for reads."""
+    the order they were asked in), two for reads; all in autocommit mode
+    (a write begins its transaction with ``BEGIN IMMEDIATE``)."""
     return adbapi.ConnectionPool(
         "psycopg",
         url,
@@ -160,7 +184,7 @@ def make_pool(url, readers=False):
 
 
 def _configure(conn):
-    conn.autocommit = False
+    conn.autocommit = True
 
 
 def storage_problem(error):

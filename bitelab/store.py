@@ -13,6 +13,9 @@ gone raises ``StorageError`` (503 ``storage``) with nothing changed.
 """
 
 import json
+import re
+
+import attrs
 
 from bitelab import events, postgres, rules, wakeup
 from bitelab.db import file_identity, storage_problem
@@ -49,11 +52,16 @@ _BOARD_COLUMNS = (
     ("facts", "b.facts"),
 )
 _BOARD_KEYS = tuple(key for key, _ in _BOARD_COLUMNS)
-_BOARD_SELECT = (
-    "SELECT "
-    + ", ".join(column for _, column in _BOARD_COLUMNS)
-    + " FROM boards b LEFT JOIN reservations r ON r.id = b.reservation_id"
+_BOARD_FROM = " FROM boards b LEFT JOIN reservations r ON r.id = b.reservation_id"
+_BOARD_SELECT = "SELECT " + ", ".join(column for _, column in _BOARD_COLUMNS)
+#: a board row and whether a connected client waits in the queue
+_BOARD_WAITS_SELECT = (
+    _BOARD_SELECT
+    + ", EXISTS (SELECT 1 FROM waiters WHERE state = 'waiting' "
+    + "AND lease_until IS NULL)"
+    + _BOARD_FROM
 )
+_BOARD_SELECT += _BOARD_FROM
 _RESERVATION_KEYS = (
     "id",
     "board",
@@ -79,24 +87,106 @@ def _board(row):
     return board
 
 
+#: the board row's keys that come from its reservation, by reservation column
+_FROM_RESERVATION = {
+    "user": "holder",
+    "created_at": "reserved_at",
+    "expires_at": "expires_at",
+    "sshpubkey": "sshpubkey",
+    "script_attrs": "script_attrs",
+    "detail": "detail",
+    "driver": "driver",
+}
+#: board row keys whose columns are REAL: a value written is read back a float
+_REAL_KEYS = frozenset({"released_at", "power_at", "reserved_at", "expires_at"})
+#: a write to these tables may change a board row a transaction has read
+_BOARD_TABLES = re.compile(r"\b(boards|reservations)\b")
+#: a statement on the audit log: it must see the transaction's entries
+_EVENTS_TABLE = re.compile(r"\bevents\b")
+#: audit entries written by one statement at most
+_EVENT_BATCH = 100
+
+
 class Txn:
-    """One write transaction: its cursor, and the events it will publish."""
+    """One write transaction: its cursor, and the events it will publish.
+
+    Writes are serialised lab wide, so a row this transaction has read stays
+    as it read it unless the transaction itself changes it: ``board`` reads a
+    board once and afterwards follows the transaction's own ``set_board`` and
+    ``set_reservation``; any other write to boards or reservations
+    (``execute``) forgets what was read.
+
+    What needs no answer yet is held back until the next statement (or
+    ``flush``) and written with what follows it: the audit entries, the
+    reservation changes, and a board's compare-and-set whose outcome the
+    row read tells (successive steps of one board then make one statement,
+    which still compares the state and reservation the first expected, and
+    fails the transaction if they changed after all).
+    """
 
     def __init__(self, cursor, now):
         self.cursor = cursor
         self.now = now
         self.events = []
+        #: audit entries (their events) not written yet
+        self._unwritten = []
+        #: board name -> its row as this transaction last read or wrote it
+        self._boards = {}
+        #: reservation id -> the columns this transaction inserted it with
+        self._reservations = {}
+        #: whether a connected client waits (None: not known)
+        self._anyone_waits = None
+        #: a board change held back: ``[name, expected state, expected
+        #: reservation, values]``
+        self._board_change = None
+        #: reservation id -> the columns to change, held back
+        self._reservation_changes = {}
 
     def execute(self, sql, args=()):
         """Run one statement; the cursor, for ``fetchone``/``rowcount``."""
+        self._write_changes()
+        if _EVENTS_TABLE.search(sql):
+            self.flush()
+        if not sql.lstrip().upper().startswith("SELECT"):
+            if _BOARD_TABLES.search(sql):
+                self._boards.clear()
+            if "waiters" in sql:
+                self._anyone_waits = None
         self.cursor.execute(sql, args)
         return self.cursor
 
     def board(self, name):
         """One board's row (joined with its reservation) as a dict, or None."""
-        return _board(
-            self.execute(_BOARD_SELECT + " WHERE b.name = ?", (name,)).fetchone()
-        )
+        if name not in self._boards:
+            self._write_changes()
+            row = self.cursor.execute(
+                _BOARD_WAITS_SELECT + " WHERE b.name = ?", (name,)
+            ).fetchone()
+            if row is not None:
+                self._anyone_waits = bool(row[-1])
+                row = _board(row[:-1])
+            self._boards[name] = row
+        row = self._boards[name]
+        if row is None:
+            return None
+        return {**row, "script_attrs": dict(row["script_attrs"])}
+
+    def anyone_waits(self):
+        """Whether a connected client may be waiting in the queue (True
+        unless this transaction has seen that none is)."""
+        return self._anyone_waits is not False
+
+    def add_reservation(self, **values):
+        """Insert a reservation with ``values``; its id."""
+        self._write_changes()
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        rid = self.cursor.execute(
+            f"INSERT INTO reservations ({names}) VALUES ({marks})",
+            tuple(values.values()),
+        ).lastrowid
+        self._reservations[rid] = values
+        return rid
 
     def event(
         self,
@@ -109,13 +199,11 @@ class Txn:
         waiter=None,
         ticket=None,
     ):
-        """Append to the audit log; the ``Event`` is published after commit."""
-        cursor = self.execute(
-            "INSERT INTO events (at, user, board, action, detail, reservation) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (self.now, user, board, kind, detail, reservation),
-        )
-        self.events.append(
+        """Append to the audit log; the ``Event`` is published after commit.
+
+        The entry is written by ``flush``, with the transaction's others.
+        """
+        self._unwritten.append(
             Event(
                 kind=kind,
                 board=board,
@@ -124,30 +212,112 @@ class Txn:
                 user=user,
                 holder=holder,
                 detail=detail,
-                id=cursor.lastrowid,
                 waiter=waiter,
                 ticket=ticket,
             )
         )
 
+    def flush(self):
+        """Write what is held back: the changes, then the audit entries (one
+        statement per ``_EVENT_BATCH``), whose events, with the entries'
+        ids, join ``events``."""
+        self._write_changes()
+        while self._unwritten:
+            batch = self._unwritten[:_EVENT_BATCH]
+            del self._unwritten[:_EVENT_BATCH]
+            values = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in batch)
+            args = [
+                value
+                for e in batch
+                for value in (e.at, e.user, e.board, e.kind, e.detail, e.reservation)
+            ]
+            rows = self.cursor.execute(
+                "INSERT INTO events (at, user, board, action, detail, reservation) "
+                f"VALUES {values} RETURNING id",
+                args,
+            ).fetchall()
+            # ids rise in the order of the rows, whatever order RETURNING
+            # gives them back in
+            ids = sorted(row[0] for row in rows)
+            self.events.extend(
+                attrs.evolve(event, id=rid) for event, rid in zip(batch, ids)
+            )
+
     def set_board(self, name, expect_state, expect_reservation, **values):
         """Compare-and-set: change ``name`` only if it is still in
         ``expect_state`` with ``expect_reservation``; False if it is not."""
+        row = self._boards.get(name)
+        if row is None or (row["state"], row["reservation_id"]) != (
+            expect_state,
+            expect_reservation,
+        ):
+            self._write_changes()
+            self._boards.pop(name, None)
+            return self._compare_and_set(name, expect_state, expect_reservation, values)
+        # the row read tells the outcome: the change can wait
+        if self._board_change is not None and self._board_change[0] == name:
+            self._board_change[3].update(values)
+        else:
+            self._write_changes()
+            self._board_change = [name, expect_state, expect_reservation, values]
+        self._follow(name, values)
+        return True
+
+    def _compare_and_set(self, name, expect_state, expect_reservation, values):
         assignments = ", ".join(f"{key} = ?" for key in values)
-        cursor = self.execute(
+        cursor = self.cursor.execute(
             f"UPDATE boards SET {assignments} WHERE name = ? AND state = ? "
             "AND reservation_id IS ?",
             (*values.values(), name, expect_state, expect_reservation),
         )
         return cursor.rowcount == 1
 
+    def _follow(self, name, values):
+        """Make the row read of ``name`` what ``values`` make it."""
+        row = self._boards[name]
+        row.update((key, _real(key, value)) for key, value in values.items())
+        if "reservation_id" in values:
+            rid = values["reservation_id"]
+            if rid is not None and rid not in self._reservations:
+                del self._boards[name]
+                return
+            inserted = self._reservations.get(rid, {})
+            for column, key in _FROM_RESERVATION.items():
+                row[key] = _real(key, inserted.get(column))
+            row["script_attrs"] = json.loads(inserted.get("script_attrs") or "{}")
+
     def set_reservation(self, rid, **values):
         """Update reservation ``rid``'s columns."""
-        assignments = ", ".join(f"{key} = ?" for key in values)
-        self.execute(
-            f"UPDATE reservations SET {assignments} WHERE id = ?",
-            (*values.values(), rid),
-        )
+        self._reservation_changes.setdefault(rid, {}).update(values)
+        for row in self._boards.values():
+            if row is None or row["reservation_id"] != rid:
+                continue
+            for column, value in values.items():
+                if column == "script_attrs":
+                    row["script_attrs"] = json.loads(value or "{}")
+                elif column in _FROM_RESERVATION:
+                    key = _FROM_RESERVATION[column]
+                    row[key] = _real(key, value)
+
+    def _write_changes(self):
+        """Write the changes held back."""
+        change, self._board_change = self._board_change, None
+        if change is not None and not self._compare_and_set(*change):
+            raise Unavailable(f"board {change[0]} changed meanwhile; try again")
+        changes, self._reservation_changes = self._reservation_changes, {}
+        for rid, values in changes.items():
+            assignments = ", ".join(f"{key} = ?" for key in values)
+            self.cursor.execute(
+                f"UPDATE reservations SET {assignments} WHERE id = ?",
+                (*values.values(), rid),
+            )
+
+
+def _real(key, value):
+    """``value`` as the database gives back the board row's ``key``."""
+    if key in _REAL_KEYS and value is not None:
+        return float(value)
+    return value
 
 
 def sync_boards(cursor, lab, now, host="", url="", facts=None):
@@ -226,6 +396,7 @@ def sync_boards(cursor, lab, now, host="", url="", facts=None):
             txn.event("removed", name, detail="left the board file")
     if host:
         _beat(txn, host, url, started=True)
+    txn.flush()
     return held
 
 
@@ -283,7 +454,9 @@ def user_locked(cursor, user):
 
 def audit(cursor, now, user, board, action, detail=""):
     """One audit entry, inside the caller's transaction (``bitelab-admin``)."""
-    Txn(cursor, now).event(action, board, user, detail)
+    txn = Txn(cursor, now)
+    txn.event(action, board, user, detail)
+    txn.flush()
 
 
 def insert_token(cursor, user, token_hash, now):
@@ -299,6 +472,7 @@ def insert_token(cursor, user, token_hash, now):
         (token_hash, user, now),
     )
     txn.event("token_issue", None, user)
+    txn.flush()
 
 
 def revoke_user_tokens(cursor, user, now, detail, action="token_revoke"):
@@ -310,6 +484,7 @@ def revoke_user_tokens(cursor, user, now, detail, action="token_revoke"):
         (now, user),
     ).rowcount
     txn.event(action, None, user, f"{count} tokens, {detail}")
+    txn.flush()
     return count
 
 
@@ -385,6 +560,7 @@ class Store:
             txn.execute("BEGIN IMMEDIATE")
             txn.now = self.clock.seconds()
             result = fn(txn, *args)
+            txn.flush()
             if self.wakes_from:
                 self._wake_others(txn)
             return result, txn.events
@@ -755,11 +931,16 @@ class Store:
         direct = direct and own
         state = rules.RESERVED if direct else rules.RESERVING
         driver = self.policy.host if own and self.policy is not None else None
-        rid = txn.execute(
-            "INSERT INTO reservations (board, user, sshpubkey, state, created_at, "
-            "expires_at, waiter, driver) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (name, user, sshpubkey, state, txn.now, txn.now + timeout, waiter, driver),
-        ).lastrowid
+        rid = txn.add_reservation(
+            board=name,
+            user=user,
+            sshpubkey=sshpubkey,
+            state=state,
+            created_at=txn.now,
+            expires_at=txn.now + timeout,
+            waiter=waiter,
+            driver=driver,
+        )
         if not txn.set_board(name, rules.FREE, None, state=state, reservation_id=rid):
             raise Unavailable(f"board {name} was taken")
         if waiter is not None:
@@ -792,7 +973,7 @@ class Store:
         """Hand every free board that a connected waiter may take to the first
         such waiter, in queue order (inside the transaction that freed it)."""
         policy = self.policy
-        if policy is None:
+        if policy is None or not txn.anyone_waits():
             return
         classes = [
             row[0]

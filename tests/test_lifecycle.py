@@ -285,3 +285,115 @@ def test_power_failure_details_are_for_admins_only(lab):
     assert "s3cret" not in mine and "recpower" in mine
     admin = lab.request("GET", "/boards/a2", "root").body["attrs"]["power_error"]
     assert "community=s3cret" in admin
+
+
+class Recorder:
+    """The store's cursors, recording the statements of each write
+    transaction (a list that starts with ``BEGIN IMMEDIATE``)."""
+
+    def __init__(self, wrap):
+        self.wrap = wrap or (lambda cursor: cursor)
+        self.interactions = []
+
+    def __call__(self, cursor):
+        inner, statements = self.wrap(cursor), []
+        self.interactions.append(statements)
+
+        class Recording:
+            def __getattr__(self, name):
+                return getattr(inner, name)
+
+            def execute(self, sql, args=()):
+                statements.append(sql)
+                inner.execute(sql, args)
+                return self
+
+        return Recording()
+
+    def writes(self):
+        return [s for s in self.interactions if s and s[0] == "BEGIN IMMEDIATE"]
+
+
+def test_reserve_and_release_read_each_row_once(lab):
+    """With nobody in the queue, each write transaction of a reserve and a
+    release reads the board's row at most once and never asks the queue
+    for a hand-over; the rows they return are the database's rows."""
+    recorder = Recorder(lab.store.wrap)
+    lab.store.wrap = recorder
+    reserved = reserve(lab, "alice", "b1", timeout=50)
+    assert reserved.status == 200
+    assert reserved.body == lab.request("GET", "/boards/b1", "alice").body
+    released = lab.request("POST", "/boards/b1/release", "alice")
+    answer_all(lab)
+    assert released.status == 200 and released.body["state"] == "free"
+    assert released.body == lab.request("GET", "/boards/b1", "alice").body
+    writes = recorder.writes()
+    assert len(writes) >= 4
+    for statements in writes:
+        reads = [s for s in statements if "FROM boards b LEFT JOIN" in s]
+        assert len(reads) <= 1, statements
+        assert not [s for s in statements if "FROM waiters w" in s], statements
+
+
+def test_a_transactions_audit_entries_are_written_at_once(lab):
+    """A write transaction writes its audit entries in one statement (a
+    release with nothing to wind down makes two); the events it publishes
+    carry the entries' ids, in the order they were made."""
+    published = []
+    lab.store.bus.subscribe(published.append)
+    assert reserve(lab, "alice", "b1").body["state"] == "reserved"
+    recorder = Recorder(lab.store.wrap)
+    lab.store.wrap = recorder
+    freed = lab._run(lab.store.begin_release("b1", "alice", False, False, direct=True))
+    assert freed["state"] == "free"
+    (statements,) = recorder.writes()
+    inserts = [s for s in statements if s.startswith("INSERT INTO events")]
+    assert len(inserts) == 1, statements
+    logged = lab.pool.sql(
+        "SELECT id, action FROM events WHERE board = ? ORDER BY id", ("b1",)
+    )
+    mine = [(e.id, e.kind) for e in published if e.board == "b1"]
+    assert mine == [tuple(row) for row in logged]
+    assert [kind for _, kind in mine] == ["reserving", "reserved", "releasing", "freed"]
+
+
+def test_a_release_with_nothing_to_wind_down_writes_each_row_once(lab):
+    """Freed in the transaction that began its release, a board's row and
+    its reservation's are each changed by one statement, which still
+    compares the board's state and reservation before it changes them."""
+    assert reserve(lab, "alice", "b1").body["state"] == "reserved"
+    rid = lab.board("b1")["reservation_id"]
+    recorder = Recorder(lab.store.wrap)
+    lab.store.wrap = recorder
+    freed = lab._run(lab.store.begin_release("b1", "alice", False, False, direct=True))
+    assert freed["state"] == "free" and freed["reservation_id"] is None
+    (statements,) = recorder.writes()
+    boards = [s for s in statements if s.startswith("UPDATE boards")]
+    assert len(boards) == 1, statements
+    assert "WHERE name = ? AND state = ? AND reservation_id IS ?" in boards[0]
+    assert len([s for s in statements if s.startswith("UPDATE reservations")]) == 1
+    ended = lab.pool.sql(
+        "SELECT state, cause, actor, outcome FROM reservations WHERE id = ?", (rid,)
+    )
+    assert [tuple(row) for row in ended] == [("ended", "release", "alice", "free")]
+
+
+def test_a_held_back_compare_and_set_still_compares(lab):
+    """A board change a transaction holds back (its row read in the same
+    transaction) is still a compare-and-set: had the row changed meanwhile,
+    the transaction fails with nothing written."""
+    from bitelab.errors import Unavailable
+    from bitelab.store import Txn
+
+    def interaction(cursor):
+        txn = Txn(lab.store.wrap(cursor), lab.clock.seconds())
+        txn.execute("BEGIN IMMEDIATE")
+        assert txn.board("a2")["state"] == "free"
+        assert txn.set_board("a2", "free", None, state="maintenance", reason="x")
+        # a change the transaction does not know of
+        cursor.execute("UPDATE boards SET state = 'reserving' WHERE name = 'a2'")
+        txn.flush()
+
+    with pytest.raises(Unavailable):
+        lab._run(lab.pool.runInteraction(interaction))
+    assert lab.board("a2")["state"] == "free"
