@@ -13,6 +13,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web import server
+from twisted.web._newclient import ResponseNeverReceived
 from twisted.web.test.requesthelper import DummyChannel
 
 from bitelab.errors import ConfigError
@@ -431,8 +432,8 @@ def test_malformed_host_credentials_are_refused_with_401(hosts):
     assert two.power_state == {}
 
 
-def follow(lab, user, path):
-    """Start ``GET path`` on ``lab`` for ``user`` over a connection of its
+def follow(lab, user, path, method="GET", body=b""):
+    """Start ``METHOD path`` on ``lab`` for ``user`` over a connection of its
     own (a ``StringTransport``); the connection's protocol."""
     lab.request("GET", "/whoami", user)
     site = server.Site(lab.api.resource(), reactor=lab.clock)
@@ -441,10 +442,37 @@ def follow(lab, user, path):
     connection.makeConnection(transport)
     connection.written = transport.value
     connection.dataReceived(
-        b"GET /api/v1%s HTTP/1.1\r\nHost: lab\r\nAuthorization: Bearer %s\r\n\r\n"
-        % (path.encode(), lab.tokens[user].encode())
+        b"%s /api/v1%s HTTP/1.1\r\nHost: lab\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Length: %d\r\n\r\n%s"
+        % (method.encode(), path.encode(), lab.tokens[user].encode(), len(body), body)
     )
     return connection
+
+
+def test_a_client_gone_before_the_boards_host_answers_takes_the_forward_along(
+    hosts,
+):
+    """A client that leaves while h2 is still switching the power it asked
+    for through h1 cancels h1's request to h2 (the API cancels the call of
+    a client that has gone): h1 holds nothing for a host that may never
+    answer."""
+    one, two = hosts
+    reserved(one, two, "alice", "h2-p")
+    outcome, peers = [], one.api.forwarder.http
+
+    class Recording:
+        def request(self, *args, **kwargs):
+            d = peers.request(*args, **kwargs)
+            return d.addBoth(lambda result: outcome.append(result) or result)
+
+    one.api.forwarder.http = Recording()
+    connection = follow(one, "alice", "/boards/h2-p/attrs", "POST", b'{"power": "on"}')
+    one.flush()
+    assert [call.kind for call in two.calls.pending] == ["power"]
+    assert outcome == []
+    connection.connectionLost(Failure(ConnectionDone()))
+    assert len(outcome) == 1 and outcome[0].check(ResponseNeverReceived)
+    assert outcome[0].value.reasons[0].check(defer.CancelledError)
 
 
 def test_a_client_gone_mid_forward_leaves_nothing_open_on_the_boards_host(hosts):
