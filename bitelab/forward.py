@@ -13,8 +13,9 @@ the user the forwarding host authenticated (token or web session) in
 the others know only its hash, from the shared ``hosts`` table, as they
 know only the hashes of tokens.  These credentials stand for a user only
 on the requests hosts forward (``bitelab.api``, the console socket); a
-forwarded request is never forwarded again.  Use an https ``host_url`` where the network between hosts is not
-trusted (``host_cacert`` names the CA to check it against).
+forwarded request is never forwarded again.  Use an https ``host_url``
+where the network between hosts is not trusted (``host_cacert`` names the
+CA to check it against).
 """
 
 import hashlib

@@ -57,12 +57,12 @@ def three_hosts(tmp_path, postgres_server):
 
 
 #: clients racing for the 12 boards, and reserve+release cycles each
-CLIENTS, CYCLES = 16, 64
+CLIENTS, CYCLES = 16, 128
 
 
 def test_clients_on_every_host_never_share_a_board(three_hosts):
     """Clients hitting different hosts race for one class, waiting in the
-    lab's one queue, over a thousand reserves: each gets its board, none is
+    lab's one queue, over two thousand reserves: each gets its board, none is
     ever held twice (by the database's reservations and audit log, and by
     the clients' own clocks), and each board's setup and release run on its
     own host."""
