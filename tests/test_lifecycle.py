@@ -397,3 +397,14 @@ def test_a_held_back_compare_and_set_still_compares(lab):
     with pytest.raises(Unavailable):
         lab._run(lab.pool.runInteraction(interaction))
     assert lab.board("a2")["state"] == "free"
+
+
+def test_a_class_reserve_picks_a_board_never_used_before_one_just_freed(lab):
+    """Boards of a class go round: one never reserved (a new board, or one
+    of a host just added) comes before the one freed last, on either
+    database."""
+    reserve(lab, "alice", "a1")
+    lab.request("POST", "/boards/a1/release", "alice")
+    answer_all(lab)
+    picked = reserve(lab, "bob", "a")
+    assert picked.body["name"] == "a2"
