@@ -222,8 +222,8 @@ class Forwarder:
 
         row = yield self._reachable(host)
         headers = {
-            "Authorization": self.key.header().decode("ascii"),
-            USER_HEADER.decode("ascii"): user,
+            name.decode("ascii"): value.decode("ascii")
+            for name, (value,) in self._headers(user).items()
         }
         access = yield open_remote_console(
             self.clock, host, row["url"], board, headers, self.trust

@@ -31,23 +31,25 @@ def default_timeout(lab, config, name):
     return option.val if option else config.default_timeout
 
 
+def _facts(lab, config, name, board):
+    """What every host shows of ``board`` (``name``) of this host's ``lab``:
+    ``{"attrs": ..., "power": bool}``, its own attributes and whether it has
+    power control."""
+    attributes = {}
+    for option in board.options:
+        attributes.update(option.static_attrs())
+    attributes["default_timeout"] = default_timeout(lab, config, name)
+    if board.option(SerialConsole) is not None:
+        attributes["console"] = True
+    return {"attrs": attributes, "power": board.option(PowerOption) is not None}
+
+
 def board_facts(lab, config):
-    """What every host of the lab shows of each board of ``lab`` (this
-    host's file): name -> ``{"attrs": ..., "power": bool}``, the board's own
-    attributes and whether it has power control."""
-    facts = {}
-    for name, board in lab.boards.items():
-        attributes = {}
-        for option in board.options:
-            attributes.update(option.static_attrs())
-        attributes["default_timeout"] = default_timeout(lab, config, name)
-        if board.option(SerialConsole) is not None:
-            attributes["console"] = True
-        facts[name] = {
-            "attrs": attributes,
-            "power": board.option(PowerOption) is not None,
-        }
-    return facts
+    """``_facts`` of each board of ``lab`` (this host's file), by name: what
+    the other hosts show of them."""
+    return {
+        name: _facts(lab, config, name, board) for name, board in lab.boards.items()
+    }
 
 
 def board_view(
@@ -58,30 +60,24 @@ def board_view(
     board = lab.boards.get(name)
     brdclass = lab.classes.get(row["class"])
     attributes = dict(brdclass.attrs) if brdclass is not None else {}
-    if board is None and row["host"] != config.host_name:
+    if board is not None:
+        facts = _facts(lab, config, name, board)
+    elif row["host"] != config.host_name:
         # another host's board: as that host described it
         facts = json.loads(row["facts"] or "{}")
-        attributes.update(facts.get("attrs", {}))
-        if facts.get("power"):
-            attributes["power"] = row["power"]
-            attributes["power_read_at"] = iso(row["power_at"])
-    if board is not None:
-        for option in board.options:
-            attributes.update(option.static_attrs())
-        if board.option(PowerOption) is not None:
-            attributes["power"] = row["power"]
-            attributes["power_read_at"] = iso(row["power_at"])
-            problem = power_errors.get(name)
-            if problem is not None:
-                attributes["power_error"] = (
-                    problem if admin else public_message(problem)
-                )
-        attributes["default_timeout"] = default_timeout(lab, config, name)
-        if board.option(SerialConsole) is not None:
-            attributes["console"] = True
-            console = consoles.get(name)
-            if console is not None:
-                attributes["console_connected"] = console.connected
+    else:
+        facts = {}
+    attributes.update(facts.get("attrs", {}))
+    if facts.get("power"):
+        attributes["power"] = row["power"]
+        attributes["power_read_at"] = iso(row["power_at"])
+        # power errors and consoles are this host's own boards'
+        problem = power_errors.get(name)
+        if problem is not None:
+            attributes["power_error"] = problem if admin else public_message(problem)
+    console = consoles.get(name) if facts.get("attrs", {}).get("console") else None
+    if console is not None:
+        attributes["console_connected"] = console.connected
     held = row["state"] in _HELD
     if row["state"] == rules.RESERVED and (user == row["holder"] or admin):
         attributes.update(row["script_attrs"])

@@ -224,6 +224,14 @@ def raw(lab, method, path, headers, data=None):
     return answer
 
 
+def forwarded(sender, user):
+    """The headers of a request host ``sender`` forwards for ``user``."""
+    return {
+        "Authorization": [sender.api.forwarder.key.header()],
+        "X-Bitelab-User": [user],
+    }
+
+
 def test_only_hosts_of_the_lab_may_forward(hosts):
     """A request claiming to come from a host is refused unless the key is
     that host's (the others know only its hash), and names a valid user."""
@@ -249,10 +257,7 @@ def test_only_hosts_of_the_lab_may_forward(hosts):
         two,
         "POST",
         "/boards/h2-p/attrs",
-        {
-            "Authorization": [one.api.forwarder.key.header()],
-            "X-Bitelab-User": ["alice"],
-        },
+        forwarded(one, "alice"),
         body,
     )
     assert "status" not in answer
@@ -269,10 +274,7 @@ def test_a_forwarded_request_is_not_forwarded_again(hosts):
         one,
         "POST",
         "/boards/h2-p/attrs",
-        {
-            "Authorization": [two.api.forwarder.key.header()],
-            "X-Bitelab-User": ["alice"],
-        },
+        forwarded(two, "alice"),
         b'{"power": "on"}',
     )
     assert answer["status"] == 409
@@ -556,10 +558,7 @@ def test_the_key_of_a_host_that_stopped_beating_is_refused(hosts):
     h1 beats again it is taken again."""
     one, two = hosts
     reserved(one, two, "alice", "h2-p")
-    headers = {
-        "Authorization": [one.api.forwarder.key.header()],
-        "X-Bitelab-User": ["alice"],
-    }
+    headers = forwarded(one, "alice")
     two.tick(6)
     answer = raw(two, "POST", "/boards/h2-p/attrs", headers, b'{"power": "on"}')
     settle(two)
