@@ -243,11 +243,18 @@ def report(name, records, errors, wall, cpu, problems, hosts=None):
     return figures
 
 
-def wait_all_ended(count_open):
-    """Wait until ``count_open()`` is 0 (releases finishing); at most 60 s."""
+def ended_history(conn):
+    """``history`` of the database behind ``conn`` once every reservation has
+    ended (releases finishing), or after 60 s."""
     deadline = time.monotonic() + 60
-    while count_open() and time.monotonic() < deadline:
+    while (
+        time.monotonic() < deadline
+        and conn.execute(
+            "SELECT count(*) FROM reservations WHERE ended_at IS NULL"
+        ).fetchone()[0]
+    ):
         time.sleep(0.1)
+    return history(conn)
 
 
 def several_hosts(directory, args):
@@ -286,12 +293,7 @@ def several_hosts(directory, args):
         import psycopg
 
         with psycopg.connect(url) as conn:
-            wait_all_ended(
-                lambda: conn.execute(
-                    "SELECT count(*) FROM reservations WHERE ended_at IS NULL"
-                ).fetchone()[0]
-            )
-            reservations, events = history(conn)
+            reservations, events = ended_history(conn)
         problems = check_database(reservations, events) + check_clients(records)
         if len(reservations) != len(records):
             problems.append(
@@ -334,12 +336,7 @@ def one_host_sqlite(directory, args):
         cpu = {"host": cpu_seconds(server.process.pid) - before, "clients": client_cpu}
         database = os.path.join(server.dir, "bitelab.sqlite")
         with sqlite3.connect(database) as conn:
-            wait_all_ended(
-                lambda: conn.execute(
-                    "SELECT count(*) FROM reservations WHERE ended_at IS NULL"
-                ).fetchone()[0]
-            )
-            reservations, events = history(conn)
+            reservations, events = ended_history(conn)
         conn.close()
     finally:
         server.stop()
