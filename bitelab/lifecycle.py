@@ -35,6 +35,7 @@ from bitelab.errors import (
 from bitelab.options import EtherIface, SerialConsole
 from bitelab.queue import WaitingRoom
 from bitelab.script import ScriptResult
+from bitelab.ssh import host_key_facts
 from bitelab.store import Wait
 from bitelab.views import (
     board_view,
@@ -687,10 +688,7 @@ class BoardManager(service.Service):
             "ssh_port": host["ssh_port"],
         }
         if host["ssh_host_key"]:
-            public = keys.Key.fromString(host["ssh_host_key"])
-            fingerprint = public.fingerprint(keys.FingerprintFormats.SHA256_BASE64)
-            where["ssh_host_key"] = host["ssh_host_key"]
-            where["ssh_host_key_fingerprint"] = "SHA256:" + fingerprint.rstrip("=")
+            where.update(host_key_facts(keys.Key.fromString(host["ssh_host_key"])))
         return where
 
     def _check_local(self, row, what):
